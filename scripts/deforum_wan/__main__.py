@@ -1,0 +1,3 @@
+from deforum_wan.cli import main
+
+raise SystemExit(main())

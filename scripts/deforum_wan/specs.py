@@ -1,0 +1,58 @@
+"""What each kind of Wan model can do: frame rate, clip length, size multiple, modes.
+
+The plan needs these facts to cut a Deforum timeline into clips, and it must stay
+pure, so they live here as plain data rather than on loaded pipelines. `models.py`
+maps a folder on disk to one of these specs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+T2V = "t2v"
+I2V = "i2v"
+VACE = "vace"
+MODES = (T2V, I2V, VACE)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Limits of one Wan model kind, as the plan sees them."""
+
+    kind: str
+    label: str
+    native_fps: int
+    max_frames: int  # largest clip, a 4n+1 count
+    size_multiple: int  # width and height must be multiples of this
+    modes: tuple[str, ...]  # which clip modes this model can render
+    default_guidance: float = 5.0
+    default_flow_shift: float = 3.0
+    default_steps: int = 30
+    default_size: tuple[int, int] = (832, 480)
+
+    def supports(self, mode: str) -> bool:
+        return mode in self.modes
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    spec.kind: spec
+    for spec in (
+        ModelSpec("t2v", "Wan2.1 T2V", 16, 81, 16, (T2V,)),
+        ModelSpec("i2v", "Wan2.1 I2V", 16, 81, 16, (I2V,), default_flow_shift=3.0),
+        ModelSpec("flf2v", "Wan2.1 FLF2V", 16, 81, 16, (I2V,), default_flow_shift=16.0, default_size=(1280, 720)),
+        ModelSpec("vace", "Wan2.1 VACE", 16, 81, 16, (T2V, VACE)),
+        ModelSpec(
+            "ti2v-5b", "Wan2.2 TI2V-5B", 24, 121, 32, (T2V, I2V), default_flow_shift=5.0, default_size=(1280, 704)
+        ),
+        ModelSpec("a14b-t2v", "Wan2.2 T2V-A14B", 16, 81, 16, (T2V,), default_guidance=4.0, default_steps=40),
+        ModelSpec("a14b-i2v", "Wan2.2 I2V-A14B", 16, 81, 16, (I2V,), default_guidance=3.5, default_steps=40),
+    )
+}
+
+
+def model_spec(kind: str) -> ModelSpec:
+    """Look up a kind by name, with an error that lists the known ones."""
+    try:
+        return MODEL_SPECS[kind]
+    except KeyError:
+        known = ", ".join(sorted(MODEL_SPECS))
+        raise ValueError(f"unknown model kind {kind!r}; known kinds: {known}") from None
