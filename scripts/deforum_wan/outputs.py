@@ -1,0 +1,259 @@
+"""Deforum's output conventions: folders, file names, atomic writes, the mp4.
+
+Deforum users find their results in `<outdir>/<batch_name>/` as
+`{timestring}_{index:09}.png`, `{timestring}_settings.txt` and `{timestring}.mp4`,
+and resume a render by its timestring. We write the same names so Deforum's own
+tools (resume, video upscaling, frame interpolation) work on our output.
+
+Every file is written to a temporary name and renamed, so a render killed at any
+moment leaves only whole frames behind, and resume can trust what it finds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from .settings import DeforumSettings
+
+TIMESTRING_FORMAT = "%Y%m%d%H%M%S"
+_TIMESTRING = re.compile(r"^\d{14}$")
+# Deforum's own substitution (general_utils.substitute_placeholders) replaces these.
+_UNSAFE = re.compile(r'[<>:"/\\|?*\s,]')
+_PLACEHOLDER = re.compile(r"{(\w+)}")
+
+
+class OutputError(ValueError):
+    """An output path or file problem, named for the user."""
+
+
+def new_timestring(now: float | None = None) -> str:
+    return time.strftime(TIMESTRING_FORMAT, time.localtime(now))
+
+
+def check_timestring(timestring: str) -> str:
+    if not isinstance(timestring, str) or not _TIMESTRING.match(timestring):
+        raise OutputError(f"timestring must be 14 digits (YYYYmmddHHMMSS), got {timestring!r}")
+    return timestring
+
+
+def batch_folder_name(batch_name: str, timestring: str, values: dict[str, Any] | None = None) -> str:
+    """`batch_name` with `{timestring}` (and other `{key}`s) substituted, made safe as one folder name.
+
+    Separators, `..` and drive letters are neutralised, so a batch name can never
+    point outside the output folder.
+    """
+    values = {"timestring": timestring, **{k.lower(): v for k, v in (values or {}).items()}}
+
+    def sub(match: re.Match[str]) -> str:
+        key = match.group(1).lower()
+        return str(values[key]) if key in values else match.group(0)
+
+    name = _PLACEHOLDER.sub(sub, batch_name or "")
+    name = _UNSAFE.sub("_", name)
+    name = "".join(ch if ch.isprintable() else "_" for ch in name)
+    name = name.replace("..", "_").strip(". ")
+    if not name:
+        name = f"Deforum_{timestring}"
+    return name[:200]
+
+
+def batch_dir(outdir: str | Path, settings: "DeforumSettings", timestring: str) -> Path:
+    """The batch folder for `settings` inside `outdir`; guaranteed to stay inside it."""
+    root = Path(outdir).expanduser().resolve()
+    values = {"seed": settings.seed, "w": settings.W, "h": settings.H}
+    folder = (root / batch_folder_name(settings.batch_name, timestring, values)).resolve()
+    if folder.parent != root:
+        raise OutputError(f"batch_name {settings.batch_name!r} would leave the output folder {root}")
+    return folder
+
+
+def frame_name(timestring: str, index: int) -> str:
+    return f"{timestring}_{index:09}.png"
+
+
+def settings_file(folder: Path, timestring: str) -> Path:
+    return folder / f"{timestring}_settings.txt"
+
+
+def plan_file(folder: Path, timestring: str) -> Path:
+    return folder / f"{timestring}_wan_plan.json"
+
+
+def video_file(folder: Path, timestring: str) -> Path:
+    return folder / f"{timestring}.mp4"
+
+
+def existing_frames(folder: str | Path, timestring: str) -> list[int]:
+    """Indices of the frames of `timestring` already on disk, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(rf"^{re.escape(timestring)}_(\d{{9}})\.png$")
+    found = []
+    for entry in os.scandir(folder):
+        m = pattern.match(entry.name)
+        if m and entry.is_file() and entry.stat().st_size > 0:
+            found.append(int(m.group(1)))
+    return sorted(found)
+
+
+def contiguous_frames(folder: str | Path, timestring: str) -> int:
+    """How many frames from index 0 on are on disk without a gap: where a resume starts."""
+    count = 0
+    for index in existing_frames(folder, timestring):
+        if index != count:
+            break
+        count += 1
+    return count
+
+
+def find_timestrings(folder: str | Path) -> list[str]:
+    """Timestrings that have frames in `folder`, newest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stamps = {m.group(1) for e in os.scandir(folder) if (m := re.match(r"^(\d{14})_\d{9}\.png$", e.name))}
+    return sorted(stamps, reverse=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_frame(folder: Path, timestring: str, index: int, image: "np.ndarray") -> Path:
+    """Save one HxWx3 uint8 frame as PNG under Deforum's name, atomically."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=4)
+    return atomic_write_bytes(folder / frame_name(timestring, index), buf.getvalue())
+
+
+def save_settings(settings: "DeforumSettings", folder: Path, timestring: str) -> Path:
+    """`{timestring}_settings.txt`, loadable by Deforum itself."""
+    return atomic_write_text(settings_file(folder, timestring), settings.to_json())
+
+
+def save_json(path: Path, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=4, ensure_ascii=False))
+
+
+def ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def stitch_video(
+    folder: Path,
+    timestring: str,
+    fps: float,
+    frame_count: int,
+    *,
+    soundtrack: str | None = None,
+    crf: int = 17,
+) -> tuple[Path, list[str]]:
+    """Encode frames 0..frame_count-1 into `{timestring}.mp4` (H.264, yuv420p, exactly `fps`).
+
+    Returns the path and any warnings (a soundtrack that could not be added is a
+    warning, not a lost video).
+    """
+    warnings: list[str] = []
+    have = contiguous_frames(folder, timestring)
+    if have < frame_count:
+        raise OutputError(f"cannot make the video: only {have} of {frame_count} frames are in {folder}")
+    out = video_file(folder, timestring)
+    base = [
+        ffmpeg_exe(), "-y", "-loglevel", "error",
+        "-framerate", _fps_arg(fps), "-start_number", "0",
+        "-i", str(folder / f"{timestring}_%09d.png"),
+    ]
+    video_opts = [
+        "-frames:v", str(frame_count),
+        "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf), "-r", _fps_arg(fps),
+    ]
+    tmp = folder / f".{timestring}.tmp.mp4"
+    audio = _soundtrack_input(soundtrack, warnings)
+    if audio:
+        cmd = base + ["-i", audio] + video_opts + ["-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-shortest", str(tmp)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode == 0:
+            os.replace(tmp, out)
+            return out, warnings
+        warnings.append(f"soundtrack {soundtrack!r} could not be added: {_last_line(result.stderr)}; video saved without sound")
+    result = subprocess.run(base + video_opts + [str(tmp)], capture_output=True, text=True)
+    if result.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"ffmpeg could not encode {out.name}: {_last_line(result.stderr)}")
+    os.replace(tmp, out)
+    return out, warnings
+
+
+def probe_video(path: str | Path) -> tuple[int, float]:
+    """Frame count and frame rate of a video, read by ffmpeg itself."""
+    import imageio_ffmpeg
+
+    frames, _secs = imageio_ffmpeg.count_frames_and_secs(str(path))
+    result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True)
+    m = re.search(r"(\d+(?:\.\d+)?) fps", result.stderr)
+    fps = float(m.group(1)) if m else float("nan")
+    return frames, fps
+
+
+def _fps_arg(fps: float) -> str:
+    from fractions import Fraction
+
+    frac = Fraction(fps).limit_denominator(1001)
+    return f"{frac.numerator}/{frac.denominator}"
+
+
+def _soundtrack_input(soundtrack: str | None, warnings: list[str]) -> str | None:
+    if not soundtrack or soundtrack.strip().lower() in ("", "none"):
+        return None
+    if re.match(r"^https?://", soundtrack):
+        return soundtrack
+    path = Path(soundtrack).expanduser()
+    if path.is_file() and os.access(path, os.R_OK):
+        return str(path)
+    warnings.append(f"soundtrack_path {soundtrack!r} is not a readable file; video saved without sound")
+    return None
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no error output"
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Drop temporary files a killed writer left behind; they are never whole frames."""
+    if not folder.is_dir():
+        return
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") and entry.name.endswith((".tmp", ".tmp.mp4")):
+            Path(entry.path).unlink(missing_ok=True)
