@@ -96,8 +96,9 @@ their neighbours. Each phase is worded from its net motion (an axis with no
 net travel but a mean unsigned speed above the first threshold reads as "pan
 left and right", "dolly in and out", ...); phases read in order joined by
 "then", and at most four phases are kept (flicker tolerance is doubled until
-they fit). Motions within one phase are strongest first, joined by "with a". The duration word is the share of frames in moving
-phases: below 40 % "brief", below 85 % "extended", otherwise "sustained".
+they fit). Motions within one phase are strongest first, joined by "with a".
+The duration word is the share of frames in moving phases (a shake moves them
+all): below 40 % "brief", below 85 % "extended", otherwise "sustained".
 """
 from __future__ import annotations
 
