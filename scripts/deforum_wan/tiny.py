@@ -25,18 +25,19 @@ log = logging.getLogger(__name__)
 TINY_NAMES: dict[str, str] = {
     "t2v": "tiny-wan2.1-t2v",
     "i2v": "tiny-wan2.1-i2v",
+    "flf2v": "tiny-wan2.1-flf2v",
     "vace": "tiny-wan2.1-vace",
     "ti2v-5b": "tiny-wan2.2-ti2v-5b",
     "a14b-t2v": "tiny-wan2.2-t2v-a14b",
     "a14b-i2v": "tiny-wan2.2-i2v-a14b",
     "qwen": "tiny-qwen2.5-instruct",
 }
-WAN_KINDS: tuple[str, ...] = ("t2v", "i2v", "vace", "ti2v-5b", "a14b-t2v", "a14b-i2v")
+WAN_KINDS: tuple[str, ...] = ("t2v", "i2v", "flf2v", "vace", "ti2v-5b", "a14b-t2v", "a14b-i2v")
 ALL_KINDS: tuple[str, ...] = WAN_KINDS + ("qwen",)
 
 SEED = 0
 TEXT_DIM = 32  # width of the tiny text encoder, and so the transformer's text_dim
-MAX_TEXT_TOKENS = 16  # pass as max_sequence_length when rendering with tiny models
+MAX_TEXT_TOKENS = 16  # the tiny tokenizer's model_max_length; the loader pads prompts to this
 
 # A small vocabulary: the tiny text encoder only has to map words to ids.
 _WORDS = (
@@ -76,7 +77,7 @@ def _wan_tokenizer() -> Any:
         pad_token="<pad>",
         eos_token="</s>",
         unk_token="<unk>",
-        model_max_length=512,
+        model_max_length=MAX_TEXT_TOKENS,
     )
 
 
@@ -266,6 +267,29 @@ def build_i2v() -> DiffusionPipeline:
     )
 
 
+def build_flf2v() -> DiffusionPipeline:
+    """Wan2.1 FLF2V layout: the I2V one plus a position embedding over two images' CLIP tokens."""
+    import torch
+    from diffusers import WanImageToVideoPipeline
+
+    torch.manual_seed(SEED)
+    parts = _text_parts()
+    image_encoder, image_processor = _image_encoder()
+    cfg = image_encoder.config
+    tokens = (cfg.image_size // cfg.patch_size) ** 2 + 1  # patches + class token
+    transformer = _transformer(
+        in_channels=36, image_dim=cfg.hidden_size, added_kv_proj_dim=2 * 12, pos_embed_seq_len=2 * tokens
+    )
+    return WanImageToVideoPipeline(
+        vae=_vae(),
+        transformer=transformer,
+        scheduler=_scheduler(16.0),
+        image_encoder=image_encoder,
+        image_processor=image_processor,
+        **parts,
+    )
+
+
 def build_vace() -> DiffusionPipeline:
     """Wan2.1 VACE layout: extra VACE blocks fed from (video latents, mask) at 96 channels."""
     import torch
@@ -335,6 +359,7 @@ def build_a14b_i2v() -> DiffusionPipeline:
 BUILDERS: dict[str, Callable[[], Any]] = {
     "t2v": build_t2v,
     "i2v": build_i2v,
+    "flf2v": build_flf2v,
     "vace": build_vace,
     "ti2v-5b": build_ti2v_5b,
     "a14b-t2v": build_a14b_t2v,

@@ -1,0 +1,432 @@
+"""The thin layer between the renderer and diffusers: one call renders one clip.
+
+`Pipelines` holds the diffusers pipelines loaded once by `models.load_pipelines`
+and is reused for every clip of a job. Each method takes plain values (prompt,
+size, frame count, seed, ...) and returns the clip as one uint8 array
+[F, H, W, 3], so nothing above this layer touches torch or diffusers.
+
+Interrupts: `on_step(step, total)` is called after every denoising step. When it
+returns False (or raises `Interrupted` itself) the clip stops between steps and
+the method raises `Interrupted`; a method only returns frames for a finished
+clip. Raising, rather than setting diffusers' `_interrupt` flag, skips the VAE
+decode of a half-denoised clip, which is the slow part the user wants to avoid.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import types
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import PIL.Image
+    import torch
+
+    from .models import ModelInfo
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int], "bool | None"]
+
+
+class Interrupted(Exception):
+    """Raised when `on_step` asked to stop; the clip was not finished and has no frames."""
+
+    def __init__(self, step: int, total: int) -> None:
+        super().__init__(f"interrupted after step {step} of {total}")
+        self.step = step
+        self.total = total
+
+
+class ModeError(ValueError):
+    """The loaded model cannot render the requested clip mode (e.g. VACE on a T2V model)."""
+
+
+def patch_prompt_cleaning() -> None:
+    """Let Wan's I2V/VACE pipelines run without the optional `ftfy` package.
+
+    diffusers (0.42 and its main branch) guards `ftfy.fix_text` in pipeline_wan.py
+    but calls it unconditionally in the I2V, VACE and video-to-video pipelines, so
+    they fail with NameError when ftfy is not installed. Without ftfy we only skip
+    its mojibake repair; html unescaping and whitespace cleanup still run.
+    """
+    import importlib
+
+    for name in ("pipeline_wan_i2v", "pipeline_wan_vace", "pipeline_wan_video2video"):
+        try:
+            module = importlib.import_module(f"diffusers.pipelines.wan.{name}")
+        except ImportError:
+            continue
+        if not hasattr(module, "ftfy"):
+            module.ftfy = types.SimpleNamespace(fix_text=lambda text: text)  # type: ignore[attr-defined]
+
+
+def to_uint8_frames(frames: Any) -> np.ndarray:
+    """diffusers' np output (float in [0, 1], [B, F, H, W, 3] or [F, H, W, 3]) -> uint8 [F, H, W, 3]."""
+    array = np.asarray(frames)
+    if array.ndim == 5:
+        array = array[0]
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(f"expected frames shaped [F, H, W, 3], got {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    return (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def to_pil(image: Any, width: int, height: int) -> PIL.Image.Image:
+    """An HxWx3 array (uint8, or float in [0, 1]) or PIL image -> RGB PIL image of the clip's size."""
+    import PIL.Image
+
+    if isinstance(image, PIL.Image.Image):
+        pil = image.convert("RGB")
+    else:
+        array = np.asarray(image)
+        if array.ndim == 3 and array.shape[-1] == 4:
+            array = array[..., :3]
+        if array.ndim != 3 or array.shape[-1] != 3:
+            raise ValueError(f"expected an image shaped [H, W, 3], got {array.shape}")
+        if array.dtype != np.uint8:
+            array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+        pil = PIL.Image.fromarray(array, "RGB")
+    if pil.size != (width, height):
+        pil = pil.resize((width, height), PIL.Image.LANCZOS)
+    return pil
+
+
+def vace_conditioning(
+    known_frames: np.ndarray | Sequence[Any], num_frames: int, width: int, height: int
+) -> tuple[list[PIL.Image.Image], list[PIL.Image.Image]]:
+    """Video and mask for VACE continuation, following WanVACEPipeline's documented recipe.
+
+    Known frames come first and are kept (mask black, 0); the remaining frames are
+    grey (128) and generated (mask white, 255).
+    """
+    import PIL.Image
+
+    known = [to_pil(frame, width, height) for frame in known_frames]
+    if len(known) > num_frames:
+        raise ValueError(f"{len(known)} known frames do not fit in a clip of {num_frames} frames")
+    grey = PIL.Image.new("RGB", (width, height), (128, 128, 128))
+    black = PIL.Image.new("L", (width, height), 0)
+    white = PIL.Image.new("L", (width, height), 255)
+    rest = num_frames - len(known)
+    return known + [grey] * rest, [black] * len(known) + [white] * rest
+
+
+@dataclass(eq=False)
+class Pipelines:
+    """Loaded diffusers pipelines for one job, built by `models.load_pipelines`.
+
+    `main` is the pipeline of the chosen model folder. `image` is the pipeline for
+    I2V clips when that is not `main`: for TI2V-5B it is a WanImageToVideoPipeline
+    over the same components; for a T2V/VACE model it is another I2V folder loaded
+    with the text encoder, tokenizer and VAE shared.
+    """
+
+    info: ModelInfo
+    main: Any
+    image: Any = None
+    image_info: ModelInfo | None = None
+    device: str = "cpu"
+    dtype: Any = None
+    memory_profile: str = "none"
+    attention: str = "native"
+    compiled: bool = False
+    vae_tiling: bool = False
+    max_sequence_length: int = 512  # prompt tokens; Wan uses 512, a tokenizer may declare fewer
+    _active: Any = field(default=None, repr=False)
+    _freed: bool = field(default=False, repr=False)
+
+    # -- what this object can do -------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        return self.info.kind
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """Clip modes available: t2v / i2v / vace, from the pipelines actually loaded."""
+        modes = []
+        if self._t2v_pipe(required=False) is not None:
+            modes.append("t2v")
+        if self._i2v_pipe(required=False) is not None:
+            modes.append("i2v")
+        if _is_vace(self.main):
+            modes.append("vace")
+        return tuple(modes)
+
+    def supports(self, mode: str) -> bool:
+        return mode in self.modes
+
+    # -- one clip per call --------------------------------------------------------
+
+    def t2v(
+        self,
+        prompt: str,
+        negative_prompt: str | None,
+        num_frames: int,
+        width: int,
+        height: int,
+        steps: int,
+        guidance: float,
+        seed: int,
+        flow_shift: float | None = None,
+        on_step: StepCallback | None = None,
+        guidance_2: float | None = None,
+    ) -> np.ndarray:
+        """Text to video: a uint8 array [num_frames, height, width, 3]."""
+        pipe = self._t2v_pipe()
+        return self._run(
+            pipe, {}, prompt, negative_prompt, num_frames, width, height, steps, guidance, seed,
+            flow_shift, on_step, guidance_2,
+        )
+
+    def i2v(
+        self,
+        image: np.ndarray | PIL.Image.Image,
+        prompt: str,
+        negative_prompt: str | None,
+        num_frames: int,
+        width: int,
+        height: int,
+        steps: int,
+        guidance: float,
+        seed: int,
+        flow_shift: float | None = None,
+        on_step: StepCallback | None = None,
+        guidance_2: float | None = None,
+        last_image: np.ndarray | PIL.Image.Image | None = None,
+    ) -> np.ndarray:
+        """Image to video: the clip starts from `image` (usually the previous clip's last frame)."""
+        pipe = self._i2v_pipe()
+        extra: dict[str, Any] = {"image": to_pil(image, width, height)}
+        if last_image is not None:
+            extra["last_image"] = to_pil(last_image, width, height)
+        with self._flf2v_single_image(pipe, last_image is None):
+            return self._run(
+                pipe, extra, prompt, negative_prompt, num_frames, width, height, steps, guidance, seed,
+                flow_shift, on_step, guidance_2,
+            )
+
+    def vace(
+        self,
+        known_frames: np.ndarray | Sequence[Any],
+        prompt: str,
+        negative_prompt: str | None,
+        num_frames: int,
+        width: int,
+        height: int,
+        steps: int,
+        guidance: float,
+        seed: int,
+        flow_shift: float | None = None,
+        on_step: StepCallback | None = None,
+        guidance_2: float | None = None,
+    ) -> np.ndarray:
+        """VACE continuation: the first len(known_frames) frames are given, the rest generated.
+
+        The returned clip has num_frames frames and includes (the model's version of)
+        the known frames at its start; the caller drops that overlap when joining.
+        """
+        if not _is_vace(self.main):
+            raise ModeError(f"{self.info.name} ({self.info.kind}) is not a VACE model; it cannot continue clips")
+        video, mask = vace_conditioning(known_frames, num_frames, width, height)
+        return self._run(
+            self.main, {"video": video, "mask": mask}, prompt, negative_prompt, num_frames, width, height,
+            steps, guidance, seed, flow_shift, on_step, guidance_2,
+        )
+
+    # -- housekeeping -------------------------------------------------------------
+
+    def pipes(self) -> list[Any]:
+        """The distinct diffusers pipelines held (main first)."""
+        found: list[Any] = []
+        for pipe in (self.main, self.image):
+            if pipe is not None and all(pipe is not other for other in found):
+                found.append(pipe)
+        return found
+
+    def free(self) -> None:
+        """Drop every model and return cached GPU memory; the object is unusable afterwards."""
+        if self._freed:
+            return
+        for pipe in self.pipes():
+            with contextlib.suppress(Exception):
+                pipe.remove_all_hooks()
+        self.main = None
+        self.image = None
+        self._active = None
+        self._freed = True
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+                torch.cuda.ipc_collect()
+        except ImportError:  # pragma: no cover
+            pass
+
+    # -- internals ------------------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        if self._freed:
+            raise RuntimeError("these pipelines were freed; load the model again")
+
+    def _t2v_pipe(self, required: bool = True) -> Any:
+        self._check_alive()
+        name = type(self.main).__name__
+        if name in ("WanPipeline", "WanVACEPipeline"):
+            return self.main
+        if required:
+            raise ModeError(f"{self.info.name} ({self.info.kind}) is an image-to-video model; it cannot render t2v")
+        return None
+
+    def _i2v_pipe(self, required: bool = True) -> Any:
+        self._check_alive()
+        if type(self.main).__name__ == "WanImageToVideoPipeline":
+            return self.main
+        if self.image is not None:
+            return self.image
+        if required:
+            raise ModeError(
+                f"{self.info.name} ({self.info.kind}) cannot render i2v clips; "
+                "choose an I2V model for them or use a VACE model for continuation"
+            )
+        return None
+
+    def _activate(self, pipe: Any) -> None:
+        """Model/sequential offload hooks chain one pipeline's modules; re-hook when switching pipelines.
+
+        Two pipelines share the text encoder and VAE, and diffusers' offload hooks
+        belong to one pipeline, so the pipeline about to run gets them.
+        """
+        if self._active is pipe:
+            return
+        if self.memory_profile in ("model", "sequential") and self._active is not None:
+            from .models import apply_memory_profile
+
+            with contextlib.suppress(Exception):
+                self._active.remove_all_hooks()
+            apply_memory_profile(pipe, self.memory_profile, self.device)
+        self._active = pipe
+
+    @contextlib.contextmanager
+    def _flow_shift(self, pipe: Any, flow_shift: float | None) -> Iterator[None]:
+        """Use a scheduler with `flow_shift` for this call only; keep the model's otherwise."""
+        if flow_shift is None:
+            yield
+            return
+        original = pipe.scheduler
+        config = original.config
+        if "flow_shift" in config:
+            pipe.scheduler = type(original).from_config(config, flow_shift=float(flow_shift))
+        elif "shift" in config:
+            pipe.scheduler = type(original).from_config(config, shift=float(flow_shift))
+        else:
+            log.warning("scheduler %s has no flow shift; ignoring flow_shift=%s", type(original).__name__, flow_shift)
+        try:
+            yield
+        finally:
+            pipe.scheduler = original
+
+    @contextlib.contextmanager
+    def _flf2v_single_image(self, pipe: Any, single: bool) -> Iterator[None]:
+        """FLF2V expects CLIP tokens of two images; with only a first frame, give it that image twice."""
+        transformer = getattr(pipe, "transformer", None)
+        pos_len = getattr(getattr(transformer, "config", None), "pos_embed_seq_len", None)
+        if not single or pos_len is None or getattr(pipe, "image_encoder", None) is None:
+            yield
+            return
+        original = pipe.encode_image
+
+        def encode_twice(image: Any, device: Any = None) -> Any:
+            return original([image, image] if not isinstance(image, list) else image, device)
+
+        pipe.encode_image = encode_twice
+        try:
+            yield
+        finally:
+            del pipe.encode_image  # back to the class method
+
+    def _run(
+        self,
+        pipe: Any,
+        extra: dict[str, Any],
+        prompt: str,
+        negative_prompt: str | None,
+        num_frames: int,
+        width: int,
+        height: int,
+        steps: int,
+        guidance: float,
+        seed: int,
+        flow_shift: float | None,
+        on_step: StepCallback | None,
+        guidance_2: float | None,
+    ) -> np.ndarray:
+        import torch
+
+        self._check_sizes(pipe, num_frames, width, height, steps)
+        self._activate(pipe)
+        kwargs: dict[str, Any] = dict(
+            prompt=prompt,
+            negative_prompt=negative_prompt or None,
+            num_frames=int(num_frames),
+            width=int(width),
+            height=int(height),
+            num_inference_steps=int(steps),
+            guidance_scale=float(guidance),
+            generator=torch.Generator(device="cpu").manual_seed(int(seed)),
+            output_type="np",
+            return_dict=True,
+            max_sequence_length=int(self.max_sequence_length),
+        )
+        if guidance_2 is not None and getattr(pipe.config, "boundary_ratio", None) is not None:
+            kwargs["guidance_scale_2"] = float(guidance_2)
+        if on_step is not None:
+            kwargs["callback_on_step_end"] = _step_callback(on_step, int(steps))
+            kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
+        kwargs.update(extra)
+        with self._flow_shift(pipe, flow_shift):
+            try:
+                output = pipe(**kwargs)
+            except Interrupted:
+                with contextlib.suppress(Exception):
+                    pipe.maybe_free_model_hooks()
+                raise
+        frames = to_uint8_frames(output.frames)
+        if frames.shape[0] != num_frames:  # diffusers rounds bad counts with only a warning
+            raise RuntimeError(f"asked for {num_frames} frames, the pipeline returned {frames.shape[0]}")
+        return frames
+
+    def _check_sizes(self, pipe: Any, num_frames: int, width: int, height: int, steps: int) -> None:
+        """Fail early and clearly where diffusers would round silently or fail deep inside."""
+        if num_frames < 1 or (num_frames - 1) % 4 != 0:
+            raise ValueError(f"num_frames must be 4n+1 (1, 5, 9, ..., 81), got {num_frames}")
+        multiple = self.info.spec.size_multiple
+        if width % multiple or height % multiple or width <= 0 or height <= 0:
+            raise ValueError(f"{self.info.label} needs width and height in multiples of {multiple}, got {width}x{height}")
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+
+
+def _is_vace(pipe: Any) -> bool:
+    return type(pipe).__name__ == "WanVACEPipeline"
+
+
+def _step_callback(on_step: StepCallback, steps: int) -> Callable[..., dict]:
+    """Adapt on_step(step, total) -> bool to diffusers' callback_on_step_end."""
+
+    def callback(pipe: Any, i: int, t: Any, callback_kwargs: dict) -> dict:
+        total = int(getattr(pipe, "_num_timesteps", None) or steps)
+        step = i + 1
+        if on_step(step, total) is False:
+            raise Interrupted(step, total)
+        return {}
+
+    return callback
