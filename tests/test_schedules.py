@@ -436,3 +436,51 @@ def test_real_settings_files_parse(path: Path) -> None:
                 parse_schedule(value, max_frames, int(data.get("seed", -1)), key=name)
         seen += 1
     assert seen >= 40
+
+
+def _numeric_reference(keys: dict[int, float], max_frames: int) -> np.ndarray:
+    """Deforum's numeric-key algorithm written the plain way: known frames,
+    held ends, one numpy.interp over everything else (what pandas runs)."""
+    values = np.full(max_frames, np.nan)
+    for frame, value in keys.items():
+        if frame < max_frames:
+            values[frame] = value
+    known = np.flatnonzero(~np.isnan(values))
+    values[0], values[-1] = values[known[0]], values[known[-1]]
+    missing = np.flatnonzero(np.isnan(values))
+    known = np.flatnonzero(~np.isnan(values))
+    values[missing] = np.interp(missing, known, values[known])
+    return values
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    keys=st.dictionaries(
+        st.integers(min_value=0, max_value=400),
+        st.one_of(
+            st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5]),
+            st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_subnormal=False),
+        ),
+        min_size=1,
+        max_size=150,
+    ),
+    max_frames=st.integers(min_value=1, max_value=500),
+)
+def test_numeric_keys_match_single_interp(keys: dict[int, float], max_frames: int) -> None:
+    if not any(frame < max_frames for frame in keys):
+        return
+    text = ", ".join(f"{frame}:({value!r})" for frame, value in keys.items())
+    # repr() may write an exponent, which Deforum treats as an expression
+    if "e" in text:
+        return
+    values = parse_schedule(text, max_frames, key="angle")
+    expected = _numeric_reference(keys, max_frames)
+    np.testing.assert_array_equal(values, expected)
+    np.testing.assert_array_equal(np.signbit(values), np.signbit(expected))
+
+
+def test_negative_zero_between_equal_keys_matches_interp() -> None:
+    values = parse_schedule("0:(-0.0), 5:(-0.0)", 8, key="angle")
+    expected = _numeric_reference({0: -0.0, 5: -0.0}, 8)
+    np.testing.assert_array_equal(np.signbit(values), np.signbit(expected))
+    assert np.signbit(values[0]) and not np.signbit(values[2])

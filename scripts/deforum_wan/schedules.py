@@ -411,20 +411,42 @@ def _value_at(keyframes: list[_Keyframe], frame: int) -> str:
     return current.value
 
 
+_MANY_GAPS = 64
+
+
 def _fill_gaps(values: np.ndarray) -> np.ndarray:
     """Hold the ends and interpolate the rest, as Deforum does with pandas:
     frame 0 takes the first known value, the last frame the last known one,
-    and every unknown frame in between is linear between its neighbours."""
+    and every unknown frame in between is linear between its neighbours.
+
+    pandas' linear interpolation is ``numpy.interp`` over the known points;
+    interpolating each gap from its two ends gives the very same numbers
+    (``interp`` only ever looks at the two points around a frame), and lets a
+    gap between equal values skip ``interp`` altogether.
+    """
     known = ~np.isnan(values)
     positions = np.flatnonzero(known)
     values[0] = values[positions[0]]
     values[-1] = values[positions[-1]]
     known[0] = known[-1] = True
-    if known.all():
-        return values
     positions = np.flatnonzero(known)
-    missing = np.flatnonzero(~known)
-    values[missing] = np.interp(missing, positions, values[positions])
+    starts = positions[:-1][np.diff(positions) > 1]
+    if starts.size == 0:
+        return values
+    if starts.size > _MANY_GAPS:
+        missing = np.flatnonzero(~known)
+        values[missing] = np.interp(missing, positions, values[positions])
+        return values
+    stops = positions[np.searchsorted(positions, starts) + 1]
+    for start, stop in zip(starts.tolist(), stops.tolist()):
+        left, right = values[start], values[stop]
+        if left == right:
+            # interp computes 0.0 * (x - start) + left here; "+ 0.0" keeps
+            # its one visible effect, turning -0.0 into 0.0
+            values[start + 1 : stop] = left + 0.0
+        else:
+            frames = np.arange(start + 1, stop, dtype=np.float64)
+            values[start + 1 : stop] = np.interp(frames, [start, stop], [left, right])
     return values
 
 

@@ -1,0 +1,149 @@
+"""Benchmark: vectorised schedule evaluation against Deforum-style per-frame loops.
+
+Evaluates every schedule of a Deforum settings file (keys ending in
+``_schedule`` plus the camera keys) at 10,000 frames, both with
+``parse_schedule`` (one numexpr call per keyframe) and with the frame-by-frame
+reference loop that mirrors Deforum, and prints median frames per second for
+both. It first checks that every schedule in every settings file given parses.
+
+    python benchmarks/bench_schedules.py [SETTINGS_FILE_OR_DIR ...]
+        [--frames 10000] [--repeats 7]
+
+By default it reads ../shared/deforum-settings next to the repository and
+times forge-deforum-default.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+try:
+    from deforum_wan import schedules
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from deforum_wan import schedules
+
+DEFAULT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "deforum-settings"
+DEFAULT_FILE = "forge-deforum-default.txt"
+CAMERA_KEYS = frozenset(
+    {
+        "angle",
+        "zoom",
+        "translation_x",
+        "translation_y",
+        "translation_z",
+        "rotation_3d_x",
+        "rotation_3d_y",
+        "rotation_3d_z",
+        "transform_center_x",
+        "transform_center_y",
+    }
+)
+
+
+def schedule_entries(settings: dict) -> dict[str, str]:
+    """The settings entries that are schedule strings."""
+    return {
+        name: value
+        for name, value in settings.items()
+        if isinstance(value, str)
+        and (name.endswith("_schedule") or name in CAMERA_KEYS or name.startswith("perspective_flip_"))
+    }
+
+
+def check_file(path: Path, frames: int) -> list[str]:
+    """Parse every schedule of one file at its own length and at ``frames``;
+    return the problems found."""
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    seed = int(settings.get("seed", -1))
+    problems = []
+    for max_frames in sorted({1, int(settings.get("max_frames", 120)), frames}):
+        for name, value in schedule_entries(settings).items():
+            try:
+                if name in schedules.STRING_SCHEDULE_KEYS:
+                    schedules.parse_string_schedule(value, max_frames, key=name)
+                else:
+                    schedules.parse_schedule(value, max_frames, seed, key=name)
+            except schedules.ScheduleError as error:
+                problems.append(f"{path.name} (max_frames={max_frames}): {error}")
+    return problems
+
+
+def time_all(
+    parse: Callable[..., object], entries: dict[str, str], frames: int, seed: int
+) -> float:
+    start = time.perf_counter()
+    for name, value in entries.items():
+        parse(value, frames, seed, key=name)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="*", type=Path, help="settings files or folders")
+    parser.add_argument("--frames", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+
+    files: list[Path] = []
+    for path in args.paths or [DEFAULT_DIR]:
+        files.extend(sorted(path.glob("*.txt")) if path.is_dir() else [path])
+    if not files:
+        print("no settings files found", file=sys.stderr)
+        return 2
+    timed = next((f for f in files if f.name == DEFAULT_FILE), files[0])
+
+    problems = [problem for path in files for problem in check_file(path, args.frames)]
+    for path in files:
+        print(f"checked {path.name}: {len(schedule_entries(json.loads(path.read_text())))} schedules")
+    for problem in problems:
+        print(f"  FAILS {problem}")
+    if not problems:
+        print("every schedule parses")
+
+    settings = json.loads(timed.read_text(encoding="utf-8"))
+    seed = int(settings.get("seed", -1))
+    entries = schedule_entries(settings)
+    numeric = {k: v for k, v in entries.items() if k not in schedules.STRING_SCHEDULE_KEYS}
+    strings = {k: v for k, v in entries.items() if k in schedules.STRING_SCHEDULE_KEYS}
+    frames = args.frames
+
+    vectorised, per_frame = [], []
+    for _ in range(args.repeats):
+        vectorised.append(time_all(schedules.parse_schedule, numeric, frames, seed))
+        per_frame.append(time_all(schedules._parse_schedule_per_frame, numeric, frames, seed))
+    string_times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for name, value in strings.items():
+            schedules.parse_string_schedule(value, frames, key=name)
+        string_times.append(time.perf_counter() - start)
+
+    vec, loop = statistics.median(vectorised), statistics.median(per_frame)
+    print()
+    print(
+        f"{timed.name}: {len(numeric)} numeric schedules "
+        f"({sum(1 for v in numeric.values() if _has_expression(v))} with expressions), "
+        f"{len(strings)} string schedules, {frames} frames, {args.repeats} repeats (medians)"
+    )
+    print(f"  {'path':<12}{'seconds':>12}{'frames/s':>16}")
+    print(f"  {'vectorised':<12}{vec:>12.4f}{frames / vec:>16,.0f}")
+    print(f"  {'per-frame':<12}{loop:>12.4f}{frames / loop:>16,.0f}")
+    print(f"  ratio (vectorised / per-frame throughput): {loop / vec:,.1f}x")
+    strings_median = statistics.median(string_times)
+    print(f"  string schedules: {strings_median:.4f} s ({frames / strings_median:,.0f} frames/s)")
+    return 1 if problems else 0
+
+
+def _has_expression(text: str) -> bool:
+    return any(c.isalpha() for c in text.translate(str.maketrans("", "", "'\"")))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
