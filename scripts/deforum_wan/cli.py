@@ -23,8 +23,60 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_plan_options(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `plan` and `render`: they become PlanOptions."""
+    p.add_argument("--model", default="t2v", help="model kind (t2v, i2v, vace, ti2v-5b, a14b-t2v, ...) or a model folder")
+    p.add_argument("--continuity", choices=["auto", "i2v", "vace", "none"], default="auto",
+                   help="how each clip continues the previous one")
+    p.add_argument("--overlap", type=int, help="VACE: frames carried into the next clip")
+    p.add_argument("--width", type=int, help="render width (rounded to the model's multiple)")
+    p.add_argument("--height", type=int, help="render height (rounded to the model's multiple)")
+    p.add_argument("--steps", type=int, help="denoising steps per clip")
+    p.add_argument("--guidance", type=float, help="guidance scale")
+    p.add_argument("--flow-shift", type=float, help="flow-matching shift")
+    p.add_argument("--max-clip-frames", type=int, help="cap Wan frames per clip (4n+1)")
+    p.add_argument("--seed", type=int, help="base seed (overrides the settings' seed)")
+    p.add_argument("--sensitivity", type=float, default=1.0, help="camera words: higher describes smaller motions")
+    p.add_argument("--language", choices=["en", "zh"], default="en", help="language of the camera words")
+    p.add_argument("--no-blend", action="store_true", help="nearest Wan frame instead of blending two")
+
+
+def plan_options(args: argparse.Namespace, seed: int, extra_modes: tuple[str, ...] = ()):
+    from .plan import PlanOptions
+
+    return PlanOptions(
+        continuity=args.continuity, overlap=args.overlap, extra_modes=extra_modes, width=args.width,
+        height=args.height, steps=args.steps, guidance=args.guidance, flow_shift=args.flow_shift,
+        max_clip_frames=args.max_clip_frames, sensitivity=args.sensitivity, language=args.language,
+        blend=not args.no_blend, seed=seed,
+    )
+
+
+def model_spec_for(name: str):
+    """A kind name gives its spec; a folder is classified from its files."""
+    from .specs import MODEL_SPECS
+
+    if name in MODEL_SPECS:
+        return MODEL_SPECS[name]
+    from .models import classify_model
+
+    return classify_model(name).spec
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import format_plan, plan_clips
+    from .seeds import resolve_seed
+
+    settings = _load(args.settings)
+    seed = resolve_seed(args.seed if args.seed is not None else settings.seed)
+    plan = plan_clips(settings, model_spec_for(args.model), plan_options(args, seed))
+    print(plan.to_json() if args.json else format_plan(plan))
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "inspect": (cmd_inspect, "show frames, prompts and camera schedules of a settings file"),
+    "plan": (cmd_plan, "show the Wan clips a settings file becomes"),
 }
 
 
@@ -36,18 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help=COMMANDS["inspect"][1])
     p.add_argument("settings", help="Deforum settings file (.txt/.json)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("plan", help=COMMANDS["plan"][1])
+    p.add_argument("settings", help="Deforum settings file (.txt/.json)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_plan_options(p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .plan import PlanError
     from .schedules import ScheduleError
+    from .seeds import SeedError
     from .settings import SettingsError
 
     args = build_parser().parse_args(argv)
     handler = COMMANDS[args.command][0]
     try:
         return handler(args)
-    except (SettingsError, ScheduleError) as e:
+    except (SettingsError, ScheduleError, PlanError, SeedError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
