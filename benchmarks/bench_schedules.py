@@ -136,6 +136,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'vectorised':<12}{vec:>12.4f}{frames / vec:>16,.0f}")
     print(f"  {'per-frame':<12}{loop:>12.4f}{frames / loop:>16,.0f}")
     print(f"  ratio (vectorised / per-frame throughput): {loop / vec:,.1f}x")
+    for name, value in numeric.items():
+        if not _has_expression(value):
+            continue
+        one = {name: value}
+        vec_one = statistics.median(
+            time_all(schedules.parse_schedule, one, frames, seed) for _ in range(args.repeats)
+        )
+        loop_one = statistics.median(
+            time_all(schedules._parse_schedule_per_frame, one, frames, seed) for _ in range(args.repeats)
+        )
+        print(
+            f"  {name}: vectorised {frames / vec_one:,.0f} frames/s, "
+            f"per-frame {frames / loop_one:,.0f} frames/s, ratio {loop_one / vec_one:,.0f}x"
+        )
     strings_median = statistics.median(string_times)
     print(f"  string schedules: {strings_median:.4f} s ({frames / strings_median:,.0f} frames/s)")
     return 1 if problems else 0

@@ -484,3 +484,14 @@ def test_negative_zero_between_equal_keys_matches_interp() -> None:
     expected = _numeric_reference({0: -0.0, 5: -0.0}, 8)
     np.testing.assert_array_equal(np.signbit(values), np.signbit(expected))
     assert np.signbit(values[0]) and not np.signbit(values[2])
+
+
+@pytest.mark.parametrize("seed", ["7", 1.5, None, True])
+def test_bad_seed(seed) -> None:
+    with pytest.raises(ScheduleError, match="seed must be a whole number"):
+        parse_schedule("0:(s)", 3, seed, key="seed_schedule")
+
+
+def test_numpy_integer_seed_and_frames() -> None:
+    values = parse_schedule("0:(s+t)", np.int64(3), np.int64(10), key="seed_schedule")
+    np.testing.assert_array_equal(values, [10, 11, 12])

@@ -94,6 +94,13 @@ _REDUCTION = re.compile(r"\b(?:sum|prod|min|max)\s*\(")
 _CALLED_NAME = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\s*\(")
 _MESSAGE_PIECE_LIMIT = 80
 
+# Python's compiler warns on things like "(1)(2)" ("perhaps you missed a
+# comma?") before numexpr fails on them; the ScheduleError says all that is
+# needed. numexpr compiles under the file name "<expr>", so only its warnings
+# are silenced (a catch_warnings block per call would cost microseconds and is
+# not thread-safe).
+warnings.filterwarnings("ignore", category=SyntaxWarning, module="<expr>")
+
 
 class ScheduleError(ValueError):
     """A schedule that cannot be evaluated, reported on one line.
@@ -146,11 +153,7 @@ def _evaluate(
 ) -> np.ndarray:
     """Run numexpr on ``expr`` and turn any failure into a ScheduleError."""
     try:
-        with warnings.catch_warnings():
-            # Python's compiler warns on things like "(1)(2)" before numexpr
-            # fails on them; the error below says everything needed.
-            warnings.simplefilter("ignore")
-            result = numexpr.evaluate(expr, local_dict=dict(names), global_dict={})
+        result = numexpr.evaluate(expr, local_dict=dict(names), global_dict={})
     except KeyError as exc:
         name = exc.args[0] if exc.args else "?"
         known = ", ".join(names)
@@ -261,6 +264,12 @@ def _check_max_frames(max_frames: Any, key: str) -> int:
             f"max_frames must be a whole number from 1 to {MAX_FRAME_KEY}",
         )
     return int(max_frames)
+
+
+def _check_seed(seed: Any, key: str) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ScheduleError(key, repr(seed), None, "seed must be a whole number")
+    return int(seed)
 
 
 def _check_text(text: Any, key: str) -> str:
@@ -488,14 +497,15 @@ def parse_schedule(
     name used in error messages. Raises :class:`ScheduleError`.
     """
     max_frames = _check_max_frames(max_frames, key)
+    seed = _check_seed(seed, key)
     if _is_number(text):
         return _constant_schedule(text, max_frames, key)
-    keyframes = _parse_keyframes(text, max_frames, int(seed), key, numeric=True)
+    keyframes = _parse_keyframes(text, max_frames, seed, key, numeric=True)
     return _assemble(
         keyframes,
         max_frames,
         key,
-        lambda keyframe, stop: _evaluate_span(keyframe, stop, max_frames, int(seed), key),
+        lambda keyframe, stop: _evaluate_span(keyframe, stop, max_frames, seed, key),
     )
 
 
@@ -505,9 +515,9 @@ def _parse_schedule_per_frame(
     """Reference path: evaluate expressions one frame at a time, as Deforum's
     loop does. Kept for the benchmark and to check the vectorised path."""
     max_frames = _check_max_frames(max_frames, key)
+    seed = _check_seed(seed, key)
     if _is_number(text):
         return _constant_schedule(text, max_frames, key)
-    seed = int(seed)
     keyframes = _parse_keyframes(text, max_frames, seed, key, numeric=True)
 
     def per_frame(keyframe: _Keyframe, stop: int) -> np.ndarray:
@@ -565,7 +575,7 @@ def evaluate_frame_key(
         raise ScheduleError(
             key, repr(text), None, f"expected a frame number, got {type(text).__name__}"
         )
-    return _frame_of_key(text, max_frames, int(seed), key)
+    return _frame_of_key(text, max_frames, _check_seed(seed, key), key)
 
 
 def evaluate_expression(
@@ -590,6 +600,6 @@ def evaluate_expression(
     paren_problem = _paren_problem(expr)
     if paren_problem:
         raise ScheduleError(key, expr, frame, paren_problem)
-    names = {"t": frame, "max_f": max_frames - 1, "s": int(seed)}
+    names = {"t": frame, "max_f": max_frames - 1, "s": _check_seed(seed, key)}
     result = _evaluate(expr, names, key=key, frame=frame)
     return _scalar(result, expr, key=key, frame=frame)
