@@ -11,7 +11,9 @@ Deforum, so this module reproduces Deforum's semantics value for value:
   ``int()`` does (``max_f/2`` with ``max_f=99`` is frame 49);
 * a value is a *plain number* when nothing but the number is left after
   removing every quote and parenthesis (``(0.5)``, ``("0.5")``, ``-(1)``);
-  plain numbers are linearly interpolated between keys;
+  plain numbers are linearly interpolated between keys.  Spaces or an
+  exponent disqualify: ``( 1 )`` and ``(1e-3)`` are expressions, so Deforum
+  (and this module) holds them until the next key instead of interpolating;
 * any other value is a numexpr expression of ``t`` (the frame), ``max_f`` and
   ``s``; it is evaluated on every frame from its key until the next key and is
   *not* interpolated;
