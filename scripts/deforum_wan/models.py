@@ -403,6 +403,8 @@ def load_pipelines(
 
     if memory_profile not in MEMORY_PROFILES:
         raise ValueError(f"unknown memory profile {memory_profile!r}; choose one of {', '.join(MEMORY_PROFILES)}")
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION_CHOICES)}")
     patch_prompt_cleaning()
     device = str(device or default_device())
     dtype = dtype or default_dtype(device)
