@@ -198,6 +198,10 @@ def _wan_option(settings: DeforumSettings, *names: str) -> Any:
     return None
 
 
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
 def _number(name: str, value: Any, kind: type, low: float, high: float) -> Any:
     try:
         number = kind(value)
@@ -284,22 +288,23 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
     max_clip = model.max_frames
     wan_max = _wan_option(settings, "max_clip_frames")
     if options.max_clip_frames is not None or wan_max is not None:
-        max_clip = _number("max_clip_frames", options.max_clip_frames or wan_max, int, MIN_CLIP_FRAMES, model.max_frames)
+        max_clip = _number("max_clip_frames", _first(options.max_clip_frames, wan_max), int, MIN_CLIP_FRAMES,
+                           model.max_frames)
     max_clip -= (max_clip - 1) % 4
 
     overlap = 1
     if continuity == VACE:
-        raw_overlap = options.overlap if options.overlap is not None else _wan_option(settings, "overlap", "frame_overlap")
-        overlap = _number("overlap", raw_overlap if raw_overlap is not None else DEFAULT_VACE_OVERLAP, int, 1, max_clip - 4)
+        raw_overlap = _first(options.overlap, _wan_option(settings, "overlap", "frame_overlap"), DEFAULT_VACE_OVERLAP)
+        overlap = _number("overlap", raw_overlap, int, 1, max_clip - 4)
     elif continuity == "none":
         overlap = 0
 
-    steps = _number("steps", options.steps or _wan_option(settings, "steps", "inference_steps") or model.default_steps,
-                    int, 1, 200)
-    guidance = _number("guidance", options.guidance if options.guidance is not None else
-                       _wan_option(settings, "guidance", "guidance_scale") or model.default_guidance, float, 0, 30)
-    flow_shift = _number("flow_shift", options.flow_shift if options.flow_shift is not None else
-                         _wan_option(settings, "flow_shift") or model.default_flow_shift, float, 0.01, 50)
+    steps = _number("steps", _first(options.steps, _wan_option(settings, "steps", "inference_steps"),
+                                     model.default_steps), int, 1, 200)
+    guidance = _number("guidance", _first(options.guidance, _wan_option(settings, "guidance", "guidance_scale"),
+                                          model.default_guidance), float, 0, 30)
+    flow_shift = _number("flow_shift", _first(options.flow_shift, _wan_option(settings, "flow_shift"),
+                                              model.default_flow_shift), float, 0.01, 50)
     sensitivity = _number("sensitivity", options.sensitivity, float, 0.01, 100)
 
     seed = options.seed if options.seed is not None else settings.seed

@@ -1,0 +1,231 @@
+"""The clip plan keeps Deforum's timeline exact: frame count, keyframes, seeds, 4n+1 clips."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from deforum_wan.plan import ClipPlan, PlanError, PlanOptions, format_plan, plan_clips, split_segment
+from deforum_wan.prompts import prompt_keyframes
+from deforum_wan.schedules import parse_schedule
+from deforum_wan.settings import load_settings, settings_from_dict
+from deforum_wan.specs import MODEL_SPECS
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "deforum-settings"
+
+
+def deforum_seeds(settings, base: int) -> list[int]:
+    """Deforum's render loop, transcribed: diffuse every `cadence` frames, next_seed after each."""
+    cadence = max(int(settings.raw.get("diffusion_cadence", 1)), 1)
+    seed, internal = base, 0
+    by_frame = {}
+    frame_idx = 0
+    while frame_idx < settings.max_frames:
+        if settings.seed_behavior == "schedule":
+            seed = int(parse_schedule(settings.seed_schedule, settings.max_frames, base, key="seed_schedule")[frame_idx])
+        for f in range(frame_idx, min(frame_idx + cadence, settings.max_frames)):
+            by_frame[f] = seed
+        b = settings.seed_behavior
+        if b == "iter":
+            seed += 1 if internal % settings.seed_iter_N == 0 else 0
+            internal += 1
+        elif b == "ladder":
+            seed += 2 if internal == 0 else -1
+            internal = 1 if internal == 0 else 0
+        elif b == "alternate":
+            seed += 1 if internal == 0 else -1
+            internal = 1 if internal == 0 else 0
+        frame_idx += cadence
+    return [by_frame[f] for f in range(settings.max_frames)]
+
+
+def check_plan(plan: ClipPlan, settings, spec) -> None:
+    # Exactly max_frames output frames, contiguous, each supplied once.
+    assert plan.clips[0].output_start == 0
+    for a, b in zip(plan.clips, plan.clips[1:]):
+        assert a.output_end == b.output_start
+    assert plan.clips[-1].output_end == settings.max_frames
+    assert sum(len(c.sources) for c in plan.clips) == settings.max_frames
+    for c in plan.clips:
+        assert len(c.sources) == c.output_frames
+        assert (c.num_frames - 1) % 4 == 0 and 1 <= c.num_frames <= spec.max_frames
+        for lo, hi, w in c.sources:
+            assert 0 <= lo <= hi < c.num_frames and 0.0 <= w < 1.0
+            assert lo >= c.overlap - 1  # never shows a repeated frame except to blend into the first fresh one
+        assert [s[0] + s[2] for s in c.sources] == sorted(s[0] + s[2] for s in c.sources)  # time runs forward
+    # Every prompt keyframe lands on its own frame (the first is also held back to frame 0).
+    keyframes = prompt_keyframes(settings)
+    assert plan.clips[0].prompt_key == keyframes[0].key
+    for kf in keyframes:
+        clip = plan.clip_for_frame(kf.frame)
+        assert clip.prompt_key == kf.key
+        if kf is not keyframes[0]:
+            assert clip.output_start == kf.frame
+
+
+prompt_texts = st.text(alphabet="abcdefgh ", min_size=1, max_size=12).filter(lambda s: s.strip())
+
+
+@st.composite
+def random_settings(draw):
+    max_frames = draw(st.integers(1, 2000))
+    fps = draw(st.one_of(st.integers(1, 120), st.floats(1, 120, allow_nan=False).map(lambda f: round(f, 3))))
+    keys = draw(st.sets(st.integers(0, max_frames + 50), min_size=1, max_size=12))
+    if all(k >= max_frames for k in keys):
+        keys.add(draw(st.integers(0, max_frames - 1)))
+    prompts = {str(k): draw(prompt_texts) for k in sorted(keys)}
+    data = {
+        "prompts": prompts,
+        "max_frames": max_frames,
+        "fps": fps,
+        "seed": draw(st.integers(0, 2**31)),
+        "seed_behavior": draw(st.sampled_from(["iter", "fixed", "ladder", "alternate", "schedule"])),
+        "seed_iter_N": draw(st.integers(1, 4)),
+        "diffusion_cadence": draw(st.integers(1, 6)),
+        "animation_mode": draw(st.sampled_from(["2D", "3D"])),
+        "W": draw(st.integers(64, 1400)),
+        "H": draw(st.integers(64, 1400)),
+    }
+    return settings_from_dict(data)
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    s=random_settings(),
+    kind=st.sampled_from(["t2v", "i2v", "vace", "ti2v-5b", "a14b-t2v"]),
+    continuity=st.sampled_from(["auto", "none"]),
+    overlap=st.integers(1, 12),
+)
+def test_plan_properties(s, kind, continuity, overlap):
+    spec = MODEL_SPECS[kind]
+    plan = plan_clips(s, spec, PlanOptions(continuity=continuity, overlap=overlap))
+    check_plan(plan, s, spec)
+    expected = deforum_seeds(s, s.seed)
+    for c in plan.clips:
+        if s.seed_behavior != "schedule" or expected[c.output_start] != -1:
+            assert c.seed == expected[c.output_start]
+    assert (plan.width, plan.height) == (plan.width // spec.size_multiple * spec.size_multiple,
+                                         plan.height // spec.size_multiple * spec.size_multiple)
+    assert ClipPlan.from_json(plan.to_json()) == plan
+
+
+@pytest.mark.parametrize("path", sorted(SHARED.glob("*.txt")), ids=lambda p: p.name)
+@pytest.mark.parametrize("kind", ["t2v", "i2v", "vace", "ti2v-5b", "a14b-t2v"])
+def test_shared_files_plan(path, kind):
+    s = load_settings(path)
+    plan = plan_clips(s, MODEL_SPECS[kind], PlanOptions(seed=1234))
+    check_plan(plan, s, MODEL_SPECS[kind])
+    text = format_plan(plan)
+    assert f"{len(plan.clips)} clips" in text and plan.clips[-1].prompt[:15] in text
+
+
+def test_a1111_default_clips_follow_prompt_keyframes():
+    s = load_settings(SHARED / "a1111-deforum-default.txt")
+    plan = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=5, extra_modes=("i2v",)))
+    assert [c.output_start for c in plan.clips] == [0, 30, 60, 90]
+    assert [c.mode for c in plan.clips] == ["t2v", "i2v", "i2v", "i2v"]
+    assert [c.overlap for c in plan.clips] == [0, 1, 1, 1]
+    assert plan.clips[2].prompt == "a beautiful coconut"
+    assert plan.clips[2].negative_prompt == "photo, realistic nsfw, nude nsfw, nude"
+    assert "dolly in" in plan.clips[0].movement
+    # 8 s at 16 fps needs 128 Wan frames; the plan makes few more.
+    assert plan.metrics.needed_frames == 128
+    assert plan.metrics.generated_frames <= 128 * 1.05
+
+
+def test_forge_default_at_60fps_generates_few_frames():
+    s = load_settings(SHARED / "forge-deforum-default.txt")
+    plan = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=5, extra_modes=("i2v",)))
+    assert len(plan.clips) == 18 and plan.max_frames == 334
+    # 5.57 s at Wan's 16 fps, not 334 frames at 60.
+    assert plan.metrics.needed_frames == 90 + 18 - 1 or plan.metrics.needed_frames < 120
+    assert plan.metrics.generated_per_output <= 1.10
+
+
+def test_16fps_maps_one_to_one():
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 81, "fps": 16})
+    plan = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1))
+    assert len(plan.clips) == 1 and plan.clips[0].num_frames == 81
+    assert plan.clips[0].sources == tuple((i, i, 0.0) for i in range(81))
+
+
+def test_60fps_takes_wall_clock_length():
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 240, "fps": 60})
+    plan = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1))
+    # 4 s -> 64 Wan frames (positions 0..63.75), blended for the in-between output frames.
+    assert plan.metrics.needed_frames == 65
+    c = plan.clips[0]
+    assert c.sources[0] == (0, 0, 0.0) and c.sources[1] == (0, 1, 0.266667)
+    assert c.sources[-1][0] == 63
+
+
+def test_long_segment_is_chained_within_model_limit():
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 400, "fps": 16})
+    plan = plan_clips(s, MODEL_SPECS["i2v"], PlanOptions(seed=1))
+    assert len(plan.clips) == 5
+    assert all(c.num_frames <= 81 for c in plan.clips)
+    assert [c.mode for c in plan.clips] == ["t2v"] + ["i2v"] * 4
+    # Each chained clip's first fresh frame shows right after the previous clip's last.
+    assert all(c.sources[0][0] == 1 for c in plan.clips[1:])
+    assert plan.metrics.generated_frames - plan.metrics.overlap_frames - plan.metrics.surplus_frames == 400
+
+
+def test_vace_overlap_and_none_continuity():
+    s = settings_from_dict({"prompts": {"0": "a", "50": "b"}, "max_frames": 100, "fps": 16})
+    vace = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, overlap=9))
+    assert [c.mode for c in vace.clips] == ["t2v", "vace"] and vace.clips[1].overlap == 9
+    none = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, continuity="none"))
+    assert [c.mode for c in none.clips] == ["t2v", "t2v"] and {c.overlap for c in none.clips} == {0}
+
+
+def test_t2v_only_model_warns_that_clips_are_independent():
+    s = settings_from_dict({"prompts": {"0": "a", "20": "b"}, "max_frames": 40, "fps": 16})
+    plan = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1))
+    assert plan.continuity == "none" and "independent" in plan.warnings[0]
+
+
+def test_init_image_starts_with_i2v():
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 30, "fps": 16, "use_init": True, "init_image": "x.png"})
+    plan = plan_clips(s, MODEL_SPECS["i2v"], PlanOptions(seed=1))
+    assert plan.clips[0].mode == "i2v" and plan.clips[0].overlap == 1
+
+
+def test_size_rounded_with_warning_and_wan_keys_used():
+    s = settings_from_dict({"prompts": {"0": "a"}, "W": 1000, "H": 563, "wan_steps": 7, "wan_guidance": 3.5})
+    plan = plan_clips(s, MODEL_SPECS["ti2v-5b"], PlanOptions(seed=1))
+    assert (plan.width, plan.height) == (992, 576)
+    assert any("1000x563 rounded to 992x576" in w for w in plan.warnings)
+    assert plan.clips[0].steps == 7 and plan.clips[0].guidance == 3.5
+    assert plan.clips[0].flow_shift == MODEL_SPECS["ti2v-5b"].default_flow_shift
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (PlanOptions(continuity="vace", seed=1), "continuity: vace needs"),
+        (PlanOptions(continuity="sideways", seed=1), "continuity: expected one of"),
+        (PlanOptions(steps=0, seed=1), "steps: must be between"),
+        (PlanOptions(guidance=float("nan"), seed=1), "guidance"),
+        (PlanOptions(sensitivity=-1, seed=1), "sensitivity"),
+    ],
+)
+def test_bad_options_are_named(options, message):
+    s = settings_from_dict({"prompts": {"0": "a"}})
+    with pytest.raises(PlanError, match=message):
+        plan_clips(s, MODEL_SPECS["t2v"], options)
+
+
+def test_unresolved_random_seed_is_refused():
+    with pytest.raises(ValueError, match="seed is -1"):
+        plan_clips(settings_from_dict({"prompts": {"0": "a"}, "seed": -1}), MODEL_SPECS["t2v"])
+
+
+@pytest.mark.parametrize("needed", [1, 4, 5, 80, 81, 82, 160, 161, 500])
+@pytest.mark.parametrize("first, overlap", [(0, 1), (1, 1), (0, 5), (5, 5), (2, 2)])
+def test_split_segment_covers_need_with_little_surplus(needed, first, overlap):
+    counts = split_segment(needed, first, overlap, 81)
+    fresh = counts[0] - first + sum(n - overlap for n in counts[1:])
+    assert fresh >= needed
+    assert fresh - needed < 4 * len(counts) + 5  # only rounding (and the 5-frame minimum) adds surplus
+    assert all((n - 1) % 4 == 0 and n <= 81 for n in counts)
