@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
@@ -58,6 +59,8 @@ def model_spec_for(name: str):
 
     if name in MODEL_SPECS:
         return MODEL_SPECS[name]
+    if not Path(name).expanduser().is_dir():
+        raise ValueError(f"--model: {name!r} is neither a model kind ({', '.join(MODEL_SPECS)}) nor a model folder")
     from .models import classify_model
 
     return classify_model(name).spec
@@ -97,16 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .plan import PlanError
-    from .schedules import ScheduleError
-    from .seeds import SeedError
-    from .settings import SettingsError
+    from .models import ModelError
 
     args = build_parser().parse_args(argv)
     handler = COMMANDS[args.command][0]
     try:
         return handler(args)
-    except (SettingsError, ScheduleError, PlanError, SeedError, ValueError) as e:
+    except (ValueError, ModelError) as e:  # every user-facing error of the package
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -49,13 +49,13 @@ def prompt_items(settings: DeforumSettings) -> tuple[str, tuple[tuple[str, str],
 
 
 def prompt_keyframes(settings: DeforumSettings) -> tuple[PromptKeyframe, ...]:
-    """Keyframes sorted by frame; keys past the last frame are dropped, as Deforum drops them."""
+    """Keyframes sorted by frame; keys outside the timeline are dropped, as Deforum drops them."""
     source, items = prompt_items(settings)
     by_frame: dict[int, PromptKeyframe] = {}
     for key, text in items:
         where = f"{source}[{key!r}]"
         frame = evaluate_frame_key(key, settings.max_frames, settings.seed, key=where)
-        if frame < settings.max_frames:
+        if 0 <= frame < settings.max_frames:
             by_frame[frame] = PromptKeyframe(frame, key, text)
     if not by_frame:
         first = ", ".join(k for k, _ in items[:3])

@@ -1,0 +1,69 @@
+"""`deforum-wan inspect` and `plan` on real Deforum files, and their error messages."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "deforum-settings"
+FILES = sorted(SHARED.glob("*.txt"))
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deforum_wan", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_inspect_json(path: Path):
+    out = run("inspect", str(path), "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    original = json.loads(path.read_text())
+    assert data["max_frames"] == original["max_frames"] and data["fps"] == original["fps"]
+    assert abs(data["seconds"] - original["max_frames"] / original["fps"]) < 1e-9
+    assert data["prompts"][0]["start"] == 0 and data["prompts"][-1]["end"] == original["max_frames"]
+    stats = {s["key"]: s for s in data["schedules"]}
+    assert stats["fov_schedule"]["minimum"] == stats["fov_schedule"]["maximum"] == 70
+
+
+def test_inspect_text_a1111_default():
+    out = run("inspect", str(SHARED / "a1111-deforum-default.txt"))
+    assert out.returncode == 0, out.stderr
+    assert "frames 120 at 15 fps = 8.00 s, 512x512, 3D mode" in out.stdout
+    assert "60-89" in out.stdout and "a beautiful coconut" in out.stdout
+    zoom = next(line for line in out.stdout.splitlines() if line.strip().startswith("zoom"))
+    assert zoom.split()[1:] and float(zoom.split()[1]) < 1.0025 < float(zoom.split()[2])
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_plan_prints_every_clip(path: Path):
+    out = run("plan", str(path), "--model", "vace", "--seed", "7", "--json")
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert sum(len(c["sources"]) for c in plan["clips"]) == json.loads(path.read_text())["max_frames"]
+    table = run("plan", str(path), "--model", "vace", "--seed", "7")
+    assert table.returncode == 0 and f"{len(plan['clips'])} clips" in table.stdout
+
+
+def test_forge_plan_ratio():
+    out = run("plan", str(SHARED / "forge-deforum-default.txt"), "--model", "t2v", "--seed", "1", "--json")
+    metrics = json.loads(out.stdout)["metrics"]
+    assert metrics["output_frames"] == 334 and metrics["clip_count"] == 18
+    assert metrics["generated_frames"] / metrics["output_frames"] <= 1.10
+
+
+def test_errors_are_one_line_and_name_the_key(tmp_path: Path):
+    bad = json.loads((SHARED / "a1111-deforum-test-simple.txt").read_text())
+    bad["translation_x"] = "0:(0), 10:(sin(t)"
+    path = tmp_path / "bad.txt"
+    path.write_text(json.dumps(bad))
+    out = run("inspect", str(path))
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "translation_x" in out.stderr and "Traceback" not in out.stderr
+    missing = run("plan", str(tmp_path / "nope.txt"))
+    assert missing.returncode == 2 and "not found" in missing.stderr
+    model = run("plan", str(path), "--model", "no-such-model")
+    assert model.returncode == 2 and "no-such-model" in model.stderr
