@@ -120,12 +120,23 @@ def _qwen_tokenizer() -> Any:
 
 
 # ---------------------------------------------------------------------------
-# Components
+# Components. Each one seeds torch itself, so a component has the same weights in
+# every kind that uses it (as all Wan2.1 models share one text encoder and VAE) and
+# the order of construction does not matter.
+
+_SEEDS = {"text_encoder": 0, "vae": 1, "vae22": 2, "transformer": 3, "transformer_2": 4, "image_encoder": 5}
+
+
+def _seed(component: str) -> None:
+    import torch
+
+    torch.manual_seed(SEED + _SEEDS[component])
 
 
 def _text_encoder(vocab_size: int) -> Any:
     from transformers import UMT5Config, UMT5EncoderModel
 
+    _seed("text_encoder")
     config = UMT5Config(
         vocab_size=vocab_size,
         d_model=TEXT_DIM,
@@ -147,6 +158,7 @@ def _vae(wan22: bool = False) -> Any:
     """Wan2.1 VAE (z 16, stride 8) or the Wan2.2 one (z 48, 2x2 patchify, stride 16)."""
     from diffusers import AutoencoderKLWan
 
+    _seed("vae22" if wan22 else "vae")
     if wan22:
         return AutoencoderKLWan(
             base_dim=4,
@@ -191,9 +203,10 @@ def _transformer_kwargs(**extra: Any) -> dict[str, Any]:
     return kwargs
 
 
-def _transformer(**extra: Any) -> Any:
+def _transformer(expert: str = "transformer", **extra: Any) -> Any:
     from diffusers import WanTransformer3DModel
 
+    _seed(expert)
     return WanTransformer3DModel(**_transformer_kwargs(**extra)).eval()
 
 
@@ -213,6 +226,7 @@ def _image_encoder() -> tuple[Any, Any]:
     """Tiny CLIP vision tower + processor; hidden_size is the transformer's image_dim."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
+    _seed("image_encoder")
     config = CLIPVisionConfig(
         hidden_size=8,
         intermediate_size=16,
@@ -237,20 +251,16 @@ def _text_parts() -> dict[str, Any]:
 
 def build_t2v() -> DiffusionPipeline:
     """Wan2.1 T2V layout: WanPipeline with one transformer."""
-    import torch
     from diffusers import WanPipeline
 
-    torch.manual_seed(SEED)
     parts = _text_parts()
     return WanPipeline(vae=_vae(), transformer=_transformer(), scheduler=_scheduler(3.0), **parts)
 
 
 def build_i2v() -> DiffusionPipeline:
     """Wan2.1 I2V layout: 36 input channels (noise + mask + image latents) and CLIP image tokens."""
-    import torch
     from diffusers import WanImageToVideoPipeline
 
-    torch.manual_seed(SEED)
     parts = _text_parts()
     image_encoder, image_processor = _image_encoder()
     inner = 2 * 12
@@ -269,10 +279,8 @@ def build_i2v() -> DiffusionPipeline:
 
 def build_flf2v() -> DiffusionPipeline:
     """Wan2.1 FLF2V layout: the I2V one plus a position embedding over two images' CLIP tokens."""
-    import torch
     from diffusers import WanImageToVideoPipeline
 
-    torch.manual_seed(SEED)
     parts = _text_parts()
     image_encoder, image_processor = _image_encoder()
     cfg = image_encoder.config
@@ -292,12 +300,11 @@ def build_flf2v() -> DiffusionPipeline:
 
 def build_vace() -> DiffusionPipeline:
     """Wan2.1 VACE layout: extra VACE blocks fed from (video latents, mask) at 96 channels."""
-    import torch
     from diffusers import WanVACEPipeline, WanVACETransformer3DModel
 
-    torch.manual_seed(SEED)
     parts = _text_parts()
     # vace_in_channels = 2 * z_dim (inactive + reactive latents) + 8*8 (mask folded to latent resolution)
+    _seed("transformer")
     transformer = WanVACETransformer3DModel(
         **_transformer_kwargs(num_layers=3, vace_layers=[0, 2], vace_in_channels=16 * 2 + 64)
     ).eval()
@@ -306,10 +313,8 @@ def build_vace() -> DiffusionPipeline:
 
 def build_ti2v_5b() -> DiffusionPipeline:
     """Wan2.2 TI2V-5B layout: z48 VAE with stride 16 and per-token timesteps (expand_timesteps)."""
-    import torch
     from diffusers import WanPipeline
 
-    torch.manual_seed(SEED)
     parts = _text_parts()
     return WanPipeline(
         vae=_vae(wan22=True),
@@ -322,15 +327,13 @@ def build_ti2v_5b() -> DiffusionPipeline:
 
 def build_a14b_t2v() -> DiffusionPipeline:
     """Wan2.2 A14B T2V layout: high-noise `transformer` + low-noise `transformer_2` split at boundary_ratio."""
-    import torch
     from diffusers import WanPipeline
 
-    torch.manual_seed(SEED)
     parts = _text_parts()
     return WanPipeline(
         vae=_vae(),
         transformer=_transformer(),
-        transformer_2=_transformer(),
+        transformer_2=_transformer("transformer_2"),
         scheduler=_scheduler(12.0),
         boundary_ratio=0.875,
         **parts,
@@ -339,15 +342,13 @@ def build_a14b_t2v() -> DiffusionPipeline:
 
 def build_a14b_i2v() -> DiffusionPipeline:
     """Wan2.2 A14B I2V layout: two 36-channel experts, no CLIP image encoder, boundary_ratio 0.9."""
-    import torch
     from diffusers import WanImageToVideoPipeline
 
-    torch.manual_seed(SEED)
     parts = _text_parts()
     return WanImageToVideoPipeline(
         vae=_vae(),
         transformer=_transformer(in_channels=36),
-        transformer_2=_transformer(in_channels=36),
+        transformer_2=_transformer("transformer_2", in_channels=36),
         scheduler=_scheduler(5.0),
         image_encoder=None,
         image_processor=None,
