@@ -143,15 +143,20 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_frame(folder: Path, timestring: str, index: int, image: "np.ndarray") -> Path:
-    """Save one HxWx3 uint8 frame as PNG under Deforum's name, atomically."""
+def write_png(path: Path, image: "np.ndarray", compress_level: int = 4) -> Path:
+    """Save an HxWx3 uint8 image as PNG, atomically."""
     import io
 
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=4)
-    return atomic_write_bytes(folder / frame_name(timestring, index), buf.getvalue())
+    Image.fromarray(image).save(buf, format="PNG", compress_level=compress_level)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def write_frame(folder: Path, timestring: str, index: int, image: "np.ndarray") -> Path:
+    """One output frame under Deforum's name."""
+    return write_png(folder / frame_name(timestring, index), image)
 
 
 def save_settings(settings: "DeforumSettings", folder: Path, timestring: str) -> Path:
@@ -201,7 +206,8 @@ def stitch_video(
     tmp = folder / f".{timestring}.tmp.mp4"
     audio = _soundtrack_input(soundtrack, warnings)
     if audio:
-        cmd = base + ["-i", audio] + video_opts + ["-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-shortest", str(tmp)]
+        network = ["-rw_timeout", "20000000"] if re.match(r"^https?://", audio) else []
+        cmd = base + network + ["-i", audio] + video_opts + ["-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-shortest", str(tmp)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode == 0:
             os.replace(tmp, out)
@@ -237,7 +243,7 @@ def _soundtrack_input(soundtrack: str | None, warnings: list[str]) -> str | None
     if not soundtrack or soundtrack.strip().lower() in ("", "none"):
         return None
     if re.match(r"^https?://", soundtrack):
-        return soundtrack
+        return soundtrack  # ffmpeg reads it; if it cannot, the video is saved without sound and a warning says so
     path = Path(soundtrack).expanduser()
     if path.is_file() and os.access(path, os.R_OK):
         return str(path)

@@ -1,0 +1,383 @@
+"""The render loop: a ClipPlan becomes frames, settings, a plan file and an mp4.
+
+It loads the model once per job, renders clip after clip (T2V or I2V first, then
+I2V from the last frame or VACE from the last K frames), drops the repeated
+overlap at each join, matches colours to the previous clip, resamples onto the
+output timeline and hands frames to a background writer as soon as a clip is
+decoded. Everything it reports goes through one `on_event(dict)` callback that the
+CLI, the worker, the web UI and the API share.
+
+Resume: frames are written atomically and each clip's last Wan frames are kept
+beside them, so a render killed at any moment continues from its last complete
+frame with the same seeds and the same continuity as if it had never stopped.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import outputs
+from .frames import fit_image, match_colors, resample
+from .pipelines import Interrupted
+from .plan import Clip, ClipPlan, PlanOptions, plan_clips
+from .seeds import resolve_seed
+from .settings import DeforumSettings
+from .specs import I2V, T2V, VACE, ModelSpec
+
+log = logging.getLogger(__name__)
+
+EventCallback = Callable[[dict], None]
+
+
+class RenderError(RuntimeError):
+    """A render cannot start or go on; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """Everything one render needs; JSON-able so the worker process can receive it."""
+
+    settings: DeforumSettings
+    model: str  # model folder, or a name/kind under models_dir
+    outdir: str = "outputs"
+    options: PlanOptions = PlanOptions()
+    i2v_model: str | None = None
+    models_dir: str | None = None
+    resume: str | None = None  # timestring to continue
+    device: str | None = None
+    memory_profile: str = "auto"
+    attention: str = "auto"
+    compile: bool = False
+    vae_tiling: bool = False
+    stop_file: str | None = None
+    make_video: bool = True
+    enhance: bool = False
+    enhance_options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    status: str  # done | interrupted
+    folder: Path
+    timestring: str
+    frames_on_disk: int
+    frames_total: int
+    video: Path | None
+    plan: ClipPlan
+    pipeline_seconds: float  # time inside diffusers calls
+    wall_seconds: float
+    model_loads: int
+    warnings: tuple[str, ...] = ()
+
+
+class Stopped(Exception):
+    """Raised inside the loop when a stop was asked for between steps or clips."""
+
+
+class _Writer:
+    """Writes frames on a background thread so the next clip renders meanwhile."""
+
+    def __init__(self, folder: Path, timestring: str, on_written: Callable[[int, Path], None]):
+        self.folder, self.timestring, self.on_written = folder, timestring, on_written
+        self.queue: queue.Queue = queue.Queue(maxsize=256)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="deforum-wan-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, index: int, frame: np.ndarray) -> None:
+        if self.error:
+            raise RenderError(f"writing frames to {self.folder} failed: {self.error}")
+        self.queue.put((index, frame))
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            index, frame = item
+            try:
+                path = outputs.write_frame(self.folder, self.timestring, index, frame)
+                self.on_written(index, path)
+            except BaseException as exc:  # reported on the next put() or close()
+                self.error = exc
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error:
+            raise RenderError(f"writing frames to {self.folder} failed: {self.error}")
+
+
+def _tail_file(folder: Path, timestring: str, clip: int, k: int) -> Path:
+    return folder / f"{timestring}_wan_tails" / f"clip{clip:05}_{k:03}.png"
+
+
+def save_tail(folder: Path, timestring: str, clip: int, frames: np.ndarray) -> None:
+    """Keep a clip's last Wan frames: the next clip continues from them, also after a restart."""
+    for k, frame in enumerate(frames):
+        outputs.write_png(_tail_file(folder, timestring, clip, k), frame, compress_level=1)
+
+
+def load_tail(folder: Path, timestring: str, clip: int, count: int) -> np.ndarray | None:
+    from PIL import Image
+
+    paths = [_tail_file(folder, timestring, clip, k) for k in range(count)]
+    if not all(p.is_file() for p in paths):
+        return None
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+def load_image(source: str) -> np.ndarray:
+    """An init image from a local path or an http(s) URL."""
+    import io
+    import urllib.request
+
+    from PIL import Image
+
+    try:
+        if source.startswith(("http://", "https://")):
+            with urllib.request.urlopen(source, timeout=30) as response:
+                data = response.read()
+            image = Image.open(io.BytesIO(data))
+        else:
+            image = Image.open(Path(source).expanduser())
+        return np.asarray(image.convert("RGB"))
+    except Exception as exc:
+        raise RenderError(f"init_image {source!r} cannot be read: {exc}") from None
+
+
+def _same_layout(a: ClipPlan, b: ClipPlan) -> bool:
+    key = lambda p: [(c.output_start, c.output_end, c.num_frames, c.mode, c.seed, c.sources) for c in p.clips]  # noqa: E731
+    return (a.width, a.height, a.max_frames) == (b.width, b.height, b.max_frames) and key(a) == key(b)
+
+
+def prepare(job: RenderJob, spec: ModelSpec, extra_modes: tuple[str, ...]) -> tuple[DeforumSettings, ClipPlan, Path, str, bool]:
+    """Timestring, seed, folder and plan for a job; on resume, the saved plan is checked against a re-plan."""
+    settings = job.settings
+    resume = job.resume
+    if not resume and settings.resume_from_timestring and settings.resume_timestring:
+        resume = settings.resume_timestring
+    timestring = outputs.check_timestring(resume) if resume else outputs.new_timestring()
+    folder = outputs.batch_dir(job.outdir, settings, timestring)
+    saved = None
+    if resume:
+        plan_path = outputs.plan_file(folder, timestring)
+        if not folder.is_dir():
+            raise RenderError(f"cannot resume {timestring}: no folder {folder}")
+        if plan_path.is_file():
+            saved = ClipPlan.from_json(plan_path.read_text(encoding="utf-8"))
+    seed = job.options.seed
+    if seed is None:
+        seed = saved.seed if saved is not None else resolve_seed(settings.seed, random.Random())
+    options = replace(job.options, seed=seed, extra_modes=tuple(extra_modes))
+    plan = plan_clips(settings, spec, options)
+    if saved is not None:
+        if not _same_layout(plan, saved):
+            raise RenderError(
+                f"cannot resume {timestring}: the settings or options changed since it started "
+                "(clips, sizes or seeds differ); render it anew or restore the settings"
+            )
+        plan = plan.with_prompts({c.index: c.enhanced_prompt for c in saved.clips if c.enhanced_prompt})
+    # Deforum saves the seed it actually used, so a re-render of the saved file matches.
+    settings = replace(settings, seed=seed) if settings.seed == -1 else settings
+    return settings, plan, folder, timestring, saved is not None
+
+
+def render(
+    job: RenderJob,
+    *,
+    on_event: EventCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    pipelines: Any = None,
+    enhancer: Callable[[ClipPlan, DeforumSettings, EventCallback], ClipPlan] | None = None,
+) -> RenderResult:
+    """Render `job`; returns when done or stopped. Frames already on disk are kept and skipped.
+
+    `pipelines` may be passed in (already loaded); otherwise the model is loaded
+    once, only if some clip still needs rendering, and freed at the end.
+    """
+    from .models import find_model
+
+    started = time.perf_counter()
+    emit = on_event or (lambda event: None)
+    stop_file = Path(job.stop_file) if job.stop_file else None
+
+    def stopping() -> bool:
+        return bool((should_stop and should_stop()) or (stop_file and stop_file.exists()))
+
+    info = find_model(job.model, job.models_dir)
+    i2v_info = find_model(job.i2v_model, job.models_dir) if job.i2v_model else None
+    extra_modes = tuple(i2v_info.spec.modes) if i2v_info else ()
+    if info.kind == "ti2v-5b":
+        extra_modes += (I2V,)
+    settings, plan, folder, timestring, resumed = prepare(job, info.spec, extra_modes)
+    warnings = list(plan.warnings)
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs.remove_stale_temp_files(folder)
+
+    if enhancer is not None and job.enhance and not resumed:
+        emit({"type": "status", "phase": "enhancing", "message": "enhancing prompts"})
+        plan = enhancer(plan, settings, emit)
+    outputs.save_settings(settings, folder, timestring)
+    outputs.save_json(outputs.plan_file(folder, timestring), plan.to_dict())
+
+    done = outputs.contiguous_frames(folder, timestring)
+    total = plan.max_frames
+    emit({
+        "type": "start", "folder": str(folder), "timestring": timestring, "clips": len(plan.clips),
+        "frames_total": total, "frames_on_disk": done, "resumed": resumed, "width": plan.width,
+        "height": plan.height, "model": info.name, "model_kind": info.kind,
+    })
+    for w in warnings:
+        emit({"type": "warning", "message": w})
+
+    written = {"count": done, "last": None}
+    lock = threading.Lock()
+
+    def on_written(index: int, path: Path) -> None:
+        with lock:
+            written["count"] += 1
+            written["last"] = str(path)
+
+    pending = [c for c in plan.clips if c.output_end > done]
+    loads = 0
+    pipeline_seconds = 0.0
+    status = "done"
+    own_pipelines = pipelines is None
+    writer = _Writer(folder, timestring, on_written)
+    step_times: list[float] = []
+    steps_total = sum(c.steps for c in pending)
+    steps_done = 0
+    try:
+        if pending and pipelines is None:
+            from .models import load_pipelines
+
+            emit({"type": "status", "phase": "loading", "message": f"loading {info.name}"})
+            pipelines = load_pipelines(
+                info, device=job.device, memory_profile=job.memory_profile, attention=job.attention,
+                compile=job.compile, i2v_info=i2v_info, vae_tiling=job.vae_tiling,
+            )
+            loads += 1
+            emit({"type": "status", "phase": "loaded", "message": f"{info.name}: attention {pipelines.attention}, "
+                  f"memory profile {pipelines.memory_profile}, {pipelines.device}"})
+        previous_tail: np.ndarray | None = None
+        for clip in pending:
+            if stopping():
+                raise Stopped()
+            tail = previous_tail if clip.index > 0 else None
+            if clip.index > 0 and tail is None:
+                tail = _resume_tail(plan, clip, folder, timestring, emit)
+            emit({"type": "clip", "clip": clip.index, "clips": len(plan.clips), "mode": clip.mode,
+                  "output_start": clip.output_start, "output_end": clip.output_end, "seed": clip.seed,
+                  "prompt": clip.render_prompt})
+            clip_start = time.perf_counter()
+            last_step = [clip_start]
+
+            def on_step(step: int, steps: int, _clip: Clip = clip) -> bool:
+                nonlocal steps_done
+                now = time.perf_counter()
+                step_times.append(now - last_step[0])
+                last_step[0] = now
+                steps_done += 1
+                median = float(np.median(step_times[-20:]))
+                emit({"type": "step", "clip": _clip.index, "clips": len(plan.clips), "step": step, "steps": steps,
+                      "eta_seconds": round(median * max(steps_total - steps_done, 0), 1),
+                      "frames_written": written["count"], "frames_total": total})
+                return not stopping()
+
+            frames = _render_clip(pipelines, plan, clip, tail, settings, on_step)
+            pipeline_seconds += time.perf_counter() - clip_start
+            if plan.color_match and clip.overlap and tail is not None:
+                frames = match_colors(frames, clip.overlap, tail[-clip.overlap:])
+            keep = _tail_length(plan, clip)
+            save_tail(folder, timestring, clip.index, frames[-keep:])
+            previous_tail = frames[-keep:]
+            out = resample(frames, clip.sources)
+            for offset, frame in enumerate(out):
+                index = clip.output_start + offset
+                if index >= done:
+                    writer.put(index, frame)
+            emit({"type": "frames", "clip": clip.index, "frames_written": written["count"], "frames_total": total,
+                  "preview": str(folder / outputs.frame_name(timestring, clip.output_end - 1))})
+    except (Stopped, Interrupted, KeyboardInterrupt):
+        status = "interrupted"
+    except BaseException:
+        writer.close()  # whatever was rendered stays on disk
+        raise
+    finally:
+        if own_pipelines and pipelines is not None:
+            pipelines.free()
+    writer.close()
+
+    on_disk = outputs.contiguous_frames(folder, timestring)
+    video = None
+    if status == "done" and job.make_video:
+        emit({"type": "status", "phase": "encoding", "message": f"encoding {outputs.video_file(folder, timestring).name}"})
+        video, notes = outputs.stitch_video(folder, timestring, settings.fps, total, soundtrack=_soundtrack(settings))
+        warnings += notes
+        for note in notes:
+            emit({"type": "warning", "message": note})
+    result = RenderResult(
+        status=status, folder=folder, timestring=timestring, frames_on_disk=on_disk, frames_total=total,
+        video=video, plan=plan, pipeline_seconds=pipeline_seconds, wall_seconds=time.perf_counter() - started,
+        model_loads=loads, warnings=tuple(warnings),
+    )
+    emit({"type": "done" if status == "done" else "interrupted", "folder": str(folder), "timestring": timestring,
+          "frames_on_disk": on_disk, "frames_total": total, "video": str(video) if video else None,
+          "resume": None if status == "done" else f"--resume {timestring}"})
+    return result
+
+
+def _tail_length(plan: ClipPlan, clip: Clip) -> int:
+    """How many of this clip's last frames the next clip continues from."""
+    following = [c for c in plan.clips if c.index == clip.index + 1]
+    return max(1, following[0].overlap) if following else 1
+
+
+def _resume_tail(plan: ClipPlan, clip: Clip, folder: Path, timestring: str, emit: EventCallback) -> np.ndarray | None:
+    """The previous clip's last Wan frames after a restart: saved tails, else the last frame on disk."""
+    if clip.overlap == 0:
+        return None
+    tail = load_tail(folder, timestring, clip.index - 1, max(clip.overlap, 1))
+    if tail is not None:
+        return tail
+    from PIL import Image
+
+    last = folder / outputs.frame_name(timestring, clip.output_start - 1)
+    if not last.is_file():
+        raise RenderError(f"cannot continue clip {clip.index}: neither its saved tail nor frame {clip.output_start - 1} is on disk")
+    emit({"type": "warning", "message": f"clip {clip.index} continues from output frame {clip.output_start - 1} "
+          "(the previous clip's saved Wan frames are missing)"})
+    frame = np.asarray(Image.open(last).convert("RGB"))
+    return np.repeat(frame[None], clip.overlap, axis=0)
+
+
+def _render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | None,
+                 settings: DeforumSettings, on_step: Callable[[int, int], bool]) -> np.ndarray:
+    common = dict(
+        prompt=clip.render_prompt, negative_prompt=clip.negative_prompt, num_frames=clip.num_frames,
+        width=plan.width, height=plan.height, steps=clip.steps, guidance=clip.guidance, seed=clip.seed,
+        flow_shift=clip.flow_shift, on_step=on_step,
+    )
+    if clip.mode == T2V:
+        return pipelines.t2v(**common)
+    if tail is None:  # the first clip, started from the settings' init image
+        tail = fit_image(load_image(str(settings.init_image)), plan.width, plan.height)[None]
+    if clip.mode == I2V:
+        return pipelines.i2v(image=tail[-1], **common)
+    if clip.mode == VACE:
+        return pipelines.vace(known_frames=list(tail[-clip.overlap:]), **common)
+    raise RenderError(f"clip {clip.index}: unknown mode {clip.mode!r}")
+
+
+def _soundtrack(settings: DeforumSettings) -> str | None:
+    """Deforum adds `soundtrack_path` only when `add_soundtrack` is 'File'."""
+    return settings.soundtrack_path or None if settings.add_soundtrack == "File" else None
