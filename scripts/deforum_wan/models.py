@@ -447,6 +447,8 @@ def load_pipelines(
         except Exception as exc:
             raise ModelError(f"{i2v_info.path}: could not load: {exc}") from exc
         image_info = i2v_info
+    elif i2v_info is not None:
+        log.info("%s renders i2v clips itself; not loading %s", info.name, i2v_info.name)
 
     pipes = [p for p in (main, image) if p is not None]
     for pipe in pipes:

@@ -381,7 +381,8 @@ class Pipelines:
             height=int(height),
             num_inference_steps=int(steps),
             guidance_scale=float(guidance),
-            generator=torch.Generator(device="cpu").manual_seed(int(seed)),
+            # CPU generator: the same seed gives the same noise on any device.
+            generator=torch.Generator(device="cpu").manual_seed(int(seed) % 2**64),
             output_type="np",
             return_dict=True,
             max_sequence_length=int(self.max_sequence_length),
