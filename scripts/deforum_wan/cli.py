@@ -77,9 +77,84 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_render_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--i2v-model", help="an I2V model folder for continuing clips when --model cannot")
+    p.add_argument("--models-dir", help="where model names/kinds are looked up (default: $DEFORUM_WAN_MODELS or models/wan)")
+    p.add_argument("--outdir", default="outputs", help="output folder; the batch folder goes inside it")
+    p.add_argument("--resume", metavar="TIMESTRING", help="continue an unfinished render")
+    p.add_argument("--device", help="cuda, cpu, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--memory-profile", default="auto", choices=["auto", "none", "model", "sequential", "group"])
+    p.add_argument("--attention", default="auto", choices=["auto", "native", "flash"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer")
+    p.add_argument("--vae-tiling", action="store_true", help="decode in tiles to save memory")
+    p.add_argument("--stop-file", help="stop cleanly between steps when this file appears")
+    p.add_argument("--no-video", action="store_true", help="write frames only")
+    p.add_argument("--no-color-match", action="store_true", help="do not match colours to the previous clip")
+
+
+def render_job(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from .render import RenderJob
+
+    settings = _load(args.settings)
+    options = replace(plan_options(args, args.seed), color_match=not args.no_color_match)
+    return RenderJob(
+        settings=settings, model=args.model, outdir=args.outdir, options=options, i2v_model=args.i2v_model,
+        models_dir=args.models_dir, resume=args.resume, device=args.device, memory_profile=args.memory_profile,
+        attention=args.attention, compile=args.compile, vae_tiling=args.vae_tiling, stop_file=args.stop_file,
+        make_video=not args.no_video,
+    )
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .progress import ConsoleProgress
+    from .render import render
+
+    job = render_job(args)
+    with ConsoleProgress() as progress:
+        result = render(job, on_event=progress)
+    if result.status == "done":
+        print(f"{result.frames_on_disk} frames and {result.video.name if result.video else 'no video'} in {result.folder}")
+        return 0
+    print(f"stopped with {result.frames_on_disk}/{result.frames_total} frames in {result.folder}; "
+          f"continue with --resume {result.timestring}", file=sys.stderr)
+    return 130
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import default_models_dir, format_models_table, scan_models
+
+    root = Path(args.dir) if args.dir else default_models_dir()
+    infos, problems = scan_models(root)
+    print(f"models in {root}:")
+    print(format_models_table(infos))
+    for problem in problems:
+        print(f"skipped: {problem}")
+    return 0
+
+
+def cmd_make_tiny_models(args: argparse.Namespace) -> int:
+    from .tiny import make_tiny_models
+
+    for kind, folder in make_tiny_models(args.dir, args.kinds or None).items():
+        print(f"{kind:10} {folder}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .worker import run_worker
+
+    return run_worker(args.job)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "inspect": (cmd_inspect, "show frames, prompts and camera schedules of a settings file"),
     "plan": (cmd_plan, "show the Wan clips a settings file becomes"),
+    "render": (cmd_render, "render a settings file into frames and an mp4"),
+    "models": (cmd_models, "list the Wan models found in the models folder"),
+    "make-tiny-models": (cmd_make_tiny_models, "build tiny random Wan/Qwen models for tests and demos"),
+    "worker": (cmd_worker, "run one render job from a JSON file, printing JSON-line events"),
 }
 
 
@@ -96,6 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("settings", help="Deforum settings file (.txt/.json)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     add_plan_options(p)
+
+    p = sub.add_parser("render", help=COMMANDS["render"][1])
+    p.add_argument("settings", help="Deforum settings file (.txt/.json)")
+    add_plan_options(p)
+    add_render_options(p)
+
+    p = sub.add_parser("models", help=COMMANDS["models"][1])
+    p.add_argument("--dir", help="models folder (default: $DEFORUM_WAN_MODELS or models/wan)")
+
+    p = sub.add_parser("make-tiny-models", help=COMMANDS["make-tiny-models"][1])
+    p.add_argument("dir", help="folder to write the models into")
+    p.add_argument("--kinds", nargs="*", help="only these kinds (default: all)")
+
+    p = sub.add_parser("worker", help=COMMANDS["worker"][1])
+    p.add_argument("job", help="job JSON file")
     return parser
 
 

@@ -1,0 +1,238 @@
+"""Settings files become frames and an mp4 through the real (tiny) diffusers pipelines."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import require_render_stack
+from deforum_wan import outputs
+from deforum_wan.plan import PlanOptions
+from deforum_wan.settings import load_settings, settings_from_dict
+
+require_render_stack()
+
+from deforum_wan.render import RenderJob, render  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "deforum-settings"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def small_settings(**kw):
+    data = {"prompts": {"0": "a red fox", "12": "a blue bird --neg blurry"}, "max_frames": 24, "fps": 16,
+            "W": 32, "H": 32, "seed": 11, "batch_name": "test_{timestring}", "animation_mode": "3D"}
+    data.update(kw)
+    return settings_from_dict(data)
+
+
+def read_frames(folder: Path, timestring: str) -> np.ndarray:
+    indices = outputs.existing_frames(folder, timestring)
+    return np.stack([np.asarray(Image.open(folder / outputs.frame_name(timestring, i))) for i in indices])
+
+
+def check_output(result, settings, size=(32, 32)):
+    folder, ts = result.folder, result.timestring
+    assert outputs.existing_frames(folder, ts) == list(range(settings.max_frames))
+    for i in (0, settings.max_frames - 1):
+        assert Image.open(folder / outputs.frame_name(ts, i)).size == size
+    assert outputs.settings_file(folder, ts).is_file() and outputs.plan_file(folder, ts).is_file()
+    assert load_settings(outputs.settings_file(folder, ts)).max_frames == settings.max_frames
+    assert result.video == outputs.video_file(folder, ts)
+    assert outputs.probe_video(result.video) == (settings.max_frames, float(settings.fps))
+
+
+CHAINS = {
+    "t2v+i2v": ("t2v", "i2v", ["t2v", "i2v"]),
+    "vace": ("vace", None, ["t2v", "vace"]),
+    "ti2v-5b": ("ti2v-5b", None, ["t2v", "i2v"]),
+    "a14b two experts": ("a14b-t2v", "a14b-i2v", ["t2v", "i2v"]),
+}
+
+
+@pytest.mark.parametrize("name", list(CHAINS))
+def test_every_model_kind_renders_a_chained_plan(tiny_models, tmp_path, name):
+    kind, i2v, modes = CHAINS[name]
+    s = small_settings()
+    job = RenderJob(settings=s, model=str(tiny_models[kind]), i2v_model=str(tiny_models[i2v]) if i2v else None,
+                    outdir=str(tmp_path), options=PlanOptions(steps=2, max_clip_frames=9))
+    events = []
+    result = render(job, on_event=events.append)
+    assert result.status == "done" and result.model_loads == 1
+    assert {c.mode for c in result.plan.clips} == set(modes)
+    assert len(result.plan.clips) >= 3  # longer than one 9-frame clip: really chained
+    check_output(result, s)
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and "step" in kinds and "frames" in kinds
+
+
+def test_i2v_model_starts_from_the_init_image(tiny_models, tmp_path):
+    init = tmp_path / "init.png"
+    Image.fromarray(np.full((48, 64, 3), 200, np.uint8)).save(init)
+    s = small_settings(use_init=True, init_image=str(init), max_frames=12)
+    result = render(RenderJob(settings=s, model=str(tiny_models["i2v"]), outdir=str(tmp_path / "out"),
+                              options=PlanOptions(steps=2, max_clip_frames=9)))
+    assert [c.mode for c in result.plan.clips] == ["i2v", "i2v"]
+    check_output(result, s)
+
+
+class Recorder:
+    """Real pipelines, with every clip they return kept for inspection."""
+
+    def __init__(self, pipelines):
+        self.inner, self.clips = pipelines, []
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if name not in ("t2v", "i2v", "vace"):
+            return attr
+
+        def call(**kw):
+            frames = attr(**kw)
+            self.clips.append(frames)
+            return frames
+
+        return call
+
+
+def test_seam_drops_the_duplicated_frame(tiny_models, tmp_path):
+    from deforum_wan.models import classify_model, load_pipelines
+
+    s = small_settings(max_frames=20)
+    pipes = Recorder(load_pipelines(classify_model(tiny_models["t2v"]), i2v_info=classify_model(tiny_models["i2v"])))
+    job = RenderJob(settings=s, model=str(tiny_models["t2v"]), i2v_model=str(tiny_models["i2v"]), outdir=str(tmp_path),
+                    options=PlanOptions(steps=2, max_clip_frames=9, color_match=False))
+    result = render(job, pipelines=pipes)
+    disk = read_frames(result.folder, result.timestring)
+    assert len(disk) == 20
+    for clip, frames in zip(result.plan.clips, pipes.clips):
+        shown = disk[clip.output_start:clip.output_end]
+        if clip.mode == "i2v":
+            # Frame 0 of an I2V clip repeats the previous clip's last frame: it is never shown.
+            assert clip.overlap == 1 and clip.sources[0] == (1, 1, 0.0)
+            np.testing.assert_array_equal(shown, frames[1:1 + len(shown)])
+        else:
+            np.testing.assert_array_equal(shown, frames[: len(shown)])
+    # 16 fps in, 16 fps out: every generated frame but the repeated ones is shown once.
+    assert sum(c.num_frames - c.overlap for c in result.plan.clips) - result.plan.metrics.surplus_frames == 20
+
+
+def test_same_seed_same_frames(tiny_models, tmp_path):
+    s = small_settings(max_frames=10)
+    job = lambda out, seed: RenderJob(settings=s, model=str(tiny_models["vace"]), outdir=str(out),  # noqa: E731
+                                      options=PlanOptions(steps=2, max_clip_frames=9, seed=seed), make_video=False)
+    a, b, c = render(job(tmp_path / "a", 3)), render(job(tmp_path / "b", 3)), render(job(tmp_path / "c", 4))
+    fa, fb, fc = (read_frames(r.folder, r.timestring) for r in (a, b, c))
+    np.testing.assert_array_equal(fa, fb)
+    assert not np.array_equal(fa, fc)
+
+
+def test_interrupt_keeps_frames_and_resume_finishes(tiny_models, tmp_path):
+    s = small_settings(max_frames=24)
+    steps = {"n": 0}
+
+    def stop_after_some_steps():
+        steps["n"] += 1
+        return steps["n"] > 7
+
+    base = dict(settings=s, model=str(tiny_models["vace"]), outdir=str(tmp_path),
+                options=PlanOptions(steps=2, max_clip_frames=9, seed=9))
+    first = render(RenderJob(**base), should_stop=stop_after_some_steps)
+    assert first.status == "interrupted" and first.video is None
+    kept = outputs.existing_frames(first.folder, first.timestring)
+    assert 0 < len(kept) < 24 and kept == list(range(len(kept)))
+    second = render(RenderJob(**base, resume=first.timestring))
+    assert second.status == "done" and second.folder == first.folder
+    check_output(second, s)
+    fresh = render(RenderJob(**{**base, "outdir": str(tmp_path / "fresh")}))
+    np.testing.assert_array_equal(read_frames(second.folder, second.timestring), read_frames(fresh.folder, fresh.timestring))
+
+
+def test_resume_refuses_changed_settings(tiny_models, tmp_path):
+    from deforum_wan.render import RenderError
+
+    s = small_settings(max_frames=10)
+    r = render(RenderJob(settings=s, model=str(tiny_models["t2v"]), outdir=str(tmp_path),
+                         options=PlanOptions(steps=1, seed=2), make_video=False))
+    changed = small_settings(max_frames=10, prompts={"0": "a", "5": "b"})
+    with pytest.raises(RenderError, match="changed since it started"):
+        render(RenderJob(settings=changed, model=str(tiny_models["t2v"]), outdir=str(tmp_path),
+                         options=PlanOptions(steps=1), resume=r.timestring))
+
+
+def _worker_job(path: Path, **job) -> Path:
+    path.write_text(json.dumps(job))
+    return path
+
+
+def _events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_sigkill_mid_render_then_resume_is_complete_and_identical(tiny_models, tmp_path):
+    settings = json.loads((SHARED / "a1111-deforum-test-simple.txt").read_text())
+    settings.update(max_frames=40, fps=16, W=32, H=32, seed=21, prompts={"0": "a cat", "20": "a dog"})
+    job = dict(settings=settings, model=str(tiny_models["vace"]), outdir=str(tmp_path / "out"),
+               options={"steps": 3, "max_clip_frames": 9})
+    proc = subprocess.Popen([sys.executable, "-m", "deforum_wan", "worker", str(_worker_job(tmp_path / "job.json", **job))],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
+    folder = ts = None
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["type"] == "start":
+            folder, ts = Path(event["folder"]), event["timestring"]
+        if event["type"] == "frames" and event["frames_written"] >= 8:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        assert time.time() < deadline
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    partial = outputs.existing_frames(folder, ts)
+    assert 0 < len(partial) < 40
+    resumed = subprocess.run([sys.executable, "-m", "deforum_wan", "worker",
+                              str(_worker_job(tmp_path / "job2.json", **job, resume=ts))],
+                             capture_output=True, text=True, env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:]
+    events = _events(resumed.stdout)
+    assert events[0]["type"] == "start" and events[0]["resumed"] and events[0]["frames_on_disk"] == len(partial)
+    names = sorted(p.name for p in folder.glob(f"{ts}_*.png"))
+    assert names == [outputs.frame_name(ts, i) for i in range(40)]  # no gap, no duplicate
+    assert not list(folder.glob(".*.tmp"))
+    assert outputs.probe_video(outputs.video_file(folder, ts)) == (40, 16.0)
+    clean = subprocess.run([sys.executable, "-m", "deforum_wan", "worker",
+                            str(_worker_job(tmp_path / "job3.json", **{**job, "outdir": str(tmp_path / "clean")},))],
+                           capture_output=True, text=True, env=ENV, timeout=300)
+    done = _events(clean.stdout)[-1]
+    np.testing.assert_array_equal(read_frames(folder, ts), read_frames(Path(done["folder"]), done["timestring"]))
+
+
+def test_worker_reports_errors_as_its_last_event(tmp_path):
+    bad = _worker_job(tmp_path / "bad.json", settings={"prompts": {"0": "a"}, "zoom": "0:(1+"}, model=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "deforum_wan", "worker", str(bad)], capture_output=True, text=True,
+                         env=ENV, timeout=120)
+    assert out.returncode == 1
+    last = _events(out.stdout)[-1]
+    assert last["type"] == "error"
+
+
+def test_main_job_cli_on_a1111_default(tiny_models, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "deforum_wan", "render", str(SHARED / "a1111-deforum-default.txt"),
+         "--model", str(tiny_models["t2v"]), "--steps", "1", "--width", "32", "--height", "32",
+         "--outdir", str(tmp_path)],
+        capture_output=True, text=True, env=ENV, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = tmp_path / "Deforum_20230812221310"
+    ts = outputs.find_timestrings(folder)[0]
+    assert outputs.existing_frames(folder, ts) == list(range(120))
+    assert outputs.settings_file(folder, ts).is_file()
+    assert outputs.probe_video(outputs.video_file(folder, ts)) == (120, 15.0)
