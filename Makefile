@@ -18,8 +18,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[render,test]"
 	touch $@
 
-demo: setup
-	$(BIN)/deforum-wan inspect ../shared/deforum-settings/a1111-deforum-default.txt
+# Tiny random models stand in for real weights: the frames are noise, the pipeline is real.
+DEMO_SETTINGS ?= ../shared/deforum-settings/a1111-deforum-default.txt
+DEMO_MODEL ?= models/tiny/tiny-wan2.1-vace
+
+models/tiny/.built: | setup
+	$(BIN)/deforum-wan make-tiny-models models/tiny
+	touch $@
+
+demo: setup models/tiny/.built
+	$(BIN)/deforum-wan inspect $(DEMO_SETTINGS)
+	$(BIN)/deforum-wan plan $(DEMO_SETTINGS) --model $(DEMO_MODEL)
+	$(BIN)/deforum-wan render $(DEMO_SETTINGS) --model $(DEMO_MODEL) --steps 4 --width 128 --height 128 --outdir outputs
 
 test: setup
 	$(BIN)/python -m pytest

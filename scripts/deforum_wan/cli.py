@@ -142,6 +142,24 @@ def cmd_make_tiny_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enhance(args: argparse.Namespace) -> int:
+    from .enhance import run_enhance_command
+
+    return run_enhance_command(args)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .ui import launch_standalone
+
+    return launch_standalone(host=args.host, port=args.port, outdir=args.outdir, models_dir=args.models_dir)
+
+
+def cmd_install_deps(args: argparse.Namespace) -> int:
+    from .deps import install_private_deps
+
+    return install_private_deps(args.target, dry_run=args.dry_run)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from .worker import run_worker
 
@@ -155,6 +173,9 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "models": (cmd_models, "list the Wan models found in the models folder"),
     "make-tiny-models": (cmd_make_tiny_models, "build tiny random Wan/Qwen models for tests and demos"),
     "worker": (cmd_worker, "run one render job from a JSON file, printing JSON-line events"),
+    "enhance": (cmd_enhance, "rewrite each clip's prompt with a local Qwen model and show before/after"),
+    "ui": (cmd_ui, "serve the Wan tab and its API without a web UI"),
+    "install-deps": (cmd_install_deps, "fill the private folder of renderer libraries the worker uses"),
 }
 
 
@@ -186,6 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help=COMMANDS["worker"][1])
     p.add_argument("job", help="job JSON file")
+
+    p = sub.add_parser("enhance", help=COMMANDS["enhance"][1])
+    p.add_argument("settings", help="Deforum settings file (.txt/.json)")
+    p.add_argument("--qwen", help="Qwen instruct model folder (default: auto-select from the models folders)")
+    p.add_argument("--style", default="", help="style prompt added to every clip")
+    p.add_argument("--style-strength", type=float, default=0.5, help="0..1: how strongly the style is applied")
+    p.add_argument("--target-language", choices=["en", "zh"], default="en", help="language of the rewritten prompts")
+    p.add_argument("--no-cache", action="store_true", help="ignore and do not write the prompt cache")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_plan_options(p)
+
+    p = sub.add_parser("ui", help=COMMANDS["ui"][1])
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=7870)
+    p.add_argument("--outdir", default="outputs", help="output folder")
+    p.add_argument("--models-dir", help="models folder (default: $DEFORUM_WAN_MODELS or models/wan)")
+
+    p = sub.add_parser("install-deps", help=COMMANDS["install-deps"][1])
+    p.add_argument("target", nargs="?", help="folder (default: the extension's .deps)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be installed")
     return parser
 
 
