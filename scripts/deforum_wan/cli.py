@@ -90,6 +90,11 @@ def add_render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-file", help="stop cleanly between steps when this file appears")
     p.add_argument("--no-video", action="store_true", help="write frames only")
     p.add_argument("--no-color-match", action="store_true", help="do not match colours to the previous clip")
+    p.add_argument("--enhance", action="store_true", help="rewrite prompts with a local Qwen model first")
+    p.add_argument("--qwen", help="Qwen instruct model folder for --enhance (default: auto-select)")
+    p.add_argument("--style", default="", help="--enhance: style prompt added to every clip")
+    p.add_argument("--style-strength", type=float, default=0.5, help="--enhance: 0..1")
+    p.add_argument("--target-language", choices=["en", "zh"], default="en", help="--enhance: output language")
 
 
 def render_job(args: argparse.Namespace):
@@ -103,7 +108,9 @@ def render_job(args: argparse.Namespace):
         settings=settings, model=args.model, outdir=args.outdir, options=options, i2v_model=args.i2v_model,
         models_dir=args.models_dir, resume=args.resume, device=args.device, memory_profile=args.memory_profile,
         attention=args.attention, compile=args.compile, vae_tiling=args.vae_tiling, stop_file=args.stop_file,
-        make_video=not args.no_video,
+        make_video=not args.no_video, enhance=args.enhance,
+        enhance_options={"qwen": args.qwen, "style": args.style, "style_strength": args.style_strength,
+                         "target_language": args.target_language, "models_dir": args.models_dir},
     )
 
 

@@ -197,7 +197,6 @@ def render(
     on_event: EventCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     pipelines: Any = None,
-    enhancer: Callable[[ClipPlan, DeforumSettings, EventCallback], ClipPlan] | None = None,
 ) -> RenderResult:
     """Render `job`; returns when done or stopped. Frames already on disk are kept and skipped.
 
@@ -223,9 +222,11 @@ def render(
     folder.mkdir(parents=True, exist_ok=True)
     outputs.remove_stale_temp_files(folder)
 
-    if enhancer is not None and job.enhance and not resumed:
+    if job.enhance and not resumed:
+        from .enhance import enhance_plan  # frees its model before the video model loads
+
         emit({"type": "status", "phase": "enhancing", "message": "enhancing prompts"})
-        plan = enhancer(plan, settings, emit)
+        plan = enhance_plan(plan, settings, job.enhance_options, emit)
     outputs.save_settings(settings, folder, timestring)
     outputs.save_json(outputs.plan_file(folder, timestring), plan.to_dict())
 
