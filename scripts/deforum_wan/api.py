@@ -513,14 +513,14 @@ def models_payload(queue: jobs.JobQueue) -> dict[str, Any]:
         "qwen_models": [],
     }
     try:
-        from . import enhance
+        from .enhance import find_qwen_models
 
-        finder = next(getattr(enhance, n) for n in ("find_qwen_models", "discover_qwen_models", "scan_qwen_models")
-                      if callable(getattr(enhance, n, None)))
-        found = finder(root) if finder.__code__.co_argcount else finder()
-        payload["qwen_models"] = [str(getattr(q, "path", q)) for q in found]
-    except (ImportError, AttributeError, StopIteration, TypeError):
-        pass
+        payload["qwen_models"] = [
+            {"name": q.name, "path": str(q.path), "params": q.params, "label": q.label, "source": q.source}
+            for q in find_qwen_models(queue.models_dir)
+        ]
+    except (ImportError, AttributeError):
+        pass  # no enhancer in this install
     except Exception:  # the enhancer is optional: its problems never break the models list
         log.debug("qwen model discovery failed", exc_info=True)
     return payload
