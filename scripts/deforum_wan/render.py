@@ -74,6 +74,8 @@ class RenderResult:
     plan: ClipPlan
     pipeline_seconds: float  # time inside diffusers calls
     wall_seconds: float
+    load_seconds: float  # importing the libraries and loading the model
+    encode_seconds: float  # writing the mp4
     model_loads: int
     warnings: tuple[str, ...] = ()
 
@@ -250,6 +252,7 @@ def render(
 
     pending = [c for c in plan.clips if c.output_end > done]
     loads = 0
+    load_seconds = encode_seconds = 0.0
     pipeline_seconds = 0.0
     status = "done"
     own_pipelines = pipelines is None
@@ -262,11 +265,13 @@ def render(
             from .models import load_pipelines
 
             emit({"type": "status", "phase": "loading", "message": f"loading {info.name}"})
+            load_start = time.perf_counter()
             pipelines = load_pipelines(
                 info, device=job.device, memory_profile=job.memory_profile, attention=job.attention,
                 compile=job.compile, i2v_info=i2v_info, vae_tiling=job.vae_tiling,
             )
             loads += 1
+            load_seconds = time.perf_counter() - load_start
             emit({"type": "status", "phase": "loaded", "message": f"{info.name}: attention {pipelines.attention}, "
                   f"memory profile {pipelines.memory_profile}, {pipelines.device}"})
         previous_tail: np.ndarray | None = None
@@ -322,14 +327,16 @@ def render(
     video = None
     if status == "done" and job.make_video:
         emit({"type": "status", "phase": "encoding", "message": f"encoding {outputs.video_file(folder, timestring).name}"})
+        encode_start = time.perf_counter()
         video, notes = outputs.stitch_video(folder, timestring, settings.fps, total, soundtrack=_soundtrack(settings))
+        encode_seconds = time.perf_counter() - encode_start
         warnings += notes
         for note in notes:
             emit({"type": "warning", "message": note})
     result = RenderResult(
         status=status, folder=folder, timestring=timestring, frames_on_disk=on_disk, frames_total=total,
         video=video, plan=plan, pipeline_seconds=pipeline_seconds, wall_seconds=time.perf_counter() - started,
-        model_loads=loads, warnings=tuple(warnings),
+        load_seconds=load_seconds, encode_seconds=encode_seconds, model_loads=loads, warnings=tuple(warnings),
     )
     emit({"type": "done" if status == "done" else "interrupted", "folder": str(folder), "timestring": timestring,
           "frames_on_disk": on_disk, "frames_total": total, "video": str(video) if video else None,
