@@ -526,14 +526,13 @@ def models_payload(queue: jobs.JobQueue) -> dict[str, Any]:
     return payload
 
 
-def build_router(queue: jobs.JobQueue, *, allowed_roots: Sequence[str | os.PathLike[str]] | None = None,
-                 model_roots: Sequence[str | os.PathLike[str]] | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> APIRouter:
-    """An APIRouter with every route; works with fastapi 0.94 and current fastapi alike."""
+def route_table(queue: jobs.JobQueue, *, allowed_roots: Sequence[str | os.PathLike[str]] | None = None,
+                model_roots: Sequence[str | os.PathLike[str]] | None = None,
+                max_body_bytes: int = MAX_BODY_BYTES) -> list[tuple[str, Any, list[str], int]]:
+    """(path, endpoint, methods, status) for every route; plain functions, so any fastapi version can mount them."""
     from starlette.concurrency import run_in_threadpool
 
     validator = Validator(queue, allowed_roots, model_roots)
-    router = APIRouter()
 
     async def txt2vid(request: Request) -> JSONResponse:
         try:
@@ -591,23 +590,37 @@ def build_router(queue: jobs.JobQueue, *, allowed_roots: Sequence[str | os.PathL
         path = Path(record.video)
         return FileResponse(str(path), media_type="video/mp4", filename=path.name)
 
-    router.add_api_route(f"{PREFIX}/txt2vid", txt2vid, methods=["POST"], status_code=202)
-    router.add_api_route(f"{PREFIX}/batches", txt2vid, methods=["POST"], status_code=202)  # Deforum's path
-    router.add_api_route(f"{PREFIX}/batches", list_batches, methods=["GET"])
-    router.add_api_route(f"{PREFIX}/batches/{{id}}", get_batch, methods=["GET"])
-    router.add_api_route(f"{PREFIX}/batches/{{id}}", cancel_batch, methods=["DELETE"])
-    router.add_api_route(f"{PREFIX}/jobs", list_jobs, methods=["GET"])
-    router.add_api_route(f"{PREFIX}/jobs/{{id}}", get_job, methods=["GET"])
-    router.add_api_route(f"{PREFIX}/jobs/{{id}}", cancel_job, methods=["DELETE"])
-    router.add_api_route(f"{PREFIX}/jobs/{{id}}/video", video, methods=["GET"])
-    router.add_api_route(f"{PREFIX}/models", models, methods=["GET"])
+    return [
+        (f"{PREFIX}/txt2vid", txt2vid, ["POST"], 202),
+        (f"{PREFIX}/batches", txt2vid, ["POST"], 202),  # Deforum's path for the same request
+        (f"{PREFIX}/batches", list_batches, ["GET"], 200),
+        (f"{PREFIX}/batches/{{id}}", get_batch, ["GET"], 200),
+        (f"{PREFIX}/batches/{{id}}", cancel_batch, ["DELETE"], 200),
+        (f"{PREFIX}/jobs", list_jobs, ["GET"], 200),
+        (f"{PREFIX}/jobs/{{id}}", get_job, ["GET"], 200),
+        (f"{PREFIX}/jobs/{{id}}", cancel_job, ["DELETE"], 200),
+        (f"{PREFIX}/jobs/{{id}}/video", video, ["GET"], 200),
+        (f"{PREFIX}/models", models, ["GET"], 200),
+    ]
+
+
+def build_router(queue: jobs.JobQueue, **kwargs: Any) -> APIRouter:
+    """The routes as an APIRouter, for apps that prefer `include_router`."""
+    router = APIRouter()
+    for path, endpoint, methods, status in route_table(queue, **kwargs):
+        router.add_api_route(path, endpoint, methods=methods, status_code=status)
     return router
 
 
 def add_routes(app: Any, queue: jobs.JobQueue, *, allowed_roots: Sequence[str | os.PathLike[str]] | None = None,
                model_roots: Sequence[str | os.PathLike[str]] | None = None) -> None:
-    """Mount every `/deforum_wan/` route on `app` (FastAPI), backed by `queue`."""
-    app.include_router(build_router(queue, allowed_roots=allowed_roots, model_roots=model_roots))
+    """Mount every `/deforum_wan/` route on `app` (FastAPI), backed by `queue`.
+
+    `app.add_api_route` rather than `include_router`: it behaves the same from
+    fastapi 0.94 to today, and the routes stay visible in `app.routes`.
+    """
+    for path, endpoint, methods, status in route_table(queue, allowed_roots=allowed_roots, model_roots=model_roots):
+        app.add_api_route(path, endpoint, methods=methods, status_code=status)
 
 
 def api_enabled(cmd_opts: Any) -> bool:
@@ -615,8 +628,23 @@ def api_enabled(cmd_opts: Any) -> bool:
     return bool(getattr(cmd_opts, "api", False) or getattr(cmd_opts, "deforum_wan_api", False))
 
 
+def route_paths(app: Any) -> list[str]:
+    """Every route path of `app`, including routes of included routers (newer fastapi nests them)."""
+    out: list[str] = []
+    pending = list(getattr(app, "routes", ()))
+    while pending:
+        route = pending.pop(0)
+        if getattr(route, "path", None) is not None:
+            out.append(str(route.path))
+        inner = getattr(route, "original_router", None) or getattr(route, "app", None)
+        if inner is not None and inner is not app and hasattr(inner, "routes") and not hasattr(route, "path"):
+            pending += list(inner.routes)
+    return out
+
+
 def has_routes(app: Any) -> bool:
-    return any(str(getattr(r, "path", "")).startswith(PREFIX + "/") for r in getattr(app, "routes", ()))
+    """Whether our routes are mounted on `app`."""
+    return any(p.startswith(PREFIX + "/") for p in route_paths(app))
 
 
 def on_app_started(demo: Any, app: Any) -> None:
