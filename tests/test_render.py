@@ -236,3 +236,26 @@ def test_main_job_cli_on_a1111_default(tiny_models, tmp_path):
     assert outputs.existing_frames(folder, ts) == list(range(120))
     assert outputs.settings_file(folder, ts).is_file()
     assert outputs.probe_video(outputs.video_file(folder, ts)) == (120, 15.0)
+
+
+def test_cli_stop_file_keeps_frames_and_says_how_to_resume(tiny_models, tmp_path):
+    settings = tmp_path / "s.txt"
+    settings.write_text(json.dumps({"prompts": {"0": "a cat", "16": "a dog"}, "max_frames": 40, "fps": 16, "W": 32,
+                                    "H": 32, "seed": 3, "batch_name": "stopme"}))
+    stop = tmp_path / "STOP"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deforum_wan", "render", str(settings), "--model", str(tiny_models["vace"]),
+         "--steps", "3", "--max-clip-frames", "9", "--outdir", str(tmp_path / "out"), "--stop-file", str(stop)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    folder = tmp_path / "out" / "stopme"
+    deadline = time.time() + 240
+    while not (folder.is_dir() and len(list(folder.glob("*_0*.png"))) >= 4):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    stop.touch()
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130
+    ts = outputs.find_timestrings(folder)[0]
+    kept = outputs.existing_frames(folder, ts)
+    assert 4 <= len(kept) < 40 and kept == list(range(len(kept)))
+    assert f"--resume {ts}" in err
