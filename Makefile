@@ -6,6 +6,7 @@ VENV ?= .venv
 # A CPU build of torch; on a GPU machine use e.g. `make demo TORCH=torch`.
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+-include mk/*.mk
 
 .PHONY: setup demo test
 
@@ -31,5 +32,5 @@ demo: setup models/tiny/.built
 	$(BIN)/deforum-wan plan $(DEMO_SETTINGS) --model $(DEMO_MODEL)
 	$(BIN)/deforum-wan render $(DEMO_SETTINGS) --model $(DEMO_MODEL) --steps 4 --width 128 --height 128 --outdir outputs
 
-test: setup
+test: setup host-envs browser
 	$(BIN)/python -m pytest

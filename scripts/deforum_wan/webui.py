@@ -1,22 +1,166 @@
-"""Glue to the host web UI (A1111 or Forge): options and callbacks.
+"""Glue to the host web UI (Automatic1111 or Forge): the Wan tab, its options, the API.
 
-Imported only inside the web UI; `modules` is the host's package.
+Imported only inside the web UI; `modules` is the host's package. Registering is
+cheap: gradio and the tab are built only when the host calls `on_ui_tabs`.
+Outputs go where Deforum puts its own (`outdir_samples or outdir_img2img_samples`
++ batch name); models live in `<models_path>/wan/` unless the option says otherwise.
 """
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
 SECTION = ("deforum_wan", "Deforum Wan")
+TAB_TITLE = "Wan"
+TAB_ID = "deforum_wan"  # the host makes the tab's element id tab_deforum_wan
+log = logging.getLogger(__name__)
+
+OPTIONS = {
+    # key: (default, label)
+    "deforum_wan_models_dir": ("", "Wan models folder (empty: <models>/wan)"),
+    "deforum_wan_default_model": ("", "Default Wan model (folder name; empty: the first found)"),
+    "deforum_wan_memory_profile": ("auto", "Memory profile for Wan renders"),
+    "deforum_wan_api": (False, "Enable the Deforum Wan txt2vid API routes (also on with --deforum-wan-api or --api)"),
+}
+
+
+def _opt(name: str) -> Any:
+    from modules import shared
+
+    opts = getattr(shared, "opts", None)
+    default = OPTIONS[name][0] if name in OPTIONS else None
+    return getattr(opts, name, default) if opts is not None else default
+
+
+def _webui_root() -> str:
+    try:
+        from modules import paths
+
+        return str(getattr(paths, "script_path", None) or os.getcwd())
+    except ImportError:
+        return os.getcwd()
+
+
+def models_dir() -> str:
+    """The option, else `<models_path>/wan`."""
+    chosen = _opt("deforum_wan_models_dir")
+    if chosen:
+        return str(Path(chosen).expanduser())
+    try:
+        from modules import paths
+
+        return str(Path(paths.models_path) / "wan")
+    except (ImportError, AttributeError):
+        return str(Path(_webui_root()) / "models" / "wan")
+
+
+def outdir() -> str:
+    """Deforum's output root: outdir_samples, else outdir_img2img_samples (the batch folder goes inside)."""
+    root = _opt("outdir_samples") or _opt("outdir_img2img_samples") or "outputs/img2img-images"
+    path = Path(root)
+    return str(path if path.is_absolute() else Path(_webui_root()) / path)
+
+
+def output_roots() -> list[str]:
+    """Where Deforum may have saved settings: its output root, the img2img folder and Forge's outputs/deforum."""
+    base = Path(_webui_root())
+    roots = [outdir(), _opt("outdir_img2img_samples"), _opt("outdir_samples"), str(base / "outputs" / "deforum"),
+             str(base / "outputs" / "img2img-images")]
+    seen: list[str] = []
+    for root in roots:
+        if root:
+            path = str(Path(root) if Path(root).is_absolute() else base / root)
+            if path not in seen:
+                seen.append(path)
+    return seen
+
+
+def _state() -> Any:
+    from modules import shared
+
+    return getattr(shared, "state", None)
+
+
+def host_interrupted() -> bool:
+    """The host's Interrupt button sets shared.state.interrupted."""
+    state = _state()
+    return bool(getattr(state, "interrupted", False))
+
+
+def on_job_start() -> None:
+    """Tell the host a job runs (resets a stale interrupted flag, shows it busy), and free its checkpoint."""
+    state = _state()
+    if state is not None and hasattr(state, "begin"):
+        try:
+            state.begin(job="Deforum Wan")
+        except Exception:  # a host's state API we do not know must not stop the render
+            log.debug("shared.state.begin failed", exc_info=True)
+    try:
+        from . import bridge  # type: ignore[attr-defined]
+
+        bridge.unload_host_model()
+    except Exception:
+        log.debug("could not unload the host's model", exc_info=True)
+
+
+def on_job_end() -> None:
+    state = _state()
+    if state is not None and hasattr(state, "end"):
+        try:
+            state.end()
+        except Exception:
+            log.debug("shared.state.end failed", exc_info=True)
+
+
+def tab_context():
+    from .ui import TabContext
+
+    return TabContext(
+        outdir=outdir, models_dir=models_dir, default_model=lambda: _opt("deforum_wan_default_model") or None,
+        memory_profile=lambda: _opt("deforum_wan_memory_profile") or "auto", output_roots=output_roots,
+        webui_root=_webui_root(), host_interrupted=host_interrupted, on_job_start=on_job_start, on_job_end=on_job_end,
+    )
+
+
+def on_ui_tabs() -> list[tuple[Any, str, str]]:
+    from .ui import build_tab
+
+    return [(build_tab(tab_context()), TAB_TITLE, TAB_ID)]
 
 
 def on_ui_settings() -> None:
+    import gradio as gr
     from modules import shared
 
-    shared.opts.add_option(
-        "deforum_wan_models_dir",
-        shared.OptionInfo("", "Wan models folder (empty: <models>/wan)", section=SECTION),
-    )
+    from .models import MEMORY_PROFILES
+
+    for key, (default, label) in OPTIONS.items():
+        if key == "deforum_wan_memory_profile":
+            info = shared.OptionInfo(default, label, gr.Dropdown, {"choices": list(MEMORY_PROFILES)}, section=SECTION)
+        else:
+            info = shared.OptionInfo(default, label, section=SECTION)
+        shared.opts.add_option(key, info)
+
+
+def on_app_started(demo: Any, app: Any) -> None:
+    """API routes: with --api/--deforum-wan-api (api.on_app_started decides), or when the option turns them on."""
+    from modules import shared
+
+    from . import api, jobs
+
+    if api.api_enabled(getattr(shared, "cmd_opts", None)):
+        api.on_app_started(demo, app)
+    elif _opt("deforum_wan_api") and not api.has_routes(app):
+        paths = jobs.webui_paths()
+        queue = jobs.get_queue(outdir=paths["outdir"], models_dir=paths["models_dir"])
+        api.add_routes(app, queue, allowed_roots=paths["allowed_roots"], model_roots=[paths["models_dir"]])
 
 
 def register() -> None:
     from modules import script_callbacks
 
+    script_callbacks.on_ui_tabs(on_ui_tabs)
     script_callbacks.on_ui_settings(on_ui_settings)
+    script_callbacks.on_app_started(on_app_started)

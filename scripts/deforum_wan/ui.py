@@ -1,0 +1,672 @@
+"""The Wan tab: import Deforum settings, see the plan and camera path, pick a model, render, resume.
+
+One `build_tab(ctx)` serves Automatic1111 (gradio 3.41.2), Forge (gradio 4.40.0)
+and the standalone app (`deforum-wan ui`), so it is written against the gradio
+3.41 subset that Forge translates: `gr.update(...)`, no `gr.X.update`, no
+gradio-4-only keywords. Everything host-specific (folders, options, the host's
+Interrupt) comes in through `TabContext`. Gradio is imported inside functions and
+torch never: renders, and the enhancer preview, run in worker processes.
+
+Renders go through the JobQueue the API shares (deforum_wan.jobs). Progress is a generator on the Generate click (both gradio versions stream it
+through their queue); Interrupt runs outside the queue so it is never stuck behind it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import ui_data
+
+SCRIPTS_DIR = Path(__file__).resolve().parents[1]
+EXTENSION_DIR = SCRIPTS_DIR.parent
+POLL_SECONDS = 0.5
+FALLBACK_KIND = "vace"
+
+
+# ---------------------------------------------------------------------------
+# What the host provides
+
+
+@dataclass
+class TabContext:
+    """Host hooks: where outputs and models go, defaults, and the host's Interrupt."""
+
+    outdir: Callable[[], str]
+    models_dir: Callable[[], str]
+    default_model: Callable[[], str | None] = lambda: None
+    memory_profile: Callable[[], str] = lambda: "auto"
+    output_roots: Callable[[], list[str]] = lambda: []
+    webui_root: str | None = None
+    jobs: Callable[[], "Jobs"] | None = None
+    host_interrupted: Callable[[], bool] = lambda: False
+    on_job_start: Callable[[], None] = lambda: None
+    on_job_end: Callable[[], None] = lambda: None
+    standalone: bool = False
+
+    def get_jobs(self) -> "Jobs":
+        if self.jobs is None:
+            self.jobs = _memo(lambda: shared_jobs(self.outdir(), self.models_dir()))
+        return self.jobs()
+
+
+def _memo(fn: Callable[[], Any]) -> Callable[[], Any]:
+    box: list[Any] = []
+    lock = threading.Lock()
+
+    def get() -> Any:
+        with lock:
+            if not box:
+                box.append(fn())
+            return box[0]
+
+    return get
+
+
+# ---------------------------------------------------------------------------
+# Jobs: the shared JobQueue when it exists, else a small in-process runner
+
+
+class Jobs:
+    """What the tab needs from the shared JobQueue (deforum_wan.jobs), with the ETA of step events kept."""
+
+    def __init__(self, queue: Any):
+        self.queue = queue
+        self.eta: dict[str, float] = {}
+        with contextlib.suppress(Exception):
+            queue.subscribe(self._on_change)
+
+    def _on_change(self, record: Any, event: dict | None) -> None:
+        if event and event.get("type") == "step" and isinstance(event.get("eta_seconds"), (int, float)):
+            self.eta[str(ui_data.record_field(record, "id"))] = float(event["eta_seconds"])
+
+    def submit(self, settings: dict, overrides: dict) -> str:
+        _batch, job_ids = self.queue.submit([settings], overrides)
+        return str(job_ids[0])
+
+    def get(self, job_id: str) -> dict | None:
+        record = self.queue.get(job_id)
+        if record is None:
+            return None
+        data = record.to_dict() if hasattr(record, "to_dict") else dict(record)
+        data["video"] = ui_data.record_field(record, "video")
+        data["eta_seconds"] = self.eta.get(job_id)
+        return data
+
+    def cancel(self, job_id: str) -> Any:
+        with contextlib.suppress(KeyError):
+            return self.queue.cancel(job_id)
+        return False
+
+
+def shared_jobs(outdir: str, models_dir: str) -> Jobs:
+    """The process-wide JobQueue (jobs.get_queue), which the API shares; its folders follow the host's options."""
+    from . import jobs
+
+    kwargs: dict[str, Any] = {"outdir": outdir, "models_dir": models_dir}
+    if not _bridge_available():
+        kwargs["runner"] = worker_runner
+    return Jobs(jobs.get_queue(**kwargs))
+
+
+def _bridge_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(f"{__package__}.bridge") is not None
+
+
+def worker_python() -> str:
+    """The python that runs renders: $DEFORUM_WAN_WORKER_PYTHON, the bridge's choice, or this one."""
+    env = os.environ.get("DEFORUM_WAN_WORKER_PYTHON")
+    if env:
+        return env
+    with contextlib.suppress(Exception):
+        from . import bridge  # type: ignore[attr-defined]
+
+        return str(bridge.WorkerConfig().python)
+    return sys.executable
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for a worker subprocess: our package importable whichever python runs it."""
+    env = dict(os.environ)
+    with contextlib.suppress(Exception):
+        from . import bridge  # type: ignore[attr-defined]
+
+        env.update(bridge.WorkerConfig().env or {})
+    path = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(SCRIPTS_DIR) + (os.pathsep + path if path else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def worker_runner(job: dict, *, on_event: Callable[[dict], None], cancel: threading.Event | None = None,
+                  config: Any = None) -> dict:
+    """A JobQueue runner for when bridge.py is absent: `python -m deforum_wan worker JOB.json`, SIGTERM to stop.
+
+    Returns an outcome shaped like bridge.WorkerOutcome (status done/interrupted/failed/crashed).
+    """
+    cancel = cancel or threading.Event()
+    last: dict[str, Any] = {}
+
+    def forward(event: dict) -> None:
+        if event.get("type") in ("start", "done", "interrupted", "error"):
+            last[event["type"]] = event
+        on_event(event)
+
+    with tempfile.TemporaryDirectory(prefix="deforum-wan-job-") as tmp:
+        job_path = Path(tmp) / "job.json"
+        job_path.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
+        with open(Path(tmp) / "stderr.txt", "w+", encoding="utf-8") as err:
+            proc = subprocess.Popen([worker_python(), "-m", "deforum_wan", "worker", str(job_path)],
+                                    stdout=subprocess.PIPE, stderr=err, text=True, env=worker_env())
+
+            def watch() -> None:
+                while proc.poll() is None:
+                    if cancel.wait(0.2):
+                        with contextlib.suppress(OSError):
+                            proc.send_signal(signal.SIGTERM)
+                        return
+
+            threading.Thread(target=watch, daemon=True).start()
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.strip()
+                if line.startswith("{"):
+                    with contextlib.suppress(ValueError):
+                        forward(json.loads(line))
+            code = proc.wait()
+            err.seek(0)
+            stderr_tail = " | ".join([ln for ln in err.read().splitlines() if ln.strip()][-3:])
+    end = last.get("done") or last.get("interrupted") or last.get("start") or {}
+    status = "done" if "done" in last else "interrupted" if "interrupted" in last else (
+        "failed" if "error" in last else "crashed")
+    error = (last.get("error") or {}).get("message") or (stderr_tail if status == "crashed" else None)
+    return {"status": status, "folder": end.get("folder"), "timestring": end.get("timestring"),
+            "video": end.get("video"), "frames_on_disk": end.get("frames_on_disk"),
+            "frames_total": end.get("frames_total"), "error": error or (None if code in (0, 130) else f"exit {code}")}
+
+
+# ---------------------------------------------------------------------------
+# Handlers (plain functions: the tab wires them, tests call them)
+
+
+def _settings_from_state(state: Any):
+    from .settings import load_settings
+
+    if not state:
+        raise ValueError("import a Deforum settings file first")
+    return load_settings(state)
+
+
+def load_settings_file(path: str | None) -> tuple[dict | None, str, str]:
+    """(settings as a dict, inspect summary, status line) for a settings path."""
+    from .inspection import format_inspection, inspect_settings
+    from .settings import load_settings
+
+    if not path or not str(path).strip():
+        return None, "", "Give a settings file."
+    try:
+        settings = load_settings(str(path).strip())
+        summary = format_inspection(inspect_settings(settings))
+    except (ValueError, OSError) as exc:
+        return None, "", f"**Could not import** `{path}`: {exc}"
+    return settings.to_dict(), summary, f"Imported `{path}`"
+
+
+def model_spec_and_note(model_path: str | None):
+    """The spec of the chosen model folder, or the fallback kind's, with a note for the user."""
+    from .models import ModelError, classify_model
+    from .specs import MODEL_SPECS
+
+    if model_path:
+        try:
+            return classify_model(model_path).spec, ""
+        except ModelError as exc:
+            return MODEL_SPECS[FALLBACK_KIND], f"{exc}; planned for {MODEL_SPECS[FALLBACK_KIND].label}"
+    return MODEL_SPECS[FALLBACK_KIND], f"no model chosen: planned for {MODEL_SPECS[FALLBACK_KIND].label}"
+
+
+def _none_if_zero(value: Any, kind: type = int) -> Any:
+    if value in (None, ""):
+        return None
+    number = kind(value)
+    return None if number <= 0 else number
+
+
+@dataclass
+class Controls:
+    """The option controls' values, in one place for the plan, the job and the enhancer."""
+
+    model_path: str | None = None
+    width: Any = 0
+    height: Any = 0
+    steps: Any = 0
+    guidance: Any = 0
+    continuity: str = "auto"
+    overlap: Any = 0
+    color_match: bool = True
+    memory_profile: str = "auto"
+    enhance: bool = False
+    style: str = ""
+    style_strength: float = 0.5
+    qwen: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def plan_options(self, seed: int | None = None):
+        from .plan import PlanOptions
+
+        return PlanOptions(continuity=self.continuity or "auto", overlap=_none_if_zero(self.overlap),
+                           width=_none_if_zero(self.width), height=_none_if_zero(self.height),
+                           steps=_none_if_zero(self.steps), guidance=_none_if_zero(self.guidance, float),
+                           color_match=bool(self.color_match), seed=seed)
+
+    def overrides(self) -> dict:
+        """options_overrides for JobQueue.submit (the same keys the API takes); 0 means "the default"."""
+        values = {"model": self.model_path, "memory_profile": self.memory_profile or "auto",
+                  "continuity": self.continuity or "auto", "overlap": _none_if_zero(self.overlap),
+                  "width": _none_if_zero(self.width), "height": _none_if_zero(self.height),
+                  "steps": _none_if_zero(self.steps), "guidance": _none_if_zero(self.guidance, float),
+                  "color_match": bool(self.color_match), "enhance": bool(self.enhance)}
+        if self.enhance:
+            values.update(enhance_style=self.style or "", enhance_style_strength=float(self.style_strength or 0.5))
+        return {k: v for k, v in values.items() if v is not None}
+
+
+def make_plan(settings_state: Any, rows: Any, plan_state: Any, controls: Controls):
+    """Settings with table edits applied, the new plan, and a note; raises ValueError for the user."""
+    from .plan import ClipPlan, plan_clips
+    from .seeds import resolve_seed
+
+    settings = _settings_from_state(settings_state)
+    if plan_state and rows is not None:
+        settings = ui_data.apply_prompt_edits(ClipPlan.from_dict(plan_state), settings, rows)
+    spec, note = model_spec_and_note(controls.model_path)
+    plan = plan_clips(settings, spec, controls.plan_options(seed=resolve_seed(settings.seed)))
+    notes = [note] if note else []
+    if settings.seed == -1:
+        notes.append("seed -1: the seeds shown are an example; the render draws its own")
+    return settings, plan, notes
+
+
+def plan_summary(plan: Any, notes: list[str]) -> str:
+    m = plan.metrics
+    lines = [f"**{plan.model_kind}** at {plan.native_fps} fps → {plan.max_frames} frames at {plan.fps:g} fps "
+             f"({m.seconds:.2f} s), {plan.width}×{plan.height}, continuity **{plan.continuity}**; "
+             f"{m.clip_count} clip(s), {m.generated_frames} Wan frames"]
+    lines += [f"- {w}" for w in (*plan.warnings, *notes)]
+    return "\n".join(lines)
+
+
+def scan_model_choices(models_dir: str) -> dict[str, str]:
+    from .models import scan_models
+
+    infos, _problems = scan_models(models_dir)
+    return ui_data.model_choices(infos)
+
+
+def run_enhance_preview(settings: Any, controls: Controls, models_dir: str, timeout: float = 900) -> list[list[Any]]:
+    """Before/after prompts from `deforum-wan enhance --json`, run by the worker python (the host never loads torch)."""
+    with tempfile.TemporaryDirectory(prefix="deforum-wan-enhance-") as tmp:
+        path = Path(tmp) / "settings.txt"
+        path.write_text(settings.to_json(), encoding="utf-8")
+        cmd = [worker_python(), "-m", "deforum_wan", "enhance", str(path), "--json",
+               "--style", controls.style or "", "--style-strength", str(float(controls.style_strength or 0.5)),
+               "--continuity", controls.continuity or "auto"]
+        if controls.model_path:
+            cmd += ["--model", controls.model_path]
+        if controls.qwen:
+            cmd += ["--qwen", controls.qwen]
+        for flag, value in (("--width", controls.width), ("--height", controls.height), ("--steps", controls.steps)):
+            if _none_if_zero(value):
+                cmd += [flag, str(int(value))]
+        env = worker_env()
+        env.setdefault("DEFORUM_WAN_MODELS", models_dir)
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if result.returncode != 0:
+        tail = [ln for ln in (result.stderr or result.stdout).splitlines() if ln.strip()][-2:]
+        raise ValueError(" | ".join(tail) or f"enhance exited with {result.returncode}")
+    return ui_data.enhance_rows(json.loads(result.stdout))
+
+
+def resume_choices(outdir: str) -> dict[str, ui_data.UnfinishedRender]:
+    return {r.label: r for r in ui_data.unfinished_renders(outdir)}
+
+
+# ---------------------------------------------------------------------------
+# The tab
+
+
+def _read_css() -> str:
+    try:
+        return (EXTENSION_DIR / "style.css").read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
+def build_tab(ctx: TabContext):
+    """The Wan tab as a gr.Blocks; gradio 3.41 and 4.40 alike."""
+    import gradio as gr
+
+    from .models import MEMORY_PROFILES
+    from .plan import CONTINUITY
+
+    choices = scan_model_choices(ctx.models_dir())
+    default_model = ui_data.pick_default_model(choices, ctx.default_model())
+    model_paths: dict[str, str] = dict(choices)
+
+    blocks_kwargs: dict[str, Any] = {"analytics_enabled": False}
+    if ctx.standalone:
+        blocks_kwargs.update(css=_read_css(), title="Deforum Wan")
+    with gr.Blocks(**blocks_kwargs) as blocks:
+        outer = gr.Column(elem_id="tab_deforum_wan") if ctx.standalone else contextlib.nullcontext()
+        with outer:
+            settings_state = gr.State(None)
+            plan_state = gr.State(None)
+            job_state = gr.State(None)
+
+            with gr.Row():
+                with gr.Column(scale=5):
+                    gr.Markdown("### Import Deforum settings")
+                    upload = gr.File(label="Settings file (.txt / .json)", file_types=[".txt", ".json"],
+                                     elem_id="deforum_wan_upload")
+                    path_box = gr.Textbox(label="…or a path to a settings file", elem_id="deforum_wan_settings_path",
+                                          placeholder="/path/to/20240101120000_settings.txt", max_lines=1)
+                    with gr.Row():
+                        load_path_btn = gr.Button("Load path", elem_id="deforum_wan_load_path")
+                        latest_btn = gr.Button("Take Deforum's last settings", elem_id="deforum_wan_latest")
+                    import_status = gr.Markdown("", elem_id="deforum_wan_import_status")
+                    summary = gr.Textbox(label="Summary", lines=10, max_lines=24, interactive=False,
+                                         elem_id="deforum_wan_summary", elem_classes=["deforum-wan-mono"])
+                with gr.Column(scale=4):
+                    gr.Markdown("### Model and options")
+                    with gr.Row():
+                        model_dd = gr.Dropdown(label="Wan model", choices=list(choices), value=default_model,
+                                               elem_id="deforum_wan_model", scale=4)
+                        refresh_models_btn = gr.Button("🔄", elem_id="deforum_wan_refresh_models",
+                                                       elem_classes=["deforum-wan-tool"], scale=1)
+                    models_note = gr.Markdown(f"Models folder: `{ctx.models_dir()}`" + (
+                        "" if choices else " — no Wan models found there"), elem_id="deforum_wan_models_note")
+                    with gr.Row():
+                        width = gr.Number(label="Width", value=0, precision=0, elem_id="deforum_wan_width",
+                                          info="0: the settings' W")
+                        height = gr.Number(label="Height", value=0, precision=0, elem_id="deforum_wan_height",
+                                           info="0: the settings' H")
+                    with gr.Row():
+                        steps = gr.Number(label="Steps", value=0, precision=0, elem_id="deforum_wan_steps",
+                                          info="0: the model's default")
+                        guidance = gr.Number(label="Guidance", value=0, elem_id="deforum_wan_guidance",
+                                             info="0: the model's default")
+                    with gr.Row():
+                        continuity = gr.Radio(label="Continuity", choices=list(CONTINUITY), value="auto",
+                                              elem_id="deforum_wan_continuity")
+                        overlap = gr.Number(label="Overlap", value=0, precision=0, elem_id="deforum_wan_overlap",
+                                            info="VACE frames carried over; 0: default")
+                    with gr.Row():
+                        color_match = gr.Checkbox(label="Colour matching", value=True,
+                                                  elem_id="deforum_wan_color_match")
+                        memory = gr.Dropdown(label="Memory profile", choices=list(MEMORY_PROFILES),
+                                             value=ctx.memory_profile() or "auto", elem_id="deforum_wan_memory")
+                    with gr.Accordion("Prompt enhancer (Qwen)", open=False, elem_id="deforum_wan_enhancer"):
+                        enhance = gr.Checkbox(label="Enhance prompts when rendering", value=False,
+                                              elem_id="deforum_wan_enhance")
+                        style = gr.Textbox(label="Style", elem_id="deforum_wan_style", max_lines=2)
+                        style_strength = gr.Slider(label="Style strength", minimum=0, maximum=1, step=0.05,
+                                                   value=0.5, elem_id="deforum_wan_style_strength")
+                        qwen = gr.Textbox(label="Qwen model folder (empty: pick one)", elem_id="deforum_wan_qwen",
+                                          max_lines=1)
+                        enhance_btn = gr.Button("Preview enhanced prompts", elem_id="deforum_wan_enhance_preview")
+                        enhance_status = gr.Markdown("")
+                        enhance_table = gr.Dataframe(headers=ui_data.ENHANCE_HEADERS, datatype=["number", "str", "str"],
+                                                     col_count=(3, "fixed"), interactive=False, wrap=True,
+                                                     elem_id="deforum_wan_enhance_table", type="array")
+
+            gr.Markdown("### Plan")
+            plan_note = gr.Markdown("", elem_id="deforum_wan_plan_note")
+            plan_table = gr.Dataframe(headers=ui_data.PLAN_HEADERS, datatype=ui_data.PLAN_DATATYPES,
+                                      col_count=(len(ui_data.PLAN_HEADERS), "fixed"), interactive=True, wrap=True,
+                                      elem_id="deforum_wan_plan_table", type="array")
+            update_plan_btn = gr.Button("Update plan (keeps prompt edits)", elem_id="deforum_wan_update_plan")
+            plot = gr.Plot(label="Camera path", elem_id="deforum_wan_plot")
+
+            gr.Markdown("### Render")
+            with gr.Row():
+                generate_btn = gr.Button("Generate", variant="primary", elem_id="deforum_wan_generate")
+                interrupt_btn = gr.Button("Interrupt", elem_id="deforum_wan_interrupt")
+            progress = gr.HTML(ui_data.progress_html(None), elem_id="deforum_wan_progress")
+            with gr.Row():
+                preview = gr.Image(label="Latest frame", type="filepath", interactive=False,
+                                   elem_id="deforum_wan_preview")
+                video = gr.Video(label="Video", interactive=False, elem_id="deforum_wan_video")
+            out_folder = gr.Textbox(label="Output folder", interactive=False, elem_id="deforum_wan_outfolder")
+            with gr.Row():
+                resume_dd = gr.Dropdown(label="Unfinished renders", choices=list(resume_choices(ctx.outdir())),
+                                        elem_id="deforum_wan_resume_list", scale=4)
+                refresh_resume_btn = gr.Button("🔄", elem_id="deforum_wan_refresh_resume",
+                                               elem_classes=["deforum-wan-tool"], scale=1)
+                resume_btn = gr.Button("Resume", elem_id="deforum_wan_resume", scale=1)
+
+        option_inputs = [model_dd, width, height, steps, guidance, continuity, overlap, color_match, memory, enhance,
+                         style, style_strength, qwen]
+
+        def controls_of(values: tuple) -> Controls:
+            (label, w, h, st, g, cont, ov, cm, mem, enh, sty, strength, qw) = values
+            return Controls(model_path=model_paths.get(label) if label else None, width=w, height=h, steps=st,
+                            guidance=g, continuity=cont, overlap=ov, color_match=cm, memory_profile=mem, enhance=enh,
+                            style=sty, style_strength=strength, qwen=qw)
+
+        # -- import
+        def on_load(path: Any):
+            path = getattr(path, "name", path)  # gradio 3 hands a tempfile wrapper, gradio 4 a path
+            state, text, status = load_settings_file(path)
+            return state, text, status, None  # a new file drops the old plan (and its edits)
+
+        def on_latest():
+            path = ui_data.newest_settings(ctx.output_roots(), ctx.webui_root)
+            if path is None:
+                where = ", ".join(str(p) for p in ctx.output_roots() if p) or "no output folders"
+                return (None, "", f"No Deforum settings found (looked for `*_settings.txt` in the batch folders of "
+                        f"{where}, and `deforum_settings.txt` in the web UI folder)", None, gr.update())
+            state, text, status = load_settings_file(str(path))
+            return state, text, status, None, gr.update(value=str(path))
+
+        def on_plan(state: Any, rows: Any, plan_dict: Any, *values: Any):
+            if not state:
+                return None, gr.update(value=[]), None, "Import a settings file to see its plan.", state
+            try:
+                settings, plan, notes = make_plan(state, rows, plan_dict, controls_of(values))
+                figure = ui_data.camera_figure(settings, plan)
+            except (ValueError, OSError) as exc:
+                return None, gr.update(value=[]), None, f"**Cannot plan:** {exc}", state
+            return (plan.to_dict(), gr.update(value=ui_data.plan_rows(plan, settings)), figure,
+                    plan_summary(plan, notes), settings.to_dict())
+
+        plan_outputs = [plan_state, plan_table, plot, plan_note, settings_state]
+        plan_inputs = [settings_state, plan_table, plan_state, *option_inputs]
+        load_outputs = [settings_state, summary, import_status, plan_state]
+        upload.upload(on_load, inputs=[upload], outputs=load_outputs).then(
+            on_plan, inputs=plan_inputs, outputs=plan_outputs)
+        load_path_btn.click(on_load, inputs=[path_box], outputs=load_outputs).then(
+            on_plan, inputs=plan_inputs, outputs=plan_outputs)
+        path_box.submit(on_load, inputs=[path_box], outputs=load_outputs).then(
+            on_plan, inputs=plan_inputs, outputs=plan_outputs)
+        latest_btn.click(on_latest, outputs=[*load_outputs, path_box]).then(
+            on_plan, inputs=plan_inputs, outputs=plan_outputs)
+        update_plan_btn.click(on_plan, inputs=plan_inputs, outputs=plan_outputs)
+        for control in (model_dd, continuity):
+            control.change(on_plan, inputs=plan_inputs, outputs=plan_outputs)
+
+        # -- models
+        def on_refresh_models(current: str | None):
+            new = scan_model_choices(ctx.models_dir())
+            model_paths.clear()
+            model_paths.update(new)
+            value = current if current in new else ui_data.pick_default_model(new, ctx.default_model())
+            note = f"Models folder: `{ctx.models_dir()}`" + ("" if new else " — no Wan models found there")
+            return gr.update(choices=list(new), value=value), note
+
+        refresh_models_btn.click(on_refresh_models, inputs=[model_dd], outputs=[model_dd, models_note])
+
+        # -- enhancer preview
+        def on_enhance(state: Any, rows: Any, plan_dict: Any, *values: Any):
+            try:
+                settings, _plan, _notes = make_plan(state, rows, plan_dict, controls_of(values))
+                table = run_enhance_preview(settings, controls_of(values), ctx.models_dir())
+            except (ValueError, OSError, subprocess.TimeoutExpired) as exc:
+                return f"**Enhancer failed:** {exc}", gr.update()
+            return f"{len(table)} prompt(s) enhanced", gr.update(value=table)
+
+        enhance_btn.click(on_enhance, inputs=plan_inputs, outputs=[enhance_status, enhance_table])
+
+        # -- render
+        def watch(job_id: str, jobs: Jobs) -> Iterator[tuple]:
+            shown_preview = None
+            record = None
+            try:
+                while True:
+                    record = jobs.get(job_id)
+                    if ctx.host_interrupted() and not ui_data.is_terminal(record):
+                        jobs.cancel(job_id)
+                    new_preview = ui_data.record_field(record, "preview")
+                    preview_update = gr.update()
+                    if new_preview and new_preview != shown_preview and os.path.isfile(new_preview):
+                        preview_update, shown_preview = gr.update(value=new_preview), new_preview
+                    folder = ui_data.record_field(record, "outdir") or ""
+                    if ui_data.is_terminal(record):
+                        break
+                    yield (ui_data.progress_html(record), preview_update, gr.update(), gr.update(value=folder),
+                           job_id, gr.update())
+                    time.sleep(POLL_SECONDS)
+            finally:
+                ctx.on_job_end()
+            video_path = ui_data.record_field(record, "video")
+            video_update = gr.update(value=video_path) if video_path and os.path.isfile(video_path) else gr.update()
+            last = _last_frame(record)
+            preview_update = gr.update(value=last) if last and last != shown_preview else gr.update()
+            yield (ui_data.progress_html(record), preview_update, video_update,
+                   gr.update(value=ui_data.record_field(record, "outdir") or ""), job_id,
+                   gr.update(choices=list(resume_choices(ctx.outdir())), value=None))
+
+        run_outputs = [progress, preview, video, out_folder, job_state, resume_dd]
+
+        def on_generate(state: Any, rows: Any, plan_dict: Any, *values: Any):
+            controls = controls_of(values)
+            try:
+                settings, _plan, _notes = make_plan(state, rows, plan_dict, controls)
+                if not controls.model_path:
+                    raise ValueError(f"no Wan model chosen; put one in {ctx.models_dir()} and press 🔄")
+                jobs = ctx.get_jobs()
+                ctx.on_job_start()
+                job_id = jobs.submit(settings.to_dict(), controls.overrides())
+            except (ValueError, OSError) as exc:
+                yield (_error_html(exc), gr.update(), gr.update(), gr.update(), None, gr.update())
+                return
+            yield (ui_data.progress_html({"status": "ACCEPTED", "message": "submitted"}), gr.update(value=None),
+                   gr.update(value=None), gr.update(value=""), job_id, gr.update())
+            yield from watch(job_id, jobs)
+
+        def on_resume(label: str | None, *values: Any):
+            controls = controls_of(values)
+            entry = resume_choices(ctx.outdir()).get(label or "")
+            try:
+                if entry is None:
+                    raise ValueError("choose an unfinished render (🔄 refreshes the list)")
+                if not controls.model_path:
+                    raise ValueError("no Wan model chosen")
+                from .settings import load_settings
+
+                # Deforum's own resume keys: the render continues this timestring's frames.
+                settings = load_settings(entry.settings_path).to_dict()
+                settings.update(resume_from_timestring=True, resume_timestring=entry.timestring)
+                jobs = ctx.get_jobs()
+                ctx.on_job_start()
+                job_id = jobs.submit(settings, controls.overrides())
+            except (ValueError, OSError) as exc:
+                yield (_error_html(exc), gr.update(), gr.update(), gr.update(), None, gr.update())
+                return
+            yield (ui_data.progress_html({"status": "ACCEPTED", "message": f"resuming {entry.timestring}"}),
+                   gr.update(), gr.update(value=None), gr.update(value=str(entry.folder)), job_id, gr.update())
+            yield from watch(job_id, jobs)
+
+        def on_interrupt(job_id: str | None):
+            if job_id:
+                ctx.get_jobs().cancel(job_id)
+
+        generate_btn.click(on_generate, inputs=plan_inputs, outputs=run_outputs)
+        resume_btn.click(on_resume, inputs=[resume_dd, *option_inputs], outputs=run_outputs)
+        interrupt_btn.click(on_interrupt, inputs=[job_state], outputs=[], queue=False)
+        refresh_resume_btn.click(lambda: gr.update(choices=list(resume_choices(ctx.outdir()))), outputs=[resume_dd])
+    return blocks
+
+
+def _last_frame(record: Any) -> str | None:
+    """The newest frame of a finished or stopped job, for the preview."""
+    preview = ui_data.record_field(record, "preview")
+    if preview and os.path.isfile(preview):
+        return preview
+    folder, ts = ui_data.record_field(record, "outdir"), ui_data.record_field(record, "timestring")
+    if folder and ts:
+        from . import outputs
+
+        n = outputs.contiguous_frames(folder, ts)
+        if n:
+            return str(Path(folder) / outputs.frame_name(ts, n - 1))
+    return None
+
+
+def _error_html(exc: BaseException) -> str:
+    import html
+
+    return f'<div class="deforum-wan-progress error">{html.escape(str(exc))}</div>'
+
+
+# ---------------------------------------------------------------------------
+# Standalone: `deforum-wan ui`
+
+
+def standalone_context(outdir: str, models_dir: str | None) -> TabContext:
+    from .models import default_models_dir
+
+    out = str(Path(outdir).expanduser().resolve())
+    models = str(Path(models_dir).expanduser().resolve()) if models_dir else str(default_models_dir().resolve())
+    return TabContext(outdir=lambda: out, models_dir=lambda: models, output_roots=lambda: [out],
+                      default_model=lambda: os.environ.get("DEFORUM_WAN_DEFAULT_MODEL"),
+                      webui_root=os.getcwd(), standalone=True)
+
+
+def build_app(outdir: str = "outputs", models_dir: str | None = None):
+    """FastAPI app: the API routes (when deforum_wan.api exists) and the tab mounted at /."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    ctx = standalone_context(outdir, models_dir)
+    app = FastAPI(title="Deforum Wan")
+    from . import api
+
+    api.add_routes(app, ctx.get_jobs().queue, allowed_roots=[ctx.outdir(), os.getcwd()], model_roots=[ctx.models_dir()])
+    blocks = build_tab(ctx)
+    if gr.__version__.startswith("3."):
+        blocks.queue(concurrency_count=8)
+    else:
+        blocks.queue(default_concurrency_limit=8)
+    return gr.mount_gradio_app(app, blocks, path="/")
+
+
+def launch_standalone(host: str = "127.0.0.1", port: int = 7870, outdir: str = "outputs",
+                      models_dir: str | None = None) -> int:
+    """Serve the tab and the API with uvicorn until stopped; 127.0.0.1 unless told otherwise."""
+    import uvicorn
+
+    app = build_app(outdir, models_dir)
+    print(f"Deforum Wan on http://{host}:{port}/", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+    return 0

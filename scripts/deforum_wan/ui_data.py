@@ -1,0 +1,398 @@
+"""Pure helpers behind the Wan tab: table rows, prompt edits, resume list, settings finder, plot data.
+
+Kept apart from `ui.py` so they are unit-tested without gradio, and so the tab's
+code is the same in Automatic1111 (gradio 3.41) and Forge (gradio 4.40): gradio
+only sees the plain lists and strings these return. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from . import outputs
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from .models import ModelInfo
+    from .plan import ClipPlan
+    from .settings import DeforumSettings
+
+PLAN_HEADERS = ["clip", "output frames", "seconds", "Wan frames", "mode", "seed", "prompt", "movement"]
+PLAN_DATATYPES = ["number", "str", "str", "number", "str", "number", "str", "str"]
+PROMPT_COLUMN = PLAN_HEADERS.index("prompt")
+ENHANCE_HEADERS = ["clip", "before", "after"]
+TERMINAL_STATUSES = {"SUCCEEDED", "FAILED", "CANCELLED", "INTERRUPTED", "DONE", "CRASHED"}
+
+# Where Deforum leaves the settings of its last run (see `settings_candidates`).
+DEFORUM_SETTINGS_NAME = "deforum_settings.txt"
+SETTINGS_SUFFIX = "_settings.txt"
+
+
+# ---------------------------------------------------------------------------
+# Plan table and prompt edits
+
+
+def keyframe_text(raw: str) -> tuple[str, str]:
+    """A keyframe prompt split at its first `--neg`: (positive, the `--neg ...` tail or "")."""
+    positive, sep, rest = raw.partition("--neg")
+    return positive.strip(), (f"--neg{rest}" if sep else "")
+
+
+def plan_rows(plan: "ClipPlan", settings: "DeforumSettings") -> list[list[Any]]:
+    """One row per clip; the prompt cell is the clip's keyframe text, so an edit maps back to that keyframe."""
+    from .prompts import prompt_items
+
+    _, items = prompt_items(settings)
+    raw = dict(items)
+    rows = []
+    for c in plan.clips:
+        t0, t1 = c.output_start / plan.fps, c.output_end / plan.fps
+        text = keyframe_text(raw[c.prompt_key])[0] if c.prompt_key in raw else c.prompt
+        rows.append([c.index, f"{c.output_start}-{c.output_end - 1}", f"{t0:.2f}-{t1:.2f}", c.num_frames, c.mode,
+                     c.seed, text, c.movement])
+    return rows
+
+
+def _cell(rows: Any, r: int, col: int) -> Any:
+    row = rows[r]
+    return row[col] if col < len(row) else None
+
+
+def table_values(value: Any) -> list[list[Any]]:
+    """A Dataframe value as a list of rows, whichever shape gradio hands over (list, dict, pandas)."""
+    if value is None:
+        return []
+    if hasattr(value, "values") and hasattr(value, "columns"):  # pandas.DataFrame
+        return [list(r) for r in value.values.tolist()]
+    if isinstance(value, Mapping) and "data" in value:
+        return [list(r) for r in value["data"]]
+    return [list(r) for r in value]
+
+
+def edited_prompts(plan: "ClipPlan", settings: "DeforumSettings", rows: Sequence[Sequence[Any]]) -> dict[str, str] | None:
+    """The full `wan_prompts` mapping after table edits, or None when no prompt changed.
+
+    Every keyframe is kept (prompts.py reads `wan_prompts` instead of `prompts` when it
+    is set), a keyframe's `--neg` part survives an edit of its positive text, and when
+    two clips of one keyframe are edited differently the first edited clip wins.
+    """
+    from .prompts import prompt_items
+
+    _, items = prompt_items(settings)
+    prompts = {k: v for k, v in items}
+    changed = False
+    seen: set[str] = set()
+    for r, clip in enumerate(plan.clips):
+        if r >= len(rows):
+            break
+        cell = _cell(rows, r, PROMPT_COLUMN)
+        if cell is None or clip.prompt_key not in prompts or clip.prompt_key in seen:
+            continue
+        positive, neg = keyframe_text(prompts[clip.prompt_key])
+        new = str(cell).strip()
+        if new != positive:
+            prompts[clip.prompt_key] = f"{new} {neg}".strip() if neg else new
+            seen.add(clip.prompt_key)
+            changed = True
+    return prompts if changed else None
+
+
+def apply_prompt_edits(plan: "ClipPlan", settings: "DeforumSettings", rows: Any) -> "DeforumSettings":
+    """Settings with the table's prompt edits kept in `wan_prompts`; unchanged settings when nothing was edited."""
+    prompts = edited_prompts(plan, settings, table_values(rows))
+    return settings if prompts is None else settings.with_wan(prompts=prompts)
+
+
+# ---------------------------------------------------------------------------
+# Finding Deforum's last settings
+
+
+def settings_candidates(output_roots: Iterable[str | Path], webui_root: str | Path | None) -> list[Path]:
+    """Settings files Deforum writes, in the folders it writes them to.
+
+    Deforum saves `{timestring}_settings.txt` in each batch folder
+    (`<outdir_samples or outdir_img2img_samples>/<batch_name>/`; the Forge fork and
+    older versions also use `<outputs>/deforum/<batch>/`), and its "Save settings"
+    button writes `deforum_settings.txt` in the web UI's root. We look at each root,
+    its batch folders and one level below (date folders), nothing deeper.
+    """
+    found: list[Path] = []
+    if webui_root:
+        path = Path(webui_root) / DEFORUM_SETTINGS_NAME
+        if path.is_file():
+            found.append(path)
+    seen: set[Path] = set()
+    for root in output_roots:
+        if not root:
+            continue
+        root = Path(root).expanduser()
+        if not root.is_dir() or root.resolve() in seen:
+            continue
+        seen.add(root.resolve())
+        for depth in ("*", "*/*", "*/*/*"):
+            found.extend(p for p in root.glob(depth + SETTINGS_SUFFIX) if p.is_file())
+    return found
+
+
+def newest_settings(output_roots: Iterable[str | Path], webui_root: str | Path | None = None) -> Path | None:
+    """The most recently written Deforum settings file, or None."""
+    candidates = settings_candidates(output_roots, webui_root)
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (p.stat().st_mtime, str(p)))
+
+
+# ---------------------------------------------------------------------------
+# Unfinished renders
+
+
+@dataclass(frozen=True)
+class UnfinishedRender:
+    """A batch folder whose frames stop short of its saved plan."""
+
+    folder: Path
+    timestring: str
+    frames_on_disk: int
+    frames_total: int
+    model_kind: str
+
+    @property
+    def label(self) -> str:
+        return (f"{self.folder.name} / {self.timestring}: {self.frames_on_disk}/{self.frames_total} frames "
+                f"({self.model_kind})")
+
+    @property
+    def settings_path(self) -> Path:
+        return outputs.settings_file(self.folder, self.timestring)
+
+
+def unfinished_renders(outdir: str | Path, limit: int = 50) -> list[UnfinishedRender]:
+    """Renders in `outdir` that can be resumed: a saved plan and settings, fewer frames than the plan's max_frames.
+
+    Newest first. Folders without `{ts}_wan_plan.json` (Deforum's own renders) are skipped.
+    """
+    root = Path(outdir).expanduser()
+    if not root.is_dir():
+        return []
+    found: list[UnfinishedRender] = []
+    for folder in (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        stamps = set(outputs.find_timestrings(folder))
+        stamps |= {p.name[:14] for p in folder.glob("*_wan_plan.json") if p.name[:14].isdigit()}
+        for ts in stamps:
+            plan_path = outputs.plan_file(folder, ts)
+            if not plan_path.is_file() or not outputs.settings_file(folder, ts).is_file():
+                continue
+            try:
+                data = json.loads(plan_path.read_text(encoding="utf-8"))
+                total = int(data["max_frames"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            have = outputs.contiguous_frames(folder, ts)
+            if have < total:
+                found.append(UnfinishedRender(folder, ts, have, total, str(data.get("model_kind", "?"))))
+    found.sort(key=lambda r: (r.timestring, r.folder.name), reverse=True)
+    return found[:limit]
+
+
+# ---------------------------------------------------------------------------
+# Models
+
+
+def model_choices(infos: Sequence["ModelInfo"]) -> dict[str, str]:
+    """Dropdown label -> model folder; labels name the folder and its kind."""
+    return {f"{info.name} ({info.kind})": str(info.path) for info in infos}
+
+
+def pick_default_model(choices: Mapping[str, str], preferred: str | None) -> str | None:
+    """The preferred model (label, folder name or path) if present, else the first one."""
+    if preferred:
+        for label, path in choices.items():
+            if preferred in (label, path, Path(path).name):
+                return label
+    return next(iter(choices), None)
+
+
+# ---------------------------------------------------------------------------
+# Camera path plot
+
+
+@dataclass(frozen=True)
+class CameraSeries:
+    """One camera schedule: its per-frame increments and the integrated position."""
+
+    key: str
+    per_frame: "np.ndarray"
+    path: "np.ndarray"
+    unit: str
+
+
+_AXES_2D = ("translation_x", "translation_y", "angle", "zoom")
+_AXES_3D = ("translation_x", "translation_y", "translation_z", "rotation_3d_x", "rotation_3d_y", "rotation_3d_z")
+_UNITS = {"translation_x": "px", "translation_y": "px", "translation_z": "units", "angle": "deg",
+          "rotation_3d_x": "deg", "rotation_3d_y": "deg", "rotation_3d_z": "deg", "zoom": "scale"}
+
+
+def camera_series(settings: "DeforumSettings", *, only_moving: bool = True) -> list[CameraSeries]:
+    """The schedules Deforum's warp reads in this animation mode, per frame and integrated.
+
+    Deforum applies each value as a per-frame increment (zoom as a factor), so the
+    camera's path is the running sum (running product for zoom). Schedules that
+    never move the camera are left out unless `only_moving` is False.
+    """
+    import numpy as np
+
+    from .plan import camera_path
+
+    path = camera_path(settings)
+    keys = _AXES_3D if path.animation_mode == "3D" else _AXES_2D if path.animation_mode == "2D" else ()
+    series = []
+    for key in keys:
+        values = np.asarray(getattr(path, key), dtype=float)
+        integrated = np.cumprod(values) if key == "zoom" else np.cumsum(values)
+        if only_moving and (np.allclose(values, 1.0) if key == "zoom" else np.allclose(values, 0.0)):
+            continue
+        series.append(CameraSeries(key, values, integrated, _UNITS[key]))
+    return series
+
+
+def plot_marks(plan: "ClipPlan | None", settings: "DeforumSettings") -> tuple[list[int], list[tuple[int, str]]]:
+    """Clip starts (after the first) and prompt keyframes (frame, key) to mark on the plot."""
+    from .prompts import prompt_keyframes
+
+    clips = [c.output_start for c in plan.clips[1:]] if plan is not None else []
+    keys = [(kf.frame, kf.key) for kf in prompt_keyframes(settings)]
+    return clips, keys
+
+
+def camera_figure(settings: "DeforumSettings", plan: "ClipPlan | None" = None) -> Any:
+    """A matplotlib Figure of the camera path (top) and per-frame values (bottom), clips and keyframes marked.
+
+    Built with `matplotlib.figure.Figure`, never pyplot, so no GUI backend is chosen
+    and nothing global changes in the host. Both hosts' gradio ship matplotlib.
+    """
+    from matplotlib.figure import Figure
+
+    series = camera_series(settings)
+    clip_starts, keyframes = plot_marks(plan, settings)
+    fig = Figure(figsize=(8, 4.2), dpi=90)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    frames = range(settings.max_frames)
+    if not series:
+        top.text(0.5, 0.5, f"static camera ({settings.animation_mode} mode)", ha="center", va="center",
+                 transform=top.transAxes)
+    for s in series:
+        label = f"{s.key} ({s.unit})"
+        path = s.path - 1.0 if s.key == "zoom" else s.path
+        top.plot(frames, path, label=label + (" -1" if s.key == "zoom" else ""))
+        bottom.plot(frames, s.per_frame - (1.0 if s.key == "zoom" else 0.0), label=label)
+    top.set_ylabel("camera path")
+    bottom.set_ylabel("per frame")
+    bottom.set_xlabel("frame")
+    for ax in (top, bottom):
+        for x in clip_starts:
+            ax.axvline(x, color="0.55", linestyle=":", linewidth=1)
+        for x, _key in keyframes:
+            ax.axvline(x, color="tab:red", linestyle="--", linewidth=0.9, alpha=0.7)
+        ax.grid(alpha=0.25)
+        ax.set_xlim(0, max(settings.max_frames - 1, 1))
+    for x, key in keyframes:
+        top.annotate(f"prompt {key}", (x, 1.0), xycoords=("data", "axes fraction"), fontsize=7, color="tab:red",
+                     rotation=90, va="top", ha="right")
+    if series:
+        top.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{settings.animation_mode} camera: dotted = clip boundaries, dashed = prompt keyframes",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# Job progress
+
+
+def record_field(record: Any, name: str, default: Any = None) -> Any:
+    """A field of a job record, whether the queue hands out dicts or objects."""
+    if record is None:
+        return default
+    if isinstance(record, Mapping):
+        return record.get(name, default)
+    return getattr(record, name, default)
+
+
+def is_terminal(record: Any) -> bool:
+    return str(record_field(record, "status", "")).upper() in TERMINAL_STATUSES
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return ""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def progress_fraction(record: Any) -> float:
+    """0..1 for the bar: frames written of the total, or the queue's phase_progress."""
+    total = record_field(record, "frames_total") or 0
+    written = record_field(record, "frames_written") or 0
+    if total:
+        frac = written / total
+    else:
+        frac = float(record_field(record, "phase_progress") or 0.0)
+    if str(record_field(record, "status", "")).upper() == "SUCCEEDED":
+        frac = 1.0
+    return max(0.0, min(1.0, frac))
+
+
+def progress_html(record: Any) -> str:
+    """The tab's progress bar: phase, frames, ETA and the latest message, as a small HTML block."""
+    import html
+
+    if record is None:
+        return '<div class="deforum-wan-progress idle">No render running.</div>'
+    frac = progress_fraction(record)
+    status = str(record_field(record, "status", "") or "")
+    phase = str(record_field(record, "phase", "") or "")
+    written = record_field(record, "frames_written") or 0
+    total = record_field(record, "frames_total") or 0
+    eta = format_eta(record_field(record, "eta_seconds"))
+    message = str(record_field(record, "message", "") or "")
+    parts = [p for p in (status, phase) if p]
+    if total:
+        parts.append(f"{written}/{total} frames")
+    if eta and not is_terminal(record):
+        parts.append(f"ETA {eta}")
+    label = html.escape(" · ".join(parts))
+    return (
+        f'<div class="deforum-wan-progress" data-status="{html.escape(status)}" data-frames="{written}">'
+        f'<div class="deforum-wan-bar"><div class="deforum-wan-bar-fill" style="width:{frac * 100:.1f}%"></div></div>'
+        f'<div class="deforum-wan-progress-text">{label}</div>'
+        f'<div class="deforum-wan-progress-message">{html.escape(message)}</div></div>'
+    )
+
+
+def enhance_rows(data: Any) -> list[list[Any]]:
+    """Before/after rows from `deforum-wan enhance --json` output, tolerant of its exact shape."""
+    if isinstance(data, Mapping):
+        data = data.get("clips") or data.get("prompts") or data.get("rows") or []
+    rows = []
+    for i, item in enumerate(data or []):
+        if isinstance(item, Mapping):
+            before = item.get("before", item.get("prompt", item.get("original", "")))
+            after = item.get("after", item.get("enhanced", item.get("enhanced_prompt", "")))
+            rows.append([item.get("clip", item.get("index", i)), before, after])
+        elif isinstance(item, (list, tuple)) and len(item) >= 2:
+            rows.append([i, item[0], item[1]] if len(item) == 2 else list(item[:3]))
+    return rows
+
+
+def file_mtime(path: str | os.PathLike) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
