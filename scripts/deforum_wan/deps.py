@@ -45,7 +45,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 MANIFEST = "deforum_wan_deps.json"
 MANIFEST_FORMAT = 1
@@ -189,21 +189,35 @@ class InstallPlan:
         return out + [f"  note     {n}" for n in self.notes]
 
 
-def _needs_by_name(items: Iterable[dict]) -> dict[str, list[str]]:
-    """Every version specifier the given packages put on each dependency (markers evaluated)."""
-    needs: dict[str, list[str]] = {}
-    for item in items:
-        meta = item.get("metadata") or {}
-        extras = item.get("requested_extras") or [""]
-        for text in meta.get("requires_dist") or []:
-            try:
-                req = _requirement(text)
-                if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras):
-                    continue
-            except Exception:
+def _requires(item: dict) -> list:
+    """The requirements of one report item whose markers apply (extras it was asked for included)."""
+    meta = item.get("metadata") or {}
+    extras = item.get("requested_extras") or [""]
+    out = []
+    for text in meta.get("requires_dist") or []:
+        try:
+            req = _requirement(text)
+            if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras):
                 continue
-            needs.setdefault(normalize(req.name), []).append(str(req.specifier))
-    return needs
+        except Exception:  # an unparsable line in someone's metadata: pip already resolved it
+            continue
+        out.append(req)
+    return out
+
+
+def _wanted(items: list[dict]) -> dict[str, dict]:
+    """The report items reachable from what was asked for without passing through torch & co."""
+    by_name = {normalize((i.get("metadata") or {}).get("name", "")): i for i in items}
+    roots = [n for n, i in by_name.items() if i.get("requested")] or list(by_name)
+    seen: dict[str, dict] = {}
+    todo = [n for n in roots if not _NEVER.match(n)]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in by_name:
+            continue
+        seen[name] = by_name[name]
+        todo += [normalize(r.name) for r in _requires(by_name[name]) if not _NEVER.match(normalize(r.name))]
+    return seen
 
 
 def plan_from_report(
@@ -212,17 +226,19 @@ def plan_from_report(
     shared: set[str] | None = None,
     host: Callable[[str], str | None] = host_version,
 ) -> InstallPlan:
-    """Split a `pip --report` into private installs, kept host packages and dropped torch-family packages."""
-    items = report.get("install") or []
+    """Split a `pip --report` into private installs, kept host packages and packages left to the host's torch."""
+    items = [i for i in report.get("install") or [] if (i.get("metadata") or {}).get("name")]
     shared = {normalize(n) for n in (shared if shared is not None else (_SHARED_ALWAYS | torch_dependencies()))}
-    needs = _needs_by_name(i for i in items if not _NEVER.match(normalize((i.get("metadata") or {}).get("name", ""))))
+    wanted = _wanted(items)
+    needs: dict[str, list[str]] = {}
+    for item in wanted.values():
+        for req in _requires(item):
+            needs.setdefault(normalize(req.name), []).append(str(req.specifier))
     plan = InstallPlan()
     for item in items:
-        meta = item.get("metadata") or {}
-        name, version = normalize(meta.get("name", "")), meta.get("version", "")
-        if not name:
-            continue
-        if _NEVER.match(name):
+        meta = item["metadata"]
+        name, version = normalize(meta["name"]), meta.get("version", "")
+        if name not in wanted:  # torch, nvidia-*, triton, cuda-* and what only they need
             plan.dropped[name] = host(name) or version.replace("+deforumwanstub", "")
             continue
         if name in shared:
@@ -230,9 +246,6 @@ def plan_from_report(
             have = host(name)
             if have is not None and satisfies(have, spec):
                 plan.host[name] = {"version": have, "needs": spec}
-                continue
-            if have is None and name not in _SHARED_ALWAYS and name not in needs:
-                plan.dropped[name] = version  # only torch needs it, and torch is the host's
                 continue
             plan.notes.append(f"{name} {version} installed privately: the host has {have or 'none'}, "
                               f"the renderer needs {spec or 'it'}")

@@ -1,0 +1,196 @@
+"""The private folder of renderer libraries: right versions per Python, never a second torch, no pip when ready."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deforum_wan import deps
+
+
+def _item(name: str, version: str, *requires: str) -> dict:
+    item = {"metadata": {"name": name, "version": version, "requires_dist": list(requires)}}
+    if name in ("diffusers", "transformers", "accelerate"):
+        item["requested"] = True
+    return item
+
+
+FAKE_REPORT = {
+    "version": "1",
+    "install": [
+        _item("diffusers", "0.42.1", "huggingface-hub>=1.32", "numpy", "Pillow", "filelock", "safetensors>=0.8"),
+        _item("transformers", "5.23.0", "huggingface-hub>=1.31,<3", "numpy>=1.17", "tokenizers>=0.23.1,<0.24",
+              "typing-extensions>=4.99; python_version < '3.0'"),
+        _item("accelerate", "1.15.0", "torch>=2.0.0", "numpy>=1.17", "fsspec>=2099.1"),
+        _item("huggingface_hub", "2.4.0", "filelock>=3.10", "fsspec>=2023.5.0", "typing-extensions>=4.1"),
+        _item("tokenizers", "0.23.3"),
+        _item("safetensors", "0.8.0"),
+        _item("numpy", "2.4.6"),
+        _item("Pillow", "13.0.0"),
+        _item("filelock", "4.2.11"),
+        _item("fsspec", "2099.1.0"),
+        _item("typing_extensions", "4.16.0"),
+        # torch and its own tree, as pip reports them when the host has no torch
+        _item("torch", "2.14.1", "sympy>=1.13", "networkx", "nvidia-cublas; platform_system == 'Linux'",
+              "triton==3.8.0", "cuda-bindings", "filelock"),
+        _item("sympy", "1.14.0", "mpmath"),
+        _item("mpmath", "1.3.0"),
+        _item("networkx", "3.6.1"),
+        _item("nvidia-cublas", "13.1.1.3"),
+        _item("nvidia_cudnn_cu13", "9.24.0.43"),
+        _item("triton", "3.8.0"),
+        _item("cuda-bindings", "13.5.0"),
+    ],
+}
+HOST = {"numpy": "1.26.4", "pillow": "10.4.0", "filelock": "3.13.1", "fsspec": "2024.6.1",
+        "typing-extensions": "4.12.2", "torch": "2.13.0", "sympy": "1.13.1"}
+SHARED = {"numpy", "pillow", "filelock", "fsspec", "typing-extensions", "sympy", "mpmath", "networkx"}
+
+
+def test_python_310_gets_the_newest_versions_that_run_on_it():
+    old, new = deps.requirements_for((3, 10)), deps.requirements_for((3, 11))
+    assert "diffusers==0.41.0" in old and "transformers==5.20.2" in old
+    assert "diffusers==0.42.1" in new and "transformers==5.23.0" in new
+    assert deps.requirements_for((3, 13)) == new
+    for reqs in (old, new):
+        assert any(r.startswith("accelerate") for r in reqs)
+        assert "huggingface_hub>=1.0" in reqs  # transformers 5 needs 1.x; gradio 3/4 keep the host's 0.x
+        assert not any(r.split("=")[0].split(">")[0] in ("torch", "numpy", "pillow") for r in reqs)
+
+
+def test_python_older_than_310_is_refused_with_a_message():
+    with pytest.raises(ValueError, match="Python 3.10 or newer"):
+        deps.requirements_for((3, 9))
+
+
+def test_plan_never_installs_torch_nvidia_triton_or_cuda():
+    plan = deps.plan_from_report(FAKE_REPORT, shared=SHARED, host=HOST.get)
+    names = set(plan.private)
+    assert not {n for n in names if n.startswith(("torch", "nvidia", "triton", "cuda"))}
+    assert {"torch", "nvidia-cublas", "nvidia-cudnn-cu13", "triton", "cuda-bindings"} <= set(plan.dropped)
+    # torch-only dependencies are left to the host's torch too
+    assert not {"sympy", "mpmath", "networkx"} & names
+
+
+def test_plan_keeps_host_numpy_and_pillow_and_installs_what_the_host_lacks():
+    plan = deps.plan_from_report(FAKE_REPORT, shared=SHARED, host=HOST.get)
+    assert {"diffusers", "transformers", "accelerate", "huggingface-hub", "tokenizers", "safetensors"} <= set(plan.private)
+    assert plan.host["numpy"]["version"] == "1.26.4" and plan.host["pillow"]["version"] == "10.4.0"
+    assert plan.host["filelock"]["needs"] == ">=3.10"
+    # a marker that does not apply (python_version < '3.0') does not force a newer typing-extensions
+    assert "typing-extensions" in plan.host
+    # the host's fsspec is too old for what the fake accelerate asks: a private copy, and the plan says why
+    assert plan.private["fsspec"] == "2099.1.0"
+    assert any("fsspec" in note and "2024.6.1" in note for note in plan.notes)
+
+
+def test_plan_installs_numpy_privately_only_when_the_host_has_none():
+    plan = deps.plan_from_report(FAKE_REPORT, shared=SHARED, host={**HOST, "numpy": None}.get)
+    assert plan.private["numpy"] == "2.4.6"
+
+
+class FakePip:
+    """Answers pip's resolve and install calls like pip would, and counts them."""
+
+    def __init__(self, report: dict, fail_install: bool = False):
+        self.report, self.fail_install, self.calls = report, fail_install, []
+
+    def __call__(self, args):
+        args = list(args)
+        self.calls.append(args)
+        if "--dry-run" in args:
+            Path(args[args.index("--report") + 1]).write_text(json.dumps(self.report))
+        elif self.fail_install:
+            return subprocess.CompletedProcess(args, 1, "", "ERROR: No matching distribution found for tokenizers")
+        else:
+            target = Path(args[args.index("--target") + 1])
+            for spec in (a for a in args if "==" in a):
+                name, version = spec.split("==")
+                (target / f"{name.replace('-', '_')}-{version}.dist-info").mkdir(parents=True)
+                (target / name.replace("-", "_")).mkdir(exist_ok=True)
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+
+SMALL_REPORT = {"install": [r for r in FAKE_REPORT["install"] if r["metadata"]["name"] not in ("fsspec", "accelerate")]}
+
+
+def test_second_install_calls_no_pip_when_the_manifest_matches(tmp_path):
+    target = tmp_path / "deps"
+    pip, lines = FakePip(SMALL_REPORT), []
+    assert deps.install_private_deps(str(target), runner=pip, out=lines.append) == 0
+    assert len(pip.calls) == 2  # one resolve, one install
+    assert deps.deps_satisfied(target)
+    manifest = deps.read_manifest(target)
+    assert manifest["python"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert manifest["requirements"] == deps.requirements_for(sys.version_info[:2])
+    assert "torch" not in manifest["installed"] and "diffusers" in manifest["installed"]
+    assert (target / "diffusers").is_dir()
+
+    again = FakePip(SMALL_REPORT)
+    assert deps.install_private_deps(str(target), runner=again, out=lines.append) == 0
+    assert again.calls == []
+    assert "ready" in lines[-1]
+
+
+def test_a_stale_folder_is_reinstalled(tmp_path):
+    target = tmp_path / "deps"
+    deps.install_private_deps(str(target), runner=FakePip(SMALL_REPORT), out=lambda s: None)
+    manifest = json.loads((target / deps.MANIFEST).read_text())
+    manifest["python"] = "3.9"
+    (target / deps.MANIFEST).write_text(json.dumps(manifest))
+    assert "python" in deps.why_unsatisfied(target)
+    pip = FakePip(SMALL_REPORT)
+    assert deps.install_private_deps(str(target), runner=pip, out=lambda s: None) == 0
+    assert len(pip.calls) == 2 and deps.deps_satisfied(target)
+
+    next(target.glob("tokenizers-*.dist-info")).rmdir()
+    assert "tokenizers" in deps.why_unsatisfied(target)
+
+
+def test_a_failed_install_keeps_the_previous_folder(tmp_path):
+    target = tmp_path / "deps"
+    deps.install_private_deps(str(target), runner=FakePip(SMALL_REPORT), out=lambda s: None)
+    manifest = json.loads((target / deps.MANIFEST).read_text())
+    manifest["requirements"] = ["diffusers==0.1"]
+    (target / deps.MANIFEST).write_text(json.dumps(manifest))
+    lines: list[str] = []
+    assert deps.install_private_deps(str(target), runner=FakePip(SMALL_REPORT, fail_install=True), out=lines.append) == 1
+    assert "No matching distribution" in lines[-1]
+    assert (target / "diffusers").is_dir() and deps.read_manifest(target)["requirements"] == ["diffusers==0.1"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+def test_missing_folder_is_not_satisfied(tmp_path):
+    assert not deps.deps_satisfied(tmp_path / "nothing")
+    assert not deps.deps_satisfied(tmp_path)
+
+
+def test_deps_dir_defaults_to_the_extension_folder_and_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(deps.ENV_DEPS_DIR, raising=False)
+    assert deps.deps_dir() == Path(deps.__file__).resolve().parents[2] / ".deps"
+    monkeypatch.setenv(deps.ENV_DEPS_DIR, str(tmp_path / "elsewhere"))
+    assert deps.deps_dir() == tmp_path / "elsewhere"
+
+
+def test_real_dry_run_prints_the_plan_and_installs_nothing(tmp_path):
+    """pip really resolves (PyPI), with the host's torch stood in by a stub: nothing is installed."""
+    target = tmp_path / "deps"
+    out = subprocess.run([sys.executable, "-m", "deforum_wan", "install-deps", str(target), "--dry-run"],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0 and any(w in out.stdout for w in ("connection", "Connection", "resolve")):
+        pytest.skip(f"no package index reachable: {out.stdout[-300:]}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    pins = deps.requirements_for(sys.version_info[:2])
+    for pin in pins[:3]:
+        assert f"install  {pin.replace('_', '-')}" in out.stdout
+    assert "install  tokenizers==" in out.stdout
+    lines = out.stdout.splitlines()
+    assert not [ln for ln in lines if ln.strip().startswith("install") and any(
+        ln.split()[1].startswith(p) for p in ("torch", "nvidia", "triton", "cuda"))]
+    if deps.host_version("torch"):
+        assert f"skip     torch {deps.host_version('torch')}" in out.stdout
+        assert "host     numpy" in out.stdout
+    assert not target.exists()
