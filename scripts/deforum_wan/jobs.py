@@ -583,7 +583,7 @@ class JobQueue:
             phase = event.get("phase")
             if phase == "encoding":
                 values.update(phase=POST_PROCESSING)
-            elif phase in ("loading", "loaded", "enhancing"):
+            elif phase in ("preparing", "loading", "loaded", "enhancing"):
                 values.update(phase=PREPARING)
             if event.get("message"):
                 values["message"] = str(event["message"])
