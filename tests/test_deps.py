@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -194,3 +195,41 @@ def test_real_dry_run_prints_the_plan_and_installs_nothing(tmp_path):
         assert f"skip     torch {deps.host_version('torch')}" in out.stdout
         assert "host     numpy" in out.stdout
     assert not target.exists()
+
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_LAUNCH = '''
+import os
+def is_installed(name):
+    return name not in os.environ.get("FAKE_MISSING", "").split(",")
+def run_pip(command, desc=None):
+    print("RUN_PIP " + command)
+'''
+
+
+def _run_install_py(tmp_path: Path, deps_folder: Path, missing: str = "") -> subprocess.CompletedProcess:
+    host = tmp_path / "webui"
+    host.mkdir(exist_ok=True)
+    (host / "launch.py").write_text(FAKE_LAUNCH)
+    env = {**os.environ, "PYTHONPATH": str(host), deps.ENV_DEPS_DIR: str(deps_folder),
+           "FAKE_MISSING": missing}
+    return subprocess.run([sys.executable, str(REPO / "install.py")], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+
+
+def test_install_py_does_nothing_but_report_when_everything_is_there(tmp_path):
+    target = tmp_path / "deps"
+    deps.install_private_deps(str(target), runner=FakePip(SMALL_REPORT), out=lambda s: None)
+    out = _run_install_py(tmp_path, target)
+    assert out.returncode == 0, out.stderr
+    assert "RUN_PIP" not in out.stdout
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1 and "renderer libraries ready" in lines[0]
+
+
+def test_install_py_installs_only_a_missing_light_package(tmp_path):
+    target = tmp_path / "deps"
+    deps.install_private_deps(str(target), runner=FakePip(SMALL_REPORT), out=lambda s: None)
+    out = _run_install_py(tmp_path, target, missing="imageio_ffmpeg")
+    assert out.returncode == 0, out.stderr
+    assert [ln for ln in out.stdout.splitlines() if ln.startswith("RUN_PIP")] == ['RUN_PIP install "imageio-ffmpeg>=0.4.9"']
