@@ -172,7 +172,8 @@ class QwenModel:
 
     @property
     def label(self) -> str:
-        return f"{self.name} ({self.params / 1e9:.2f}B parameters)"
+        size = f"{self.params / 1e9:.2f}B" if self.params >= 1e8 else f"{self.params / 1e6:.2f}M"
+        return f"{self.name} ({size} parameters)"
 
 
 # ---------------------------------------------------------------- finding models (JSON only, no torch)
@@ -928,7 +929,7 @@ def format_results(plan: ClipPlan, results: Sequence[EnhanceResult], width: int 
                      f"({clip.output_frames})  {how}")
         lines.append(wrap("prompt", clip.prompt or "(none)"))
         lines.append(wrap("movement", clip.movement or "(none)"))
-        lines.append(wrap("enhanced", r.text if r.enhanced else clip.render_prompt))
+        lines.append(wrap("renders", r.text if r.enhanced else clip.render_prompt))
         lines.append("")
     return "\n".join(lines).rstrip()
 

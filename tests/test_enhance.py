@@ -1,0 +1,539 @@
+"""Prompt enhancer: model discovery and choice, cleaning, cache, and the real tiny Qwen end to end."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deforum_wan import enhance
+from deforum_wan.enhance import (
+    EnhanceCache,
+    EnhanceError,
+    EnhanceOptions,
+    EnhanceRequest,
+    QwenEnhancer,
+    clean_output,
+    clean_text,
+    download_qwen,
+    enhance_plan,
+    estimate_params,
+    find_qwen_models,
+    resolve_qwen,
+    select_qwen,
+)
+from deforum_wan.plan import PlanOptions, plan_clips
+from deforum_wan.settings import settings_from_dict
+from deforum_wan.specs import MODEL_SPECS
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "deforum-settings"
+FORGE_DEFAULT = SHARED / "forge-deforum-default.txt"
+
+MOVE = "fast dolly in, with moderate handheld shake, sustained"
+ORIGINAL = "A cute white bunny sitting in a peaceful meadow, soft natural lighting, photorealistic"
+BODY = ("A fluffy white bunny sits in a sunlit meadow of tall green grass and tiny yellow flowers, its ears twitching "
+        "as a light breeze ripples through the field. Warm golden-hour light rims its soft fur, and dew sparkles on "
+        "the blades around it. The bunny sniffs the air and nibbles a clover leaf. Photorealistic, shallow depth of "
+        f"field, gentle film grain, {MOVE}.")
+BODY_NO_MOVE = BODY.replace(f", {MOVE}", "")
+
+# Published Qwen2.5-Instruct configs (the fields the estimate reads) and their parameter counts.
+QWEN_CONFIGS = {
+    "0.5B": ({"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+              "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True}, 0.494e9),
+    "1.5B": ({"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+              "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True}, 1.54e9),
+    "3B": ({"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
+            "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True}, 3.09e9),
+    "7B": ({"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+            "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False}, 7.62e9),
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No test reads or writes the user's caches or models folders."""
+    monkeypatch.setenv("DEFORUM_WAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("DEFORUM_WAN_MODELS", str(tmp_path / "models" / "wan"))
+
+
+def fake_qwen(folder: Path, size: str = "0.5B", chat_template: bool = True, weights: bool = True) -> Path:
+    """A model folder with real config/tokenizer JSON and a sparse weights file (nothing is loaded)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "torch_dtype": "bfloat16",
+              **QWEN_CONFIGS[size][0]}
+    (folder / "config.json").write_text(json.dumps(config))
+    tok = {"eos_token": "<|im_end|>"}
+    if chat_template:
+        tok["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok))
+    (folder / "tokenizer.json").write_text("{}")
+    if weights:
+        with open(folder / "model.safetensors", "wb") as f:
+            f.truncate(int(QWEN_CONFIGS[size][1] * 2))
+    return folder
+
+
+def small_settings(**kw):
+    data = {"prompts": {"0": "a red fox in the snow", "8": "a blue bird on a branch", "16": "a red fox in the snow"},
+            "max_frames": 24, "fps": 16, "W": 32, "H": 32, "seed": 11, "batch_name": "enh_{timestring}",
+            "animation_mode": "3D", "translation_z": "0:(2)", "rotation_3d_y": "0:(0.5)"}
+    data.update(kw)
+    return settings_from_dict(data)
+
+
+def small_plan(**kw):
+    settings = small_settings(**kw)
+    return settings, plan_clips(settings, MODEL_SPECS["t2v"], PlanOptions(seed=11, max_clip_frames=9, steps=1))
+
+
+# ---------------------------------------------------------------- finding and choosing models
+
+
+@pytest.mark.parametrize("size", list(QWEN_CONFIGS))
+def test_parameter_estimate_matches_published_sizes(size):
+    config, published = QWEN_CONFIGS[size]
+    assert estimate_params(config) == pytest.approx(published, rel=0.02)
+
+
+def test_finds_models_in_models_folders_and_hub_cache(tmp_path):
+    wan = tmp_path / "models" / "wan"
+    fake_qwen(wan / "qwen" / "Qwen2.5-0.5B-Instruct", "0.5B")
+    fake_qwen(tmp_path / "models" / "LLM" / "Qwen2.5-3B-Instruct", "3B")
+    fake_qwen(wan / "qwen" / "base-model", "1.5B", chat_template=False)  # no chat template: not usable
+    broken = fake_qwen(wan / "qwen" / "half-download", "1.5B", weights=False)
+    (broken / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (broken / "model-00001-of-00002.safetensors").write_bytes(b"x")
+    # The hub cache links snapshot files to blobs.
+    repo = tmp_path / "hub" / "models--Qwen--Qwen2.5-7B-Instruct"
+    staging = fake_qwen(tmp_path / "staging", "7B")
+    snap = repo / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for f in staging.iterdir():
+        blob = repo / "blobs" / f"sha-{f.name}"
+        f.rename(blob)
+        (snap / f.name).symlink_to(blob)
+
+    models = find_qwen_models()
+    assert [m.name for m in models] == ["Qwen/Qwen2.5-7B-Instruct", "Qwen2.5-3B-Instruct", "Qwen2.5-0.5B-Instruct"]
+    assert [m.source for m in models] == ["hf-cache", "folder", "folder"]
+    assert models[0].weight_bytes == int(7.62e9 * 2)  # sizes through the symlinks
+    assert find_qwen_models(include_hub_cache=False)[0].name == "Qwen2.5-3B-Instruct"
+
+
+def test_auto_select_takes_the_largest_model_that_fits(tmp_path):
+    models = [enhance.inspect_qwen_folder(fake_qwen(tmp_path / s, s)) for s in QWEN_CONFIGS]
+    small, _, three, seven = models
+    for device in ("cpu", "cuda"):
+        assert select_qwen(models, seven.memory_bytes(device), device) is seven
+        assert select_qwen(models, seven.memory_bytes(device) - 1, device) is three
+        assert select_qwen(models, small.memory_bytes(device) - 1, device) is None
+    # fp32 on CPU needs about twice the memory of bf16 on a GPU
+    assert seven.memory_bytes("cpu") > 1.8 * seven.memory_bytes("cuda") - enhance.GIB
+    assert select_qwen(models, None, "cpu") is small  # unknown free memory: the smallest
+
+
+def test_resolve_qwen_by_folder_name_or_auto(tmp_path, monkeypatch):
+    wan = tmp_path / "models" / "wan"
+    fake_qwen(wan / "qwen" / "Qwen2.5-0.5B-Instruct", "0.5B")
+    fake_qwen(wan / "qwen" / "Qwen2.5-7B-Instruct", "7B")
+    monkeypatch.setattr(enhance, "free_memory_bytes", lambda device: 20 * enhance.GIB)
+    assert resolve_qwen(None, None, "cuda").name == "Qwen2.5-7B-Instruct"
+    assert resolve_qwen(None, None, "cpu").name == "Qwen2.5-0.5B-Instruct"  # 7B in fp32 does not fit 20 GiB
+    assert resolve_qwen("7B", None, "cpu").name == "Qwen2.5-7B-Instruct"  # an override is obeyed
+    assert resolve_qwen(str(wan / "qwen" / "Qwen2.5-0.5B-Instruct"), None, "cuda").params < 1e9
+    with pytest.raises(EnhanceError, match="no single found model"):
+        resolve_qwen("Qwen2.5-14B", None, "cpu")
+    monkeypatch.setattr(enhance, "free_memory_bytes", lambda device: enhance.GIB // 4)
+    with pytest.raises(EnhanceError, match="fits"):
+        resolve_qwen(None, None, "cpu")
+
+
+def test_no_model_found_says_where_it_looked_and_how_to_download(tmp_path):
+    with pytest.raises(EnhanceError) as info:
+        resolve_qwen(None, str(tmp_path / "models" / "wan"), "cpu")
+    message = str(info.value)
+    assert str(tmp_path / "models" / "wan" / "qwen") in message and str(tmp_path / "models" / "LLM") in message
+    assert "download Qwen/Qwen2.5-0.5B-Instruct" in message
+
+
+def test_download_needs_the_exact_repo_id_and_fetches_only_it(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, local_dir, **kw):
+        calls.append((repo_id, local_dir))
+        fake_qwen(Path(local_dir), "0.5B")
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    for vague in ("0.5B", "Qwen2.5-0.5B-Instruct", "Qwen/*", ""):
+        with pytest.raises(EnhanceError, match="exact"):
+            download_qwen(vague, tmp_path)
+    assert calls == []
+    folder = download_qwen("Qwen/Qwen2.5-0.5B-Instruct", tmp_path / "qwen")
+    assert calls == [("Qwen/Qwen2.5-0.5B-Instruct", str(tmp_path / "qwen" / "Qwen2.5-0.5B-Instruct"))]
+    assert folder == tmp_path / "qwen" / "Qwen2.5-0.5B-Instruct"
+    assert find_qwen_models(tmp_path / "wan-parent-missing", include_hub_cache=False) == []
+
+
+# ---------------------------------------------------------------- cleaning
+
+
+@pytest.mark.parametrize("raw", [
+    "Sure! Here is the rewritten prompt:\n\n" + BODY,
+    "Certainly, here's an enhanced version of your prompt: \"" + BODY + "\"",
+    "\"" + BODY + "\"",
+    "“" + BODY + "”",
+    "<think>The user wants a bunny in a meadow. I will add light and keep the camera.</think>\n\n" + BODY,
+    "I should describe the fur first.</think>" + BODY,  # the template opened the think block
+    "**Enhanced Prompt:**\n\n" + BODY + "\n\n---\n*Note: I kept the camera movement as given.*",
+    "# Prompt\n```\n" + BODY + "\n```",
+    "Prompt: " + BODY,
+    BODY + "\n\nI hope this helps! Let me know if you want any changes.",
+    BODY + " (68 words)",
+])
+def test_clean_output_keeps_only_the_prompt(raw):
+    assert clean_output(raw, MOVE, ORIGINAL) == (BODY, None)
+
+
+def test_missing_camera_words_are_appended_verbatim():
+    text, reason, notes = clean_text("Here is the prompt:\n" + BODY_NO_MOVE, MOVE, ORIGINAL)
+    assert reason is None and notes == ("camera words appended",)
+    assert text.startswith("A fluffy white bunny") and text.endswith(f", {MOVE}.")
+    assert text.count(MOVE) == 1
+    paraphrased = BODY_NO_MOVE + " The camera quickly pushes toward the bunny with a slight handheld wobble."
+    assert clean_output(paraphrased, MOVE, ORIGINAL)[0].endswith(f"{MOVE}.")
+
+
+def test_long_output_is_cut_at_a_sentence_boundary_and_keeps_the_camera_words():
+    extra = " ".join(f"Far behind, hill number {i} rolls gently under a pale sky with drifting clouds." for i in range(6))
+    text, reason = clean_output(BODY_NO_MOVE + " " + extra, MOVE, ORIGINAL)
+    assert reason is None
+    words = text.split()
+    assert len(words) <= enhance.MAX_WORDS + len(MOVE.split())
+    before_camera = text[: -len(MOVE) - 3]
+    assert before_camera.endswith(("clouds", "leaf", "grain")) and "hill number 5" not in text
+    assert text.endswith(f", {MOVE}.")
+
+
+def test_quoted_text_must_survive():
+    original = "A synthwave bunny holding a neon sign that says 'Deforum & Forge'"
+    kept = "A synthwave bunny in a chrome jacket lifts a glowing neon sign that says 'Deforum & Forge' above a wet street."
+    assert clean_output(kept + " The bunny grins.", "static camera", original)[1] is None
+    assert clean_output('"' + kept + '"', "static camera", original)[0].startswith("A synthwave bunny")
+    dropped = "A synthwave bunny in a chrome jacket lifts a glowing neon sign above a wet street at night."
+    text, reason = clean_output(dropped, "static camera", original)
+    assert text == original and "Deforum & Forge" in reason
+
+
+def test_chinese_output_is_cleaned_and_keeps_chinese_camera_words():
+    move = "镜头快速推进，伴有中等手持抖动"
+    body = "一只毛茸茸的白色小兔坐在阳光明媚的草地上，耳朵随着微风轻轻抖动。金色的夕阳勾勒出它柔软的毛发，草叶上的露珠闪闪发光。小兔嗅着空气，啃着一片三叶草。写实风格，浅景深。"
+    text, reason, notes = clean_text("好的，以下是改写后的提示词：\n\n「" + body + "」", move, "白色小兔")
+    assert reason is None and notes == ("camera words appended",)
+    assert text.startswith("一只毛茸茸") and text.endswith(move + "。") and "以下是" not in text
+    long = body + ("远处是连绵起伏的青山，山顶覆盖着薄薄的白雪。天空中飘着几朵柔软的白云，一群飞鸟从画面左侧掠过。"
+                   "溪水在石头间欢快地流淌，反射着点点金光。几只蝴蝶在野花丛中翩翩起舞，花瓣随风轻轻飘落。"
+                   "草地尽头有一座古老的木屋，烟囱里升起袅袅炊烟，窗户透出温暖的灯光。")
+    text, reason = clean_output(long, move, "白色小兔")
+    assert reason is None and len(text) < len(long) and text.endswith(move + "。")
+    assert enhance._units(text) <= enhance.MAX_WORDS + enhance._units(move) + 1
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    ("", "empty output"),
+    ("\n\n\n\n", "empty output"),
+    ("<think>Let me consider the lighting and the", "empty output"),  # never answered
+    ("!!! ??? ... ,,, ;;; 123 456", "no letters in the output"),
+    ("ĠĠĠ ## %% && ** (( )) 0x1f 0x2e {} [] <> ~~ ^^ $$", "output is mostly not text"),
+    ("bunny bunny bunny bunny bunny bunny bunny bunny bunny bunny", "output repeats itself"),
+    ("a bunny, a bunny, a bunny, a bunny, a bunny, in a meadow", "output repeats itself"),
+    ("A bunny.", "output too short"),
+    ("Sure! Here is the rewritten prompt:", "empty output"),
+])
+def test_garbage_falls_back_to_the_original_with_a_reason(raw, reason):
+    assert clean_output(raw, MOVE, ORIGINAL) == (ORIGINAL, reason)
+
+
+# ---------------------------------------------------------------- prompts, options, cache
+
+
+def test_user_message_carries_prompt_camera_words_and_style():
+    msg = enhance.user_message(EnhanceRequest("a fox", "slow pan left", "oil painting", 0.9))
+    assert "a fox" in msg and "slow pan left" in msg and "oil painting" in msg and "strongly" in msg
+    assert "oil painting" not in enhance.user_message(EnhanceRequest("a fox", "slow pan left", "oil painting", 0.0))
+    zh = enhance.chat_messages(EnhanceRequest("一只狐狸", "镜头缓慢左摇", language="zh"))
+    assert zh[0]["content"] == enhance.SYSTEM_PROMPTS["zh"] and "镜头缓慢左摇" in zh[1]["content"]
+    for text in enhance.SYSTEM_PROMPTS.values():
+        assert "60" in text or "90" in text
+
+
+@pytest.mark.parametrize("bad", [{"target_language": "fr"}, {"style_strength": 1.5}, {"style_strength": "lots"},
+                                 {"timeout_seconds": 0}, {"max_new_tokens": 2}, {"qwne": "x"}])
+def test_bad_options_are_user_errors(bad):
+    with pytest.raises(EnhanceError):
+        EnhanceOptions.from_dict(bad)
+
+
+def test_bad_options_leave_the_plan_unchanged_with_a_warning():
+    settings, plan = small_plan()
+    events = []
+    assert enhance_plan(plan, settings, {"target_language": "fr"}, events.append) == plan
+    assert [e["type"] for e in events] == ["warning"] and "target_language" in events[0]["message"]
+
+
+def test_no_model_leaves_the_plan_unchanged_with_a_warning(tmp_path):
+    settings, plan = small_plan()
+    events = []
+    out = enhance_plan(plan, settings, {"models_dir": str(tmp_path / "empty" / "wan"), "device": "cpu"}, events.append)
+    assert out == plan
+    assert any(e["type"] == "warning" and "no Qwen instruct model found" in e["message"] for e in events)
+
+
+def test_cache_key_covers_every_input_and_the_system_prompt_version(monkeypatch):
+    base = EnhanceRequest("a fox", "pan left", "ink", 0.5, "en")
+    key = EnhanceCache.key("model-a", base, 256)
+    variants = [EnhanceCache.key("model-b", base, 256), EnhanceCache.key("model-a", base, 128)]
+    for change in ({"prompt": "a cat"}, {"movement": "pan right"}, {"style": "oil"}, {"style_strength": 0.6},
+                   {"language": "zh"}):
+        variants.append(EnhanceCache.key("model-a", EnhanceRequest(**{**base.__dict__, **change}), 256))
+    monkeypatch.setattr(enhance, "SYSTEM_PROMPT_VERSION", "999")
+    variants.append(EnhanceCache.key("model-a", base, 256))
+    assert key not in variants and len(set(variants)) == len(variants)
+
+
+def test_cache_round_trip_is_atomic_and_survives_damage(tmp_path):
+    cache = EnhanceCache(tmp_path / "c")
+    cache.put("ab" + "0" * 62, "raw output ✓", {"model": "m"})
+    assert cache.get("ab" + "0" * 62) == "raw output ✓"
+    assert cache.get("cd" + "0" * 62) is None
+    assert [p.name for p in (tmp_path / "c").rglob("*")] == ["ab", "ab" + "0" * 62 + ".json"]  # no temp files left
+    (tmp_path / "c" / "ab" / ("ab" + "0" * 62 + ".json")).write_text("{half a fi")
+    assert cache.get("ab" + "0" * 62) is None  # a damaged entry is regenerated, not an error
+
+
+# ---------------------------------------------------------------- the real tiny model
+
+
+@pytest.fixture
+def qwen(tiny_models):
+    return str(tiny_models["qwen"])
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Wraps the generate of every model QwenEnhancer loads: counts calls and rows; can script the output."""
+    import torch
+
+    state = {"calls": 0, "rows": [], "enhancers": [], "script": None, "fail": None, "slow": None}
+    original_load = QwenEnhancer.load
+
+    def load(self):
+        fresh = self.model is None
+        original_load(self)
+        if not fresh:
+            return
+        state["enhancers"].append(self)
+        model, tok = self.model, self.tokenizer
+        real_generate = model.generate
+
+        def generate(**kw):
+            state["calls"] += 1
+            state["rows"].append(int(kw["input_ids"].shape[0]))
+            if state["fail"]:
+                raise state["fail"]
+            if state["slow"]:
+                real_forward = model.forward
+
+                def slow_forward(*a, **k):
+                    time.sleep(state["slow"])
+                    return real_forward(*a, **k)
+
+                model.forward = slow_forward
+            if not state["script"]:
+                return real_generate(**kw)
+            out = real_generate(**{**kw, "max_new_tokens": 1})  # the real call, then the scripted text
+            prompts = tok.batch_decode(kw["input_ids"], skip_special_tokens=True)
+            new = tok([state["script"](p) for p in prompts], return_tensors="pt", padding=True,
+                      add_special_tokens=False)["input_ids"]
+            return torch.cat([out[:, : kw["input_ids"].shape[1]], new], dim=1)
+
+        model.generate = generate
+
+    monkeypatch.setattr(QwenEnhancer, "load", load)
+    return state
+
+
+def scene_of(prompt_text: str) -> str:
+    return prompt_text.split("Scene: ", 1)[1].split("\n", 1)[0]
+
+
+def realistic(prompt_text: str) -> str:
+    """What a real instruct model tends to answer: a preamble, quotes, and no camera words."""
+    return (f'Sure! Here is the rewritten prompt:\n\n"{scene_of(prompt_text)}, shown in rich detail: soft '
+            'golden light falls across the scene, mist drifts slowly and colours glow warmly, cinematic and '
+            'photorealistic."')
+
+
+def test_one_generate_call_for_all_clips_then_none_from_cache(qwen, spy, tmp_path):
+    settings, plan = small_plan()
+    assert len(plan.clips) >= 3
+    unique = len({(c.prompt, c.movement) for c in plan.clips})
+    assert unique < len(plan.clips)  # the repeated prompt shares a row
+    options = {"qwen": qwen, "cache_dir": str(tmp_path / "c"), "max_new_tokens": 16, "device": "cpu"}
+    spy["script"] = realistic
+    events = []
+    first = enhance_plan(plan, settings, options, events.append)
+    assert spy["calls"] == 1 and spy["rows"] == [unique]
+    assert all(c.enhanced_prompt for c in first.clips)
+    assert spy["enhancers"][0].model is None  # freed before the video model loads
+    assert any(e["type"] == "status" and e["phase"] == "enhancing" for e in events)
+
+    second = enhance_plan(plan, settings, options, events.append)
+    assert spy["calls"] == 1  # a re-render makes no model call
+    assert [c.enhanced_prompt for c in second.clips] == [c.enhanced_prompt for c in first.clips]
+
+    enhance_plan(plan, settings, {**options, "no_cache": True}, events.append)
+    enhance_plan(plan, settings, {**options, "style": "ink wash painting"}, events.append)
+    assert spy["calls"] == 3 and spy["rows"][1:] == [unique, unique]
+
+
+def test_camera_words_survive_end_to_end(qwen, spy, tmp_path):
+    settings, plan = small_plan()
+    spy["script"] = realistic
+    out = enhance_plan(plan, settings, {"qwen": qwen, "cache_dir": str(tmp_path), "max_new_tokens": 16}, lambda e: None)
+    for clip in out.clips:
+        assert clip.movement  # the settings move the camera
+        assert clip.render_prompt == clip.enhanced_prompt
+        assert clip.enhanced_prompt.startswith(clip.prompt + ", shown in rich detail")  # preamble and quotes gone
+        assert clip.enhanced_prompt.endswith(f", {clip.movement}.")
+
+
+def test_tiny_model_gibberish_keeps_original_prompts_with_a_warning(qwen, spy, tmp_path):
+    settings, plan = small_plan()
+    events = []
+    out = enhance_plan(plan, settings, {"qwen": qwen, "cache_dir": str(tmp_path), "max_new_tokens": 16}, events.append)
+    assert spy["calls"] == 1
+    assert out == plan and all(c.render_prompt == f"{c.prompt}, {c.movement}" for c in out.clips)
+    warnings = [e["message"] for e in events if e["type"] == "warning"]
+    assert warnings and all("original prompt kept" in w for w in warnings)
+    assert any("empty output" in w for w in warnings)
+
+
+def test_model_that_raises_keeps_original_prompts_and_caches_nothing(qwen, spy, tmp_path):
+    settings, plan = small_plan()
+    spy["fail"] = RuntimeError("CUDA error: device-side assert triggered")
+    events = []
+    options = {"qwen": qwen, "cache_dir": str(tmp_path), "max_new_tokens": 16}
+    assert enhance_plan(plan, settings, options, events.append) == plan
+    warnings = [e["message"] for e in events if e["type"] == "warning"]
+    assert len(warnings) == 1 and "device-side assert" in warnings[0] and "original prompts kept" in warnings[0]
+    assert spy["enhancers"][0].model is None
+    spy["fail"], spy["script"] = None, realistic
+    assert all(c.enhanced_prompt for c in enhance_plan(plan, settings, options, events.append).clips)
+    assert spy["calls"] == 2  # the failure was not cached
+
+
+def test_slow_model_times_out_and_keeps_original_prompts(qwen, spy, tmp_path):
+    settings, plan = small_plan()
+    spy["slow"] = 0.05
+    events = []
+    options = {"qwen": qwen, "cache_dir": str(tmp_path), "max_new_tokens": 200, "timeout_seconds": 0.3}
+    assert enhance_plan(plan, settings, options, events.append) == plan
+    warnings = [e["message"] for e in events if e["type"] == "warning"]
+    assert len(warnings) == 1 and "timed out after 0.3 s" in warnings[0]
+    assert not list(Path(tmp_path).rglob("*.json"))  # a timeout is not a result to remember
+
+
+def test_model_that_fails_to_load_keeps_original_prompts(tmp_path):
+    settings, plan = small_plan()
+    folder = fake_qwen(tmp_path / "Qwen2.5-0.5B-Instruct", "0.5B")  # valid JSON, empty weights file
+    events = []
+    assert enhance_plan(plan, settings, {"qwen": str(folder), "cache_dir": str(tmp_path / "c")}, events.append) == plan
+    assert any(e["type"] == "warning" and "original prompts kept" in e["message"] for e in events)
+
+
+def test_enhancer_batch_api(qwen, spy):
+    with QwenEnhancer(qwen, device="cpu", max_new_tokens=16) as enhancer:
+        spy["script"] = realistic
+        results = enhancer.enhance_batch([EnhanceRequest("a red fox", "slow pan left"), EnhanceRequest("a cat", "")])
+    assert enhancer.model is None and spy["calls"] == 1
+    assert results[0].enhanced and results[0].text.endswith(", slow pan left.")
+    assert results[1].enhanced and "slow pan left" not in results[1].text
+
+
+# ---------------------------------------------------------------- render and CLI
+
+
+def test_render_with_enhance_records_enhanced_prompts_and_finishes(tiny_models, spy, tmp_path):
+    from deforum_wan import outputs
+    from deforum_wan.render import RenderJob, render
+
+    settings = small_settings()
+    spy["script"] = realistic
+    job = RenderJob(settings=settings, model=str(tiny_models["t2v"]), outdir=str(tmp_path / "out"),
+                    options=PlanOptions(steps=1, max_clip_frames=9), enhance=True,
+                    enhance_options={"qwen": str(tiny_models["qwen"]), "cache_dir": str(tmp_path / "c"),
+                                     "max_new_tokens": 16})
+    events = []
+    result = render(job, on_event=events.append)
+    assert result.status == "done" and spy["calls"] == 1
+    assert outputs.existing_frames(result.folder, result.timestring) == list(range(settings.max_frames))
+    saved = json.loads(outputs.plan_file(result.folder, result.timestring).read_text())
+    assert all(c["enhanced_prompt"].endswith(f", {c['movement']}.") for c in saved["clips"])
+    types = [e["type"] for e in events]
+    assert types.index("status") < types.index("start")  # enhanced before the video model loaded
+
+
+def test_render_goes_on_when_the_enhancer_model_breaks(tiny_models, spy, tmp_path):
+    from deforum_wan import outputs
+    from deforum_wan.render import RenderJob, render
+
+    settings = small_settings(max_frames=12)
+    spy["fail"] = MemoryError("out of memory")
+    job = RenderJob(settings=settings, model=str(tiny_models["t2v"]), outdir=str(tmp_path / "out"),
+                    options=PlanOptions(steps=1, max_clip_frames=9), enhance=True,
+                    enhance_options={"qwen": str(tiny_models["qwen"]), "cache_dir": str(tmp_path / "c")})
+    events = []
+    result = render(job, on_event=events.append)
+    assert result.status == "done"
+    assert outputs.existing_frames(result.folder, result.timestring) == list(range(12))
+    assert all(c.enhanced_prompt is None for c in result.plan.clips)
+    assert any(e["type"] == "warning" and "out of memory" in e["message"] for e in events)
+
+
+def _cli(*args, env_extra: dict | None = None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "deforum_wan", "enhance", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def test_cli_enhances_the_forge_default_settings(qwen, tmp_path):
+    env = {"DEFORUM_WAN_CACHE": str(tmp_path / "cache")}
+    out = _cli(FORGE_DEFAULT, "--qwen", qwen, "--seed", "5", env_extra=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    blocks = [b for b in out.stdout.split("\n\n") if b.lstrip().startswith(("clip ", "model: "))]
+    assert len([b for b in out.stdout.splitlines() if b.startswith("clip ")]) == 18
+    assert "clip 17  frames 324-333 (10)" in out.stdout and blocks
+    assert "A cute white bunny sitting in a peaceful meadow" in out.stdout
+    assert "fast dolly in" in out.stdout and "kept original: empty output" in out.stdout
+
+    again = _cli(FORGE_DEFAULT, "--qwen", qwen, "--seed", "5", "--json", env_extra=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    data = json.loads(again.stdout)
+    assert len(data["clips"]) == 18 and {c["source"] for c in data["clips"]} == {"cache"}
+    first = data["clips"][0]
+    assert first["enhanced"] is None and first["fallback_reason"] == "empty output"
+    assert first["render_prompt"].startswith(first["prompt"]) and first["render_prompt"].endswith(first["movement"])
+
+    missing = _cli(FORGE_DEFAULT, "--qwen", "Qwen2.5-72B", env_extra=env)
+    assert missing.returncode == 2 and "error:" in missing.stderr and "Qwen2.5-72B" in missing.stderr
