@@ -179,10 +179,13 @@ def test_download_needs_the_exact_repo_id_and_fetches_only_it(tmp_path, monkeypa
         with pytest.raises(EnhanceError, match="exact"):
             download_qwen(vague, tmp_path)
     assert calls == []
-    folder = download_qwen("Qwen/Qwen2.5-0.5B-Instruct", tmp_path / "qwen")
-    assert calls == [("Qwen/Qwen2.5-0.5B-Instruct", str(tmp_path / "qwen" / "Qwen2.5-0.5B-Instruct"))]
-    assert folder == tmp_path / "qwen" / "Qwen2.5-0.5B-Instruct"
-    assert find_qwen_models(tmp_path / "wan-parent-missing", include_hub_cache=False) == []
+    folder = download_qwen("Qwen/Qwen2.5-0.5B-Instruct", tmp_path / "elsewhere")
+    assert calls == [("Qwen/Qwen2.5-0.5B-Instruct", str(tmp_path / "elsewhere" / "Qwen2.5-0.5B-Instruct"))]
+    assert folder == tmp_path / "elsewhere" / "Qwen2.5-0.5B-Instruct"
+    # Without a target it lands where auto-select looks.
+    folder = download_qwen("Qwen/Qwen2.5-0.5B-Instruct")
+    assert folder == tmp_path / "models" / "wan" / "qwen" / "Qwen2.5-0.5B-Instruct"
+    assert [m.path for m in find_qwen_models()] == [folder]
 
 
 # ---------------------------------------------------------------- cleaning
@@ -273,8 +276,8 @@ def test_user_message_carries_prompt_camera_words_and_style():
     assert "oil painting" not in enhance.user_message(EnhanceRequest("a fox", "slow pan left", "oil painting", 0.0))
     zh = enhance.chat_messages(EnhanceRequest("一只狐狸", "镜头缓慢左摇", language="zh"))
     assert zh[0]["content"] == enhance.SYSTEM_PROMPTS["zh"] and "镜头缓慢左摇" in zh[1]["content"]
-    for text in enhance.SYSTEM_PROMPTS.values():
-        assert "60" in text or "90" in text
+    assert "word for word" in enhance.SYSTEM_PROMPTS["en"] and "60 to 100 words" in enhance.SYSTEM_PROMPTS["en"]
+    assert "一字不差" in enhance.SYSTEM_PROMPTS["zh"]
 
 
 @pytest.mark.parametrize("bad", [{"target_language": "fr"}, {"style_strength": 1.5}, {"style_strength": "lots"},
