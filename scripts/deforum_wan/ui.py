@@ -392,7 +392,7 @@ def build_tab(ctx: TabContext):
                     with gr.Row():
                         model_dd = gr.Dropdown(label="Wan model", choices=list(choices), value=default_model,
                                                elem_id="deforum_wan_model", scale=4)
-                        refresh_models_btn = gr.Button("🔄", elem_id="deforum_wan_refresh_models",
+                        refresh_models_btn = gr.Button("Refresh", elem_id="deforum_wan_refresh_models",
                                                        elem_classes=["deforum-wan-tool"], scale=1)
                     models_note = gr.Markdown(f"Models folder: `{ctx.models_dir()}`" + (
                         "" if choices else " — no Wan models found there"), elem_id="deforum_wan_models_note")
@@ -444,14 +444,14 @@ def build_tab(ctx: TabContext):
                 interrupt_btn = gr.Button("Interrupt", elem_id="deforum_wan_interrupt")
             progress = gr.HTML(ui_data.progress_html(None), elem_id="deforum_wan_progress")
             with gr.Row():
-                preview = gr.Image(label="Latest frame", type="filepath", interactive=False,
+                preview = gr.Image(label="Latest frame", type="filepath", interactive=False, height=360,
                                    elem_id="deforum_wan_preview")
-                video = gr.Video(label="Video", interactive=False, elem_id="deforum_wan_video")
+                video = gr.Video(label="Video", interactive=False, height=360, elem_id="deforum_wan_video")
             out_folder = gr.Textbox(label="Output folder", interactive=False, elem_id="deforum_wan_outfolder")
             with gr.Row():
                 resume_dd = gr.Dropdown(label="Unfinished renders", choices=list(resume_choices(ctx.outdir())),
                                         elem_id="deforum_wan_resume_list", scale=4)
-                refresh_resume_btn = gr.Button("🔄", elem_id="deforum_wan_refresh_resume",
+                refresh_resume_btn = gr.Button("Refresh", elem_id="deforum_wan_refresh_resume",
                                                elem_classes=["deforum-wan-tool"], scale=1)
                 resume_btn = gr.Button("Resume", elem_id="deforum_wan_resume", scale=1)
 
@@ -563,7 +563,7 @@ def build_tab(ctx: TabContext):
             try:
                 settings, _plan, _notes = make_plan(state, rows, plan_dict, controls)
                 if not controls.model_path:
-                    raise ValueError(f"no Wan model chosen; put one in {ctx.models_dir()} and press 🔄")
+                    raise ValueError(f"no Wan model chosen; put one in {ctx.models_dir()} and press Refresh")
                 jobs = ctx.get_jobs()
                 ctx.on_job_start()
                 job_id = jobs.submit(settings.to_dict(), controls.overrides())
@@ -579,7 +579,7 @@ def build_tab(ctx: TabContext):
             entry = resume_choices(ctx.outdir()).get(label or "")
             try:
                 if entry is None:
-                    raise ValueError("choose an unfinished render (🔄 refreshes the list)")
+                    raise ValueError("choose an unfinished render (Refresh updates the list)")
                 if not controls.model_path:
                     raise ValueError("no Wan model chosen")
                 from .settings import load_settings
