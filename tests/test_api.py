@@ -234,8 +234,9 @@ class QuickRunner:
                 self.active -= 1
 
 
-def run_load(tmp_path: Path, runner, n: int, settings, overrides) -> tuple[list[dict], float]:
-    queue = JobQueue(tmp_path / "jobs.sqlite3", runner=runner, outdir=tmp_path / "out", default_model="vace").start()
+def run_load(tmp_path: Path, runner, n: int, settings, overrides, models_dir=None) -> tuple[list[dict], float]:
+    queue = JobQueue(tmp_path / "jobs.sqlite3", runner=runner, outdir=tmp_path / "out", default_model="vace",
+                     models_dir=models_dir).start()
     started = time.monotonic()
     try:
         with serve(queue) as server:
@@ -285,7 +286,8 @@ def test_concurrent_submissions_with_real_workers(models, tmp_path):
     n = int(os.environ["DEFORUM_WAN_LOAD_REAL"])
     settings = lambda i: dict(SMALL, seed=2000 + i, max_frames=1, batch_name=f"real_{i}_{{timestring}}")  # noqa: E731
     records, seconds = run_load(tmp_path, real_runner(), n, settings,
-                                {"model": str(models["vace"]), "steps": 1, "width": 32, "height": 32})
+                                {"model": str(models["vace"]), "steps": 1, "width": 32, "height": 32},
+                                models_dir=models["vace"].parent)
     assert all(r["status"] == "SUCCEEDED" and r["attempts"] == 1 for r in records)
     assert_one_at_a_time(records)
     print(f"\nreal load: {n} jobs in {seconds:.1f} s ({n / seconds * 60:.1f} jobs/minute)")
