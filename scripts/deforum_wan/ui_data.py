@@ -207,13 +207,22 @@ def model_choices(infos: Sequence["ModelInfo"]) -> dict[str, str]:
     return {f"{info.name} ({info.kind})": str(info.path) for info in infos}
 
 
+# Same order as the job queue's default model: the best continuity first.
+KIND_ORDER = ("vace", "ti2v-5b", "t2v", "a14b-t2v", "i2v", "a14b-i2v", "flf2v")
+
+
 def pick_default_model(choices: Mapping[str, str], preferred: str | None) -> str | None:
-    """The preferred model (label, folder name or path) if present, else the first one."""
+    """The preferred model (label, folder name or path) if present, else the best kind found (VACE first)."""
     if preferred:
         for label, path in choices.items():
             if preferred in (label, path, Path(path).name):
                 return label
-    return next(iter(choices), None)
+
+    def rank(label: str) -> int:
+        kind = label.rsplit("(", 1)[-1].rstrip(")")
+        return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+
+    return min(choices, key=rank, default=None)
 
 
 # ---------------------------------------------------------------------------
