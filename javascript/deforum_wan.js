@@ -1,15 +1,25 @@
 // Deforum Wan: hover hints for the Wan tab's controls. Touches nothing outside #tab_deforum_wan.
 (function () {
     const hints = {
-        "Sensitivity": "Higher values describe smaller camera motions in the prompt.",
-        "Overlap": "Frames of the previous clip that the next clip continues from.",
+        deforum_wan_latest: "Load the newest *_settings.txt Deforum saved in its output folders, or deforum_settings.txt in the web UI folder.",
+        deforum_wan_model: "Wan model folders found in the models folder (Settings > Deforum Wan).",
+        deforum_wan_continuity: "How each clip continues the previous one: VACE carries the last frames over, I2V starts from the last frame, none renders clips independently.",
+        deforum_wan_overlap: "Frames of the previous clip that the next clip continues from (VACE).",
+        deforum_wan_color_match: "Match each clip's colours to the previous clip to stop drift.",
+        deforum_wan_memory: "auto picks from free GPU memory; model/sequential/group offload trade speed for memory.",
+        deforum_wan_plan_table: "Edit a prompt cell to change that keyframe's prompt; edits are saved as wan_prompts.",
+        deforum_wan_update_plan: "Re-plan with the options above and the prompt edits.",
+        deforum_wan_enhance_preview: "Run the Qwen enhancer in a worker process and show each clip's prompt before and after.",
+        deforum_wan_generate: "Queue the render; progress, the latest frame and the video appear below.",
+        deforum_wan_interrupt: "Stop after the current step; finished frames stay on disk and can be resumed.",
+        deforum_wan_resume: "Continue the chosen unfinished render from its last complete frame.",
     };
     onUiUpdate(function () {
         const tab = gradioApp().querySelector("#tab_deforum_wan");
         if (!tab) return;
-        tab.querySelectorAll("span, button, label").forEach(function (el) {
-            const tip = hints[el.textContent.trim()];
-            if (tip && !el.title) el.title = tip;
-        });
+        for (const id in hints) {
+            const el = tab.querySelector("#" + id);
+            if (el && !el.title) el.title = hints[id];
+        }
     });
 })();
