@@ -259,3 +259,12 @@ def test_cli_stop_file_keeps_frames_and_says_how_to_resume(tiny_models, tmp_path
     kept = outputs.existing_frames(folder, ts)
     assert 4 <= len(kept) < 40 and kept == list(range(len(kept)))
     assert f"--resume {ts}" in err
+
+
+def test_two_renders_in_the_same_second_get_their_own_timestrings(tiny_models, tmp_path):
+    s = small_settings(max_frames=5, batch_name="fixed")
+    job = RenderJob(settings=s, model=str(tiny_models["t2v"]), outdir=str(tmp_path),
+                    options=PlanOptions(steps=1, seed=1), make_video=False)
+    a, b = render(job), render(job)
+    assert a.folder == b.folder and a.timestring != b.timestring
+    assert outputs.existing_frames(a.folder, a.timestring) == outputs.existing_frames(b.folder, b.timestring) == list(range(5))

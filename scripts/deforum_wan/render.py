@@ -161,14 +161,29 @@ def _same_layout(a: ClipPlan, b: ClipPlan) -> bool:
     return (a.width, a.height, a.max_frames) == (b.width, b.height, b.max_frames) and key(a) == key(b)
 
 
+def _unused_timestring(outdir: str, settings: DeforumSettings) -> tuple[str, Path]:
+    """A timestring no other render in the batch folder uses: two jobs started in the same
+    second with a fixed batch_name must not write into each other's frames."""
+    now = time.time()
+    for offset in range(3600):
+        timestring = outputs.new_timestring(now + offset)
+        folder = outputs.batch_dir(outdir, settings, timestring)
+        if not outputs.settings_file(folder, timestring).exists() and not outputs.existing_frames(folder, timestring):
+            return timestring, folder
+    raise RenderError(f"no free timestring in {folder}")
+
+
 def prepare(job: RenderJob, spec: ModelSpec, extra_modes: tuple[str, ...]) -> tuple[DeforumSettings, ClipPlan, Path, str, bool]:
     """Timestring, seed, folder and plan for a job; on resume, the saved plan is checked against a re-plan."""
     settings = job.settings
     resume = job.resume
     if not resume and settings.resume_from_timestring and settings.resume_timestring:
         resume = settings.resume_timestring
-    timestring = outputs.check_timestring(resume) if resume else outputs.new_timestring()
-    folder = outputs.batch_dir(job.outdir, settings, timestring)
+    if resume:
+        timestring = outputs.check_timestring(resume)
+        folder = outputs.batch_dir(job.outdir, settings, timestring)
+    else:
+        timestring, folder = _unused_timestring(job.outdir, settings)
     saved = None
     if resume:
         plan_path = outputs.plan_file(folder, timestring)
