@@ -110,7 +110,8 @@ def render_job(args: argparse.Namespace):
         attention=args.attention, compile=args.compile, vae_tiling=args.vae_tiling, stop_file=args.stop_file,
         make_video=not args.no_video, enhance=args.enhance,
         enhance_options={"qwen": args.qwen, "style": args.style, "style_strength": args.style_strength,
-                         "target_language": args.target_language, "models_dir": args.models_dir},
+                         "target_language": args.target_language, "models_dir": args.models_dir,
+                         "device": args.device},
     )
 
 
@@ -155,6 +156,20 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     return run_enhance_command(args)
 
 
+def cmd_qwen(args: argparse.Namespace) -> int:
+    from .enhance import download_qwen, find_qwen_models
+
+    if args.action == "download":
+        print(download_qwen(args.repo_id, args.target))
+        return 0
+    models = find_qwen_models(args.models_dir)
+    for m in models:
+        print(f"{m.label:40} {m.source:9} {m.path}")
+    if not models:
+        print("no Qwen models found")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from .ui import launch_standalone
 
@@ -181,6 +196,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "make-tiny-models": (cmd_make_tiny_models, "build tiny random Wan/Qwen models for tests and demos"),
     "worker": (cmd_worker, "run one render job from a JSON file, printing JSON-line events"),
     "enhance": (cmd_enhance, "rewrite each clip's prompt with a local Qwen model and show before/after"),
+    "qwen": (cmd_qwen, "list the Qwen models --enhance can use, or download one by its repo id"),
     "ui": (cmd_ui, "serve the Wan tab and its API without a web UI"),
     "install-deps": (cmd_install_deps, "fill the private folder of renderer libraries the worker uses"),
 }
@@ -223,7 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-language", choices=["en", "zh"], default="en", help="language of the rewritten prompts")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the prompt cache")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--models-dir", help="models folder (default: $DEFORUM_WAN_MODELS or models/wan)")
+    p.add_argument("--timeout-seconds", type=float, help="give up on the model after this long (default 600)")
+    p.add_argument("--max-new-tokens", type=int, help="longest rewrite in tokens (default 256)")
     add_plan_options(p)
+
+    p = sub.add_parser("qwen", help=COMMANDS["qwen"][1])
+    qwen = p.add_subparsers(dest="action", required=True)
+    q = qwen.add_parser("list", help="the Qwen models found, largest first")
+    q.add_argument("--models-dir", help="models folder (default: $DEFORUM_WAN_MODELS or models/wan)")
+    q = qwen.add_parser("download", help="download one model by its exact repo id")
+    q.add_argument("repo_id", help="e.g. Qwen/Qwen2.5-3B-Instruct")
+    q.add_argument("--target", help="folder to put the model folder in (default: <models>/wan/qwen)")
 
     p = sub.add_parser("ui", help=COMMANDS["ui"][1])
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")

@@ -988,32 +988,3 @@ def download_qwen(repo_id: str, target: str | Path | None = None) -> Path:
                       allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"])
     inspect_qwen_folder(dest)
     return dest
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m deforum_wan.enhance download REPO_ID [--target DIR]` and `list`."""
-    parser = argparse.ArgumentParser(prog="python -m deforum_wan.enhance", description="Qwen models for --enhance")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("download", help="download one model by its exact repo id")
-    p.add_argument("repo_id", help=f"e.g. {QWEN_REPOS[2]}")
-    p.add_argument("--target", help="folder to put the model folder in (default: <models>/wan/qwen)")
-    p = sub.add_parser("list", help="list the Qwen models found and the one auto-select picks")
-    p.add_argument("--models-dir", help="the Wan models folder (default: $DEFORUM_WAN_MODELS or models/wan)")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "download":
-            print(download_qwen(args.repo_id, args.target))
-            return 0
-        models = find_qwen_models(args.models_dir)
-        for m in models:
-            print(f"{m.label:40} {m.source:9} {m.path}")
-        if not models:
-            print("no Qwen models found")
-        return 0
-    except EnhanceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
