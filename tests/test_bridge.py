@@ -199,6 +199,9 @@ if mode == "exit3":
     print("starting up", flush=True)
     print("Traceback: something broke badly", file=sys.stderr, flush=True)
     sys.exit(3)
+if mode == "missing":
+    emit({"type": "error", "error_type": "ModuleNotFoundError", "message": "No module named 'diffusers'"})
+    sys.exit(1)
 if mode in ("stubborn", "polite"):  # polite: only the stop file stops it
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 emit({"type": "start", "folder": os.getcwd(), "timestring": "20240101000000", "clips": 1, "frames_total": 4,
@@ -230,6 +233,12 @@ def test_a_worker_that_exits_without_a_result_is_a_crash_with_its_last_words(fak
     assert outcome.status == "crashed" and outcome.returncode == 3
     assert "code 3" in outcome.error and "something broke badly" in outcome.error
     assert {"type": "log", "message": "starting up"} in events
+
+
+def test_missing_renderer_libraries_say_how_to_install_them(fake_worker, tmp_path):
+    outcome = run_job({"settings": {}, "model": "x"}, on_event=Events(), config=fake_worker("missing"), workdir=tmp_path)
+    assert outcome.status == "failed"
+    assert "No module named 'diffusers'" in outcome.error and "install-deps" in outcome.error
 
 
 def test_cancel_uses_the_stop_file(fake_worker, tmp_path):

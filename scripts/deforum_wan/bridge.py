@@ -33,6 +33,7 @@ SCRIPTS_DIR = Path(__file__).resolve().parents[1]
 ENV_WORKER_PYTHON = "DEFORUM_WAN_WORKER_PYTHON"
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130  # as in worker.py (not imported: it pulls in the renderer)
 STDERR_LINES = 60
+_RENDER_LIBS = ("'diffusers", "'transformers", "'accelerate", "'huggingface_hub", "'tokenizers", "'safetensors")
 TERM_AFTER_SECONDS = 10.0  # after a cancel, SIGTERM follows the stop file when the worker is still running
 
 EventCallback = Callable[[dict], None]
@@ -385,6 +386,8 @@ def _outcome(rc: int | None, t: _Tracker, stderr: list[str], stopping: dict) -> 
         status = "done"
     elif rc == EXIT_FAILED and kind == "error":
         status, error = "failed", str(final.get("message") or final.get("error_type") or "the render failed")
+        if final.get("error_type") == "ModuleNotFoundError" and any(m in error for m in _RENDER_LIBS):
+            error += f" (the renderer's libraries are missing: run `{sys.executable} -m deforum_wan install-deps`)"
     elif kind == "interrupted" and rc in (EXIT_OK, EXIT_INTERRUPTED):
         status = "interrupted"
     elif stopping["cancelled"]:
