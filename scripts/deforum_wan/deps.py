@@ -185,7 +185,7 @@ class InstallPlan:
     def lines(self) -> list[str]:
         out = [f"  install  {n}=={v}" for n, v in sorted(self.private.items())]
         out += [f"  host     {n} {h['version']} (needs {h['needs'] or 'any'})" for n, h in sorted(self.host.items())]
-        out += [f"  skip     {n} {v} (the host's own)" for n, v in sorted(self.dropped.items())]
+        out += [f"  skip     {n} {v} (torch's: left to the host)" for n, v in sorted(self.dropped.items())]
         return out + [f"  note     {n}" for n in self.notes]
 
 
@@ -408,6 +408,9 @@ def install_private_deps(
         except (DepsError, OSError, ValueError) as exc:
             out(f"Deforum Wan: {exc}")
             return 1
+    if host_version("torch") is None:
+        plan.notes.append(f"{sys.executable} has no torch: the worker runs with the host's python and torch, "
+                          "so install with that python")
     if dry_run:
         out(f"Deforum Wan: plan for {folder} (Python {_python_tag()['python']}; {reason or 'already satisfied'}):")
         for line in plan.lines():
