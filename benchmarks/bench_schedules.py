@@ -25,26 +25,15 @@ from typing import Callable
 
 try:
     from deforum_wan import schedules
+    from deforum_wan.settings import CAMERA_KEYS as SETTINGS_CAMERA_KEYS
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from deforum_wan import schedules
+    from deforum_wan.settings import CAMERA_KEYS as SETTINGS_CAMERA_KEYS
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "deforum-settings"
 DEFAULT_FILE = "forge-deforum-default.txt"
-CAMERA_KEYS = frozenset(
-    {
-        "angle",
-        "zoom",
-        "translation_x",
-        "translation_y",
-        "translation_z",
-        "rotation_3d_x",
-        "rotation_3d_y",
-        "rotation_3d_z",
-        "transform_center_x",
-        "transform_center_y",
-    }
-)
+CAMERA_KEYS = frozenset(SETTINGS_CAMERA_KEYS) - {"fov_schedule"}
 
 
 def schedule_entries(settings: dict) -> dict[str, str]:

@@ -20,7 +20,9 @@ CORE = [
     "deforum_wan.cli",
 ]
 OPTIONAL = ["deforum_wan.movement", "deforum_wan.plan", "deforum_wan.models", "deforum_wan.pipelines", "deforum_wan.tiny",
-            "deforum_wan.render", "deforum_wan.enhance"]
+            "deforum_wan.render", "deforum_wan.enhance", "deforum_wan.bridge", "deforum_wan.deps", "deforum_wan.jobs",
+            "deforum_wan.api", "deforum_wan.ui", "deforum_wan.ui_data", "deforum_wan.webui", "deforum_wan.frames",
+            "deforum_wan.seeds", "deforum_wan.worker", "deforum_wan.progress"]
 
 FAKE_HOST = textwrap.dedent(
     """

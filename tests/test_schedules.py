@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
+from deforum_wan import settings as settings_module
 from deforum_wan.schedules import (
     MAX_FRAME_KEY,
     STRING_SCHEDULE_KEYS,
@@ -405,18 +406,7 @@ def test_vectorised_matches_per_frame(keys: dict[int, str], max_frames: int, see
 
 
 SETTINGS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "deforum-settings"
-CAMERA_KEYS = {
-    "angle",
-    "zoom",
-    "translation_x",
-    "translation_y",
-    "translation_z",
-    "rotation_3d_x",
-    "rotation_3d_y",
-    "rotation_3d_z",
-    "transform_center_x",
-    "transform_center_y",
-}
+CAMERA_KEYS = set(settings_module.CAMERA_KEYS) - {"fov_schedule"}
 
 
 @pytest.mark.skipif(not SETTINGS_DIR.is_dir(), reason="shared Deforum settings not present")

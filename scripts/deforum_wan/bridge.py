@@ -90,10 +90,9 @@ def _is_site_dir(path: Path) -> bool:
     return path.name in ("site-packages", "dist-packages")
 
 
-def worker_command(job_path: str | Path, config: WorkerConfig | None = None) -> tuple[list[str], dict[str, str]]:
-    """argv and environment of the worker for `job_path`: PYTHONPATH=<deps>:<scripts dir>:<inherited>."""
+def worker_env(config: WorkerConfig | None = None) -> dict[str, str]:
+    """Environment of a worker process: PYTHONPATH=<deps>:<scripts dir>:<inherited>."""
     config = config or WorkerConfig()
-    argv = [config.python, "-m", "deforum_wan", "worker", str(job_path)]
     env = {**os.environ, **{str(k): str(v) for k, v in config.env.items()}}
     parts: list[str] = []
     private = resolve_deps_dir(config)
@@ -108,7 +107,13 @@ def worker_command(job_path: str | Path, config: WorkerConfig | None = None) -> 
         env["PYTHONPATH"] = os.pathsep.join(parts)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
-    return argv, env
+    return env
+
+
+def worker_command(job_path: str | Path, config: WorkerConfig | None = None) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of the worker for `job_path`."""
+    config = config or WorkerConfig()
+    return [config.python, "-m", "deforum_wan", "worker", str(job_path)], worker_env(config)
 
 
 # --------------------------------------------------------------------------- host model

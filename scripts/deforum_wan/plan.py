@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from fractions import Fraction
 from typing import Any
 
-from .movement import CameraPath, describe_movement
+from .movement import SCHEDULE_KEYS, CameraPath, describe_movement
 from .prompts import prompt_at, prompt_keyframes
 from .schedules import parse_schedule
 from .seeds import frame_seeds
@@ -174,9 +174,8 @@ class ClipPlan:
 
 def camera_path(settings: DeforumSettings) -> CameraPath:
     """Parse the camera schedules of `settings` into per-frame arrays."""
-    keys = ("translation_x", "translation_y", "translation_z", "rotation_3d_x", "rotation_3d_y", "rotation_3d_z",
-            "angle", "zoom")
-    schedules = {k: parse_schedule(getattr(settings, k), settings.max_frames, settings.seed, key=k) for k in keys}
+    schedules = {k: parse_schedule(getattr(settings, k), settings.max_frames, settings.seed, key=k)
+                 for k in SCHEDULE_KEYS}
     return CameraPath.from_schedules(
         schedules,
         settings.animation_mode,

@@ -54,11 +54,13 @@ def frame_seeds(settings: DeforumSettings, seed: int | None = None) -> list[int]
         raise SeedError("seed is -1 (random): resolve it with resolve_seed() before planning")
     n = settings.max_frames
     behavior = settings.seed_behavior
-    if behavior == "schedule":
-        values = parse_schedule(settings.seed_schedule, n, base, key="seed_schedule")
-        return [_derived(base, i) if int(v) == -1 else int(v) for i, v in enumerate(values)]
-
     cadence = diffusion_cadence(settings)
+    if behavior == "schedule":
+        # Deforum reads the schedule at each diffused frame; the frames between share its seed.
+        values = parse_schedule(settings.seed_schedule, n, base, key="seed_schedule")
+        seeds = [_derived(base, i) if int(v) == -1 else int(v) for i, v in enumerate(values)]
+        return [seeds[i - i % cadence] for i in range(n)]
+
     seeds: list[int] = []
     current, internal = base, 0
     for frame in range(n):

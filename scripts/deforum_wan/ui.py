@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import ui_data
+from . import bridge, ui_data
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1]
 EXTENSION_DIR = SCRIPTS_DIR.parent
@@ -73,7 +71,7 @@ def _memo(fn: Callable[[], Any]) -> Callable[[], Any]:
 
 
 # ---------------------------------------------------------------------------
-# Jobs: the shared JobQueue when it exists, else a small in-process runner
+# Jobs: the JobQueue shared with the API; renders run in the worker through bridge.run_job
 
 
 class Jobs:
@@ -112,88 +110,7 @@ def shared_jobs(outdir: str, models_dir: str) -> Jobs:
     """The process-wide JobQueue (jobs.get_queue), which the API shares; its folders follow the host's options."""
     from . import jobs
 
-    kwargs: dict[str, Any] = {"outdir": outdir, "models_dir": models_dir}
-    if not _bridge_available():
-        kwargs["runner"] = worker_runner
-    return Jobs(jobs.get_queue(**kwargs))
-
-
-def _bridge_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(f"{__package__}.bridge") is not None
-
-
-def worker_python() -> str:
-    """The python that runs renders: $DEFORUM_WAN_WORKER_PYTHON, the bridge's choice, or this one."""
-    env = os.environ.get("DEFORUM_WAN_WORKER_PYTHON")
-    if env:
-        return env
-    with contextlib.suppress(Exception):
-        from . import bridge  # type: ignore[attr-defined]
-
-        return str(bridge.WorkerConfig().python)
-    return sys.executable
-
-
-def worker_env() -> dict[str, str]:
-    """Environment for a worker subprocess: our package importable whichever python runs it."""
-    env = dict(os.environ)
-    with contextlib.suppress(Exception):
-        from . import bridge  # type: ignore[attr-defined]
-
-        env.update(bridge.WorkerConfig().env or {})
-    path = env.get("PYTHONPATH", "")
-    env["PYTHONPATH"] = str(SCRIPTS_DIR) + (os.pathsep + path if path else "")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def worker_runner(job: dict, *, on_event: Callable[[dict], None], cancel: threading.Event | None = None,
-                  config: Any = None) -> dict:
-    """A JobQueue runner for when bridge.py is absent: `python -m deforum_wan worker JOB.json`, SIGTERM to stop.
-
-    Returns an outcome shaped like bridge.WorkerOutcome (status done/interrupted/failed/crashed).
-    """
-    cancel = cancel or threading.Event()
-    last: dict[str, Any] = {}
-
-    def forward(event: dict) -> None:
-        if event.get("type") in ("start", "done", "interrupted", "error"):
-            last[event["type"]] = event
-        on_event(event)
-
-    with tempfile.TemporaryDirectory(prefix="deforum-wan-job-") as tmp:
-        job_path = Path(tmp) / "job.json"
-        job_path.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
-        with open(Path(tmp) / "stderr.txt", "w+", encoding="utf-8") as err:
-            proc = subprocess.Popen([worker_python(), "-m", "deforum_wan", "worker", str(job_path)],
-                                    stdout=subprocess.PIPE, stderr=err, text=True, env=worker_env())
-
-            def watch() -> None:
-                while proc.poll() is None:
-                    if cancel.wait(0.2):
-                        with contextlib.suppress(OSError):
-                            proc.send_signal(signal.SIGTERM)
-                        return
-
-            threading.Thread(target=watch, daemon=True).start()
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                line = line.strip()
-                if line.startswith("{"):
-                    with contextlib.suppress(ValueError):
-                        forward(json.loads(line))
-            code = proc.wait()
-            err.seek(0)
-            stderr_tail = " | ".join([ln for ln in err.read().splitlines() if ln.strip()][-3:])
-    end = last.get("done") or last.get("interrupted") or last.get("start") or {}
-    status = "done" if "done" in last else "interrupted" if "interrupted" in last else (
-        "failed" if "error" in last else "crashed")
-    error = (last.get("error") or {}).get("message") or (stderr_tail if status == "crashed" else None)
-    return {"status": status, "folder": end.get("folder"), "timestring": end.get("timestring"),
-            "video": end.get("video"), "frames_on_disk": end.get("frames_on_disk"),
-            "frames_total": end.get("frames_total"), "error": error or (None if code in (0, 130) else f"exit {code}")}
+    return Jobs(jobs.get_queue(outdir=outdir, models_dir=models_dir))
 
 
 # ---------------------------------------------------------------------------
@@ -319,7 +236,8 @@ def run_enhance_preview(settings: Any, controls: Controls, models_dir: str, time
     with tempfile.TemporaryDirectory(prefix="deforum-wan-enhance-") as tmp:
         path = Path(tmp) / "settings.txt"
         path.write_text(settings.to_json(), encoding="utf-8")
-        cmd = [worker_python(), "-m", "deforum_wan", "enhance", str(path), "--json",
+        config = bridge.WorkerConfig()
+        cmd = [config.python, "-m", "deforum_wan", "enhance", str(path), "--json",
                "--style", controls.style or "", "--style-strength", str(float(controls.style_strength or 0.5)),
                "--continuity", controls.continuity or "auto"]
         if controls.model_path:
@@ -329,7 +247,7 @@ def run_enhance_preview(settings: Any, controls: Controls, models_dir: str, time
         for flag, value in (("--width", controls.width), ("--height", controls.height), ("--steps", controls.steps)):
             if _none_if_zero(value):
                 cmd += [flag, str(int(value))]
-        env = worker_env()
+        env = bridge.worker_env(config)
         env.setdefault("DEFORUM_WAN_MODELS", models_dir)
         result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if result.returncode != 0:

@@ -90,19 +90,13 @@ def host_interrupted() -> bool:
 
 
 def on_job_start() -> None:
-    """Tell the host a job runs (resets a stale interrupted flag, shows it busy), and free its checkpoint."""
+    """Reset a stale interrupted flag and show the host busy; the bridge frees the host's checkpoint itself."""
     state = _state()
     if state is not None and hasattr(state, "begin"):
         try:
             state.begin(job="Deforum Wan")
         except Exception:  # a host's state API we do not know must not stop the render
             log.debug("shared.state.begin failed", exc_info=True)
-    try:
-        from . import bridge  # type: ignore[attr-defined]
-
-        bridge.unload_host_model()
-    except Exception:
-        log.debug("could not unload the host's model", exc_info=True)
 
 
 def on_job_end() -> None:
@@ -112,6 +106,26 @@ def on_job_end() -> None:
             state.end()
         except Exception:
             log.debug("shared.state.end failed", exc_info=True)
+
+
+def mirror_host_progress(queue: Any) -> None:
+    """Every job, from the tab or the API, shows in the host's progress; the host's Interrupt stops it."""
+    from . import bridge
+
+    state = _state()
+    if state is None:
+        return
+    progress = bridge.HostProgress(state)
+
+    def on_change(record: Any, event: dict | None) -> None:
+        if event is None:
+            return
+        progress(event)
+        if progress.cancel.is_set():
+            progress.cancel.clear()
+            queue.cancel(record.id)
+
+    queue.subscribe(on_change)
 
 
 def tab_context():
@@ -150,6 +164,7 @@ def on_app_started(demo: Any, app: Any) -> None:
 
     from . import api, jobs
 
+    mirror_host_progress(jobs.webui_queue())
     if api.api_enabled(getattr(shared, "cmd_opts", None)):
         api.on_app_started(demo, app)
     elif _opt("deforum_wan_api") and not api.has_routes(app):

@@ -64,8 +64,9 @@ def run_worker(job_path: str, out: TextIO | None = None) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
+        # Only set the flag: the handler may run while the main thread holds the emit lock.
+        # The render reports the stop itself, after the current step.
         stop.set()
-        emit({"type": "status", "phase": "stopping", "message": f"signal {signum}: stopping after this step"})
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
