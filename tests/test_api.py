@@ -529,3 +529,36 @@ def test_host_api_check_passes_under_the_host_env(env):
                             timeout=600, cwd=str(ROOT))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "host API check passed" in result.stdout
+
+
+def test_a_killed_worker_fails_its_job_and_the_app_keeps_serving(models, tmp_path):
+    import signal
+
+    queue = JobQueue(tmp_path / "jobs.sqlite3", runner=real_runner(), outdir=tmp_path / "out",
+                     models_dir=models["vace"].parent).start()
+    pids: list[int] = []
+
+    def on_change(record, event):
+        if event and event.get("type") == "worker":
+            pids.append(int(event["pid"]))
+        if event and event.get("type") == "frames" and pids:
+            os.kill(pids[-1], signal.SIGKILL)  # what an out-of-memory kill looks like from outside
+
+    unsubscribe = queue.subscribe(on_change)
+    overrides = dict(LONG_OVERRIDES, model=str(models["vace"]))
+    try:
+        with serve(queue) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+            doomed = client.post("/deforum_wan/txt2vid", json={"deforum_settings": long_settings(24),
+                                                               "options_overrides": overrides}).json()["job_ids"][0]
+            record = poll(client, doomed, finished)
+            assert record["status"] == "FAILED" and record["error_type"] == "RETRYABLE"
+            assert "SIGKILL" in record["message"]
+            assert client.get("/deforum_wan/models").status_code == 200  # the app still answers
+            unsubscribe()
+            ok = client.post("/deforum_wan/txt2vid", json={"deforum_settings": SMALL,
+                                                           "options_overrides": overrides}).json()["job_ids"][0]
+            record = poll(client, ok, finished)
+            assert record["status"] == "SUCCEEDED", record
+            assert Path(record["video"]).is_file()
+    finally:
+        queue.close()
