@@ -97,6 +97,15 @@ def main() -> int:
         r = client.post("/deforum_wan/txt2vid", content=big) if _has_content_kw() else client.post(
             "/deforum_wan/txt2vid", data=big)
         check(r.status_code == 413, "an oversized body is 413", r)
+        # The request model works under this pydantic, and documents the route.
+        try:
+            api.validate_model(api.Txt2VidRequest, {"deforum_settings": [SETTINGS, 5]})
+            check(False, "the request model refuses a settings entry that is not an object")
+        except api.ApiError as exc:
+            check([tuple(loc) for loc, _ in exc.errors] == [("deforum_settings", 1)], "the model names the entry")
+        r = client.get("/openapi.json")
+        body = r.json()["paths"]["/deforum_wan/txt2vid"]["post"]["requestBody"]["content"]["application/json"]
+        check("deforum_settings" in json.dumps(body["schema"]), "the request schema is in /openapi.json", r)
 
         gate = threading.Event()
         blocked = jobs.JobQueue(tmp / "jobs2.sqlite3", runner=lambda job, **kw: gate.wait(30) and fake_runner(job, **kw),

@@ -4,9 +4,10 @@ Deforum's clients post `{"deforum_settings": ..., "options_overrides": ...}` and
 poll jobs whose fields are ACCEPTED/SUCCEEDED/..., QUEUED/GENERATING/..., so ours
 take and return the same shapes (plus `wan_*` keys, the video path and timings).
 
-Validation is written by hand rather than with pydantic models: A1111 runs
-fastapi 0.94 with pydantic 1 and Forge runs pydantic 2, and a plain layer behaves
-the same under both. Every bad input comes back as 422 (413 when too large) with
+A1111 runs fastapi 0.94 with pydantic 1 and Forge runs pydantic 2. The request
+and response shapes are pydantic models written with what both versions share
+(they check the envelope and document the routes in /docs); everything deeper is
+a plain validation layer, so both hosts answer alike. Every bad input comes back as 422 (413 when too large) with
 the field named, e.g. `deforum_settings[0].translation_x: cannot evaluate "sin(t"
 at frame 12: ...`; the settings go through the same parsers the renderer uses, so
 what is accepted here also renders.
@@ -25,10 +26,11 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ValidationError
 
 from . import jobs
 
@@ -64,6 +66,33 @@ class ApiError(Exception):
         self.status = status
         self.errors = list(errors)
         super().__init__("; ".join(f"{field_name(loc)}: {msg}" for loc, msg in self.errors))
+
+
+class Txt2VidRequest(BaseModel):
+    """POST /deforum_wan/txt2vid, as Deforum's POST /deforum_api/batches: settings objects plus overrides."""
+
+    deforum_settings: List[Dict[str, Any]]
+    options_overrides: Optional[Dict[str, Any]] = None
+
+
+class BatchAccepted(BaseModel):
+    message: str
+    batch_id: str
+    job_ids: List[str]
+
+
+def validate_model(model: type[BaseModel], data: Any) -> BaseModel:
+    """Pydantic 2's model_validate or pydantic 1's parse_obj; errors become a 422 naming the field."""
+    validate = getattr(model, "model_validate", None) or model.parse_obj
+    try:
+        return validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, [(tuple(e["loc"]), e["msg"]) for e in exc.errors()]) from None
+
+
+def model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = getattr(model, "model_json_schema", None) or model.schema
+    return schema()
 
 
 def field_name(loc: Sequence[Any]) -> str:
@@ -219,6 +248,7 @@ class Validator:
             raise ApiError(422, [(("deforum_settings",), "empty list; give at least one settings object")])
         if len(items) > MAX_SETTINGS_PER_BATCH:
             raise ApiError(422, [(("deforum_settings",), f"at most {MAX_SETTINGS_PER_BATCH} settings objects per request")])
+        validate_model(Txt2VidRequest, {"deforum_settings": items, "options_overrides": overrides})
         errors: list[tuple[Sequence[Any], str]] = []
         out: list[dict[str, Any]] = []
         for i, item in enumerate(items):
@@ -604,11 +634,19 @@ def route_table(queue: jobs.JobQueue, *, allowed_roots: Sequence[str | os.PathLi
     ]
 
 
+def _docs(methods: list[str]) -> dict[str, Any]:
+    """The request and response models of the POST routes, for /docs (the endpoints read the body themselves)."""
+    if methods != ["POST"]:
+        return {}
+    body = {"content": {"application/json": {"schema": model_schema(Txt2VidRequest)}}, "required": True}
+    return {"openapi_extra": {"requestBody": body}, "response_model": BatchAccepted}
+
+
 def build_router(queue: jobs.JobQueue, **kwargs: Any) -> APIRouter:
     """The routes as an APIRouter, for apps that prefer `include_router`."""
     router = APIRouter()
     for path, endpoint, methods, status in route_table(queue, **kwargs):
-        router.add_api_route(path, endpoint, methods=methods, status_code=status)
+        router.add_api_route(path, endpoint, methods=methods, status_code=status, **_docs(methods))
     return router
 
 
@@ -620,7 +658,7 @@ def add_routes(app: Any, queue: jobs.JobQueue, *, allowed_roots: Sequence[str | 
     fastapi 0.94 to today, and the routes stay visible in `app.routes`.
     """
     for path, endpoint, methods, status in route_table(queue, allowed_roots=allowed_roots, model_roots=model_roots):
-        app.add_api_route(path, endpoint, methods=methods, status_code=status)
+        app.add_api_route(path, endpoint, methods=methods, status_code=status, **_docs(methods))
 
 
 def api_enabled(cmd_opts: Any) -> bool:
