@@ -189,7 +189,7 @@ MALFORMED = [
     ("constant-divide-by-zero", "0:(1/0)", 10, 0, "division by zero"),
     ("missing-colon", "0(1)", 10, None, "missing ':'"),
     ("missing-colon-second-key", "0:(1), 5(2)", 10, None, "missing ':'"),
-    ("missing-comma", "0:(1) 5:(2)", 10, 0, "numexpr does not allow"),
+    ("missing-comma", "0:(1) 5:(2)", 10, 0, "is a comma missing"),
     ("missing-value", "0:", 10, 0, "missing value"),
     ("missing-frame", ":(1)", 10, None, "missing frame"),
     ("double-comma", "0:(1),,5:(2)", 10, None, "empty keyframe"),

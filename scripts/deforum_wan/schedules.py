@@ -33,7 +33,13 @@ Deliberate differences, all where Deforum fails or gives nonsense:
 * a NaN or infinite value at any frame is an error (Deforum would silently
   interpolate over a NaN and pass an inf to the renderer);
 * numexpr reductions (``sum``, ``prod``, ``min``, ``max``) keep Deforum's
-  per-frame meaning: an expression using one is evaluated frame by frame;
+  per-frame meaning: over one frame's ``t`` a reduction is its argument's
+  value, so the argument is evaluated for all frames at once (and the whole
+  expression once, at the key, for numexpr's own type checks);
+* every expression (values and frame keys) passes the allow-list checker in
+  :mod:`.expressions` before numexpr sees it, and the distinct expressions of
+  one schedule may hold at most :data:`.expressions.EXPRESSION_BUDGET` syntax
+  nodes in total, which bounds numexpr's compile time;
 * string schedules take a value containing only digits as a string too
   (Deforum silently ignores such a key after frame 0 and crashes on one at
   frame 0), and surrounding whitespace is trimmed from string values.
@@ -49,12 +55,12 @@ from __future__ import annotations
 import math
 import numbers
 import re
-import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
-import numexpr
 import numpy as np
+
+from .expressions import Expression, ExpressionBudget, ScheduleError, evaluate
 
 __all__ = [
     "MAX_FRAME_KEY",
@@ -90,120 +96,21 @@ STRING_SCHEDULE_KEYS = frozenset(
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)$")
 _QUOTES_AND_PARENS = str.maketrans("", "", "'\"()")
 _QUOTES = str.maketrans("", "", "'\"")
-# numexpr's reductions collapse an array to one value, so over a vector of
-# frames they would mean something else than Deforum's per-frame evaluation.
-_REDUCTION = re.compile(r"\b(?:sum|prod|min|max)\s*\(")
-_CALLED_NAME = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\s*\(")
-_MESSAGE_PIECE_LIMIT = 80
-
-# Python's compiler warns on things like "(1)(2)" ("perhaps you missed a
-# comma?") before numexpr fails on them; the ScheduleError says all that is
-# needed. numexpr compiles under the file name "<expr>", so only its warnings
-# are silenced (a catch_warnings block per call would cost microseconds and is
-# not thread-safe).
-warnings.filterwarnings("ignore", category=SyntaxWarning, module="<expr>")
-
-
-class ScheduleError(ValueError):
-    """A schedule that cannot be evaluated, reported on one line.
-
-    ``key`` is the schedule's settings name, ``piece`` the offending text,
-    ``frame`` the frame it concerns (None when the problem is not tied to one)
-    and ``reason`` the plain explanation. Settings validation shows ``str()``
-    of this error to users, so it never carries a traceback or a newline.
-    """
-
-    def __init__(self, key: str, piece: str, frame: int | None, reason: str) -> None:
-        self.key = key
-        self.piece = piece
-        self.frame = frame
-        self.reason = _one_line(reason)
-        shown = _one_line(piece)
-        if len(shown) > _MESSAGE_PIECE_LIMIT:
-            shown = shown[: _MESSAGE_PIECE_LIMIT - 3] + "..."
-        where = f" at frame {frame}" if frame is not None else ""
-        super().__init__(f'{key}: cannot evaluate "{shown}"{where}: {self.reason}')
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keep the error picklable (multiprocessing, caches) despite the
-        # custom constructor.
-        return (type(self), (self.key, self.piece, self.frame, self.reason))
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+_VALUE_NAMES = ("t", "max_f", "s")
+_KEY_NAMES = ("max_f", "s")
 
 
 @dataclass(frozen=True)
 class _Keyframe:
     frame: int
-    value: str  # the value text, stripped; what numexpr sees
+    value: str  # the value text, stripped
     number: float | None  # set when the value is a plain number
     piece: str  # the whole "frame:(value)" text, for error messages
+    expression: Expression | None = None  # the checked value, when it is evaluated
 
 
 # --------------------------------------------------------------------------
-# numexpr evaluation with readable errors
-
-
-def _evaluate(
-    expr: str,
-    names: Mapping[str, Any],
-    *,
-    key: str,
-    frame: int | None,
-) -> np.ndarray:
-    """Run numexpr on ``expr`` and turn any failure into a ScheduleError."""
-    try:
-        result = numexpr.evaluate(expr, local_dict=dict(names), global_dict={})
-    except KeyError as exc:
-        name = exc.args[0] if exc.args else "?"
-        known = ", ".join(names)
-        raise ScheduleError(
-            key, expr, frame, f"unknown name {name!r} (known names: {known})"
-        ) from None
-    except SyntaxError as exc:
-        if not expr.strip():
-            reason = "empty expression"
-        elif exc.msg and exc.msg != "invalid syntax":
-            reason = f"invalid syntax ({exc.msg})"
-        else:
-            reason = "invalid syntax"
-        raise ScheduleError(key, expr, frame, reason) from None
-    except ZeroDivisionError:
-        raise ScheduleError(key, expr, frame, "division by zero") from None
-    except Exception as exc:  # numexpr raises many types; none may escape raw
-        raise ScheduleError(key, expr, frame, _explain(expr, exc)) from None
-    result = np.asarray(result)
-    kind = result.dtype.kind
-    if kind == "c":
-        raise ScheduleError(key, expr, frame, "result is a complex number")
-    if kind not in "biuf":
-        raise ScheduleError(key, expr, frame, "result is not a number")
-    return result
-
-
-def _explain(expr: str, exc: Exception) -> str:
-    message = _one_line(str(exc)) or type(exc).__name__
-    if isinstance(exc, TypeError) and "not callable" in message:
-        unknown = [
-            name
-            for name in _CALLED_NAME.findall(expr)
-            if name not in numexpr.expressions.functions
-        ]
-        if unknown:
-            return f"unknown function {unknown[0]!r}"
-    if isinstance(exc, NotImplementedError) and "opcode" in message:
-        return "a function got the wrong number or kind of arguments"
-    if isinstance(exc, RuntimeError) and "reduction" in message:
-        return "sum/prod/min/max must be the outermost operation"
-    if "boolean operators" in message:
-        return "use & | ~ instead of and / or / not"
-    if "forbidden control characters" in message:
-        return "contains characters numexpr does not allow (such as : ; [ or __)"
-    if "data type must provide an itemsize" in message:
-        return "result is text, not a number"
-    return message
+# Checked evaluation
 
 
 def _scalar(result: np.ndarray, expr: str, *, key: str, frame: int | None) -> float:
@@ -288,7 +195,7 @@ def _check_text(text: Any, key: str) -> str:
 
 
 def _frame_of_key(
-    key_text: str, max_frames: int, seed: int, key: str
+    key_text: str, max_frames: int, seed: int, key: str, budget: ExpressionBudget
 ) -> int:
     """Turn a frame key into an int; expression keys may come out negative."""
     stripped = key_text.strip()
@@ -310,7 +217,8 @@ def _frame_of_key(
     paren_problem = _paren_problem(expr)
     if paren_problem:
         raise ScheduleError(key, stripped, None, paren_problem)
-    result = _evaluate(expr, {"max_f": max_frames - 1, "s": seed}, key=key, frame=None)
+    expression = budget.check(expr, _KEY_NAMES, key=key, frame=None, piece=stripped)
+    result = evaluate(expression, {"max_f": max_frames - 1, "s": seed}, key=key, frame=None, piece=stripped)
     value = _scalar(result, stripped, key=key, frame=None)
     if abs(value) > MAX_FRAME_KEY:
         raise ScheduleError(
@@ -329,6 +237,7 @@ def _parse_keyframes(
     if len(pieces) > 1 and not pieces[-1].strip():
         pieces.pop()  # one trailing comma is harmless
     keyframes: dict[int, _Keyframe] = {}
+    budget = ExpressionBudget()
     for raw in pieces:
         piece = raw.strip()
         if not piece:
@@ -338,7 +247,7 @@ def _parse_keyframes(
             raise ScheduleError(
                 key, piece, None, "missing ':' between frame and value"
             )
-        frame = _frame_of_key(key_text, max_frames, seed, key)
+        frame = _frame_of_key(key_text, max_frames, seed, key, budget)
         value = value.strip()
         if not value:
             raise ScheduleError(key, piece, frame, "missing value after ':'")
@@ -346,14 +255,17 @@ def _parse_keyframes(
         if paren_problem:
             raise ScheduleError(key, value, frame, paren_problem)
         number: float | None = None
+        expression: Expression | None = None
         if numeric:
             plain = value.translate(_QUOTES_AND_PARENS)
             if _is_plain_number(plain):
                 number = float(plain)
                 if not math.isfinite(number):
                     raise ScheduleError(key, value, frame, "number is too large")
+            elif 0 <= frame < max_frames:
+                expression = budget.check(value, _VALUE_NAMES, key=key, frame=frame)
         if 0 <= frame < max_frames:
-            keyframes[frame] = _Keyframe(frame, value, number, piece)
+            keyframes[frame] = _Keyframe(frame, value, number, piece, expression)
     if not keyframes:
         raise ScheduleError(
             key,
@@ -384,20 +296,24 @@ def _evaluate_span(
 ) -> np.ndarray:
     """Evaluate an expression key on frames ``keyframe.frame .. stop-1``."""
     start = keyframe.frame
-    if _REDUCTION.search(keyframe.value):
-        return np.array(
-            [
-                _evaluate_at(keyframe.value, frame, max_frames, seed, key)
-                for frame in range(start, stop)
-            ],
-            dtype=np.float64,
-        )
+    expression = keyframe.expression
+    assert expression is not None
     names = {
         "t": np.arange(start, stop, dtype=np.int64),
         "max_f": max_frames - 1,
         "s": seed,
     }
-    result = _evaluate(keyframe.value, names, key=key, frame=start)
+    if expression.reduction:
+        # Deforum evaluates frame by frame, where t is one number and a
+        # reduction of it is its argument's value (numexpr's sum adds it to
+        # 0, which turns -0.0 into 0.0). Evaluating the whole expression at
+        # the key keeps numexpr's own refusals (a sum of booleans, say).
+        _evaluate_at(keyframe, start, max_frames, seed, key)
+        result = evaluate(expression, names, key=key, frame=start, piece=keyframe.value, argument=True)
+        if expression.reduction == "sum":
+            result = result + 0
+    else:
+        result = evaluate(expression, names, key=key, frame=start, piece=keyframe.value)
     if result.ndim == 0:
         return np.full(stop - start, float(result), dtype=np.float64)
     if result.shape != (stop - start,):
@@ -405,11 +321,12 @@ def _evaluate_span(
     return result.astype(np.float64, copy=False)
 
 
-def _evaluate_at(expr: str, frame: int, max_frames: int, seed: int, key: str) -> float:
+def _evaluate_at(keyframe: _Keyframe, frame: int, max_frames: int, seed: int, key: str) -> float:
+    assert keyframe.expression is not None
     names = {"t": frame, "max_f": max_frames - 1, "s": seed}
-    result = _evaluate(expr, names, key=key, frame=frame)
+    result = evaluate(keyframe.expression, names, key=key, frame=frame, piece=keyframe.value)
     if result.size != 1:
-        raise ScheduleError(key, expr, frame, "result is not a single number")
+        raise ScheduleError(key, keyframe.value, frame, "result is not a single number")
     return float(result.reshape(()))
 
 
@@ -525,7 +442,7 @@ def _parse_schedule_per_frame(
     def per_frame(keyframe: _Keyframe, stop: int) -> np.ndarray:
         return np.array(
             [
-                _evaluate_at(keyframe.value, frame, max_frames, seed, key)
+                _evaluate_at(keyframe, frame, max_frames, seed, key)
                 for frame in range(keyframe.frame, stop)
             ],
             dtype=np.float64,
@@ -560,7 +477,12 @@ def parse_string_schedule(
 
 
 def evaluate_frame_key(
-    text: str | int, max_frames: int, seed: int = -1, *, key: str = "schedule"
+    text: str | int,
+    max_frames: int,
+    seed: int = -1,
+    *,
+    key: str = "schedule",
+    budget: ExpressionBudget | None = None,
 ) -> int:
     """Turn a keyframe key (``10``, ``"max_f-1"``, ``'max_f/2'``) into a frame.
 
@@ -569,6 +491,7 @@ def evaluate_frame_key(
     Expression keys (of ``max_f`` = max_frames-1 and ``s`` = seed) are
     truncated toward zero like Deforum's ``int()``, and may come out negative
     when max_frames is small; callers drop those, like keys past the end.
+    Pass one ``budget`` for all the keys of one dict to bound their cost.
     """
     max_frames = _check_max_frames(max_frames, key)
     if isinstance(text, numbers.Integral) and not isinstance(text, (bool, np.bool_)):
@@ -577,17 +500,25 @@ def evaluate_frame_key(
         raise ScheduleError(
             key, repr(text), None, f"expected a frame number, got {type(text).__name__}"
         )
-    return _frame_of_key(text, max_frames, _check_seed(seed, key), key)
+    return _frame_of_key(text, max_frames, _check_seed(seed, key), key, budget or ExpressionBudget())
 
 
 def evaluate_expression(
-    expr: str, frame: int, max_frames: int, seed: int = -1, *, key: str
+    expr: str,
+    frame: int,
+    max_frames: int,
+    seed: int = -1,
+    *,
+    key: str,
+    budget: ExpressionBudget | None = None,
 ) -> float:
     """Evaluate one numexpr expression of ``t``, ``max_f`` and ``s`` at a frame.
 
     Used for backtick expressions inside prompts, so they understand the same
     names and functions as schedules. Raises :class:`ScheduleError` naming
-    ``key`` and ``frame`` for bad syntax, unknown names and NaN/inf results.
+    ``key`` and ``frame`` for bad syntax, unknown names, anything the
+    checker refuses and NaN/inf results. Pass one ``budget`` for all the
+    expressions of one text to bound their cost.
     """
     max_frames = _check_max_frames(max_frames, key)
     if not isinstance(expr, str):
@@ -603,5 +534,5 @@ def evaluate_expression(
     if paren_problem:
         raise ScheduleError(key, expr, frame, paren_problem)
     names = {"t": frame, "max_f": max_frames - 1, "s": _check_seed(seed, key)}
-    result = _evaluate(expr, names, key=key, frame=frame)
-    return _scalar(result, expr, key=key, frame=frame)
+    expression = (budget or ExpressionBudget()).check(expr, _VALUE_NAMES, key=key, frame=frame)
+    return _scalar(evaluate(expression, names, key=key, frame=frame), expr, key=key, frame=frame)
