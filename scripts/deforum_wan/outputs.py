@@ -6,15 +6,17 @@ and resume a render by its timestring. We write the same names so Deforum's own
 tools (resume, video upscaling, frame interpolation) work on our output.
 
 Every file is written to a temporary name and renamed, so a render killed at any
-moment leaves only whole frames behind, and resume can trust what it finds.
+moment leaves only whole frames behind, and resume can trust what it finds. Files
+get the permissions any other program's files get under the user's umask (0644
+usually), as Deforum's own do.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import secrets
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,15 +128,29 @@ def find_timestrings(folder: str | Path) -> list[str]:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file in the same folder and a rename.
+
+    The temporary file is created with mode 0666 and the kernel applies the umask,
+    as it does for Deforum's files (mkstemp would make every file 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _attempt in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 100 random names taken
+        raise OutputError(f"cannot create a temporary file in {path.parent}")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -194,7 +210,7 @@ def stitch_video(
         raise OutputError(f"cannot make the video: only {have} of {frame_count} frames are in {folder}")
     out = video_file(folder, timestring)
     base = [
-        ffmpeg_exe(), "-y", "-loglevel", "error",
+        ffmpeg_exe(), "-y", "-loglevel", "error", "-protocol_whitelist", "file",
         "-framerate", _fps_arg(fps), "-start_number", "0",
         "-i", str(folder / f"{timestring}_%09d.png"),
     ]
@@ -206,8 +222,10 @@ def stitch_video(
     tmp = folder / f".{timestring}.tmp.mp4"
     audio = _soundtrack_input(soundtrack, warnings)
     if audio:
-        network = ["-rw_timeout", "20000000"] if re.match(r"^https?://", audio) else []
-        cmd = base + network + ["-i", audio] + video_opts + ["-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-shortest", str(tmp)]
+        # A local file only (see _soundtrack_input); the whitelist keeps ffmpeg from following
+        # any URL a file might name inside (playlists, references).
+        cmd = (base + ["-protocol_whitelist", "file", "-i", audio] + video_opts
+               + ["-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-shortest", str(tmp)])
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode == 0:
             os.replace(tmp, out)
@@ -240,15 +258,27 @@ def _fps_arg(fps: float) -> str:
 
 
 def _soundtrack_input(soundtrack: str | None, warnings: list[str]) -> str | None:
+    """A readable local file, or None with a warning. ffmpeg never gets a URL: the render fetches
+    a URL soundtrack itself (deforum_wan.fetch) and passes the file it saved."""
     if not soundtrack or soundtrack.strip().lower() in ("", "none"):
         return None
-    if re.match(r"^https?://", soundtrack):
-        return soundtrack  # ffmpeg reads it; if it cannot, the video is saved without sound and a warning says so
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", soundtrack.strip()) or soundtrack.strip().lower().startswith("data:"):
+        warnings.append(f"soundtrack_path {soundtrack!r} is a URL; only local files go to ffmpeg; "
+                        "video saved without sound")
+        return None
     path = Path(soundtrack).expanduser()
-    if path.is_file() and os.access(path, os.R_OK):
-        return str(path)
-    warnings.append(f"soundtrack_path {soundtrack!r} is not a readable file; video saved without sound")
-    return None
+    if not (path.is_file() and os.access(path, os.R_OK)):
+        warnings.append(f"soundtrack_path {soundtrack!r} is not a readable file; video saved without sound")
+        return None
+    from .fetch import FetchError, check_audio
+
+    try:
+        with open(path, "rb") as f:
+            check_audio(f.read(16))  # a playlist or other text could make ffmpeg open further files or URLs
+    except (OSError, FetchError) as exc:
+        warnings.append(f"soundtrack_path {soundtrack!r}: {exc}; video saved without sound")
+        return None
+    return str(path)
 
 
 def _last_line(text: str) -> str:
