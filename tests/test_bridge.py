@@ -75,7 +75,9 @@ def test_a_job_runs_in_a_worker_and_streams_its_events(tiny_models, tmp_path):
     assert_complete(outcome, 24)
     kinds = [e["type"] for e in events]
     assert kinds[0] == "worker" and events[0]["pid"] > 0
-    assert kinds[1] == "start" and kinds[-1] == "done" and "step" in kinds and "frames" in kinds
+    # the worker says what it runs on before the render starts; the job record keeps it
+    assert kinds[1] == "environment" and events[1]["torch"] and events[1]["diffusers"] and events[1]["device"] == "cpu"
+    assert kinds[2] == "start" and kinds[-1] == "done" and "step" in kinds and "frames" in kinds
     assert outcome.last_event["type"] == "done" and Path(outcome.folder).name.startswith("bridge_")
 
 
@@ -148,7 +150,7 @@ def test_worker_imports_diffusers_from_the_private_folder(tiny_models, tmp_path,
     argv, env = worker_command(tmp_path / "job.json", config)
     paths = env["PYTHONPATH"].split(os.pathsep)
     assert paths[0] == str(private_diffusers.resolve()) and paths[1] == str(bridge.SCRIPTS_DIR)
-    assert argv[1:4] == ["-m", "deforum_wan", "worker"]
+    assert argv[1:5] == ["-s", "-m", "deforum_wan", "worker"]
     probe = subprocess.run([config.python, "-c", "import diffusers, importlib.metadata as m; "
                             "print(diffusers.__file__); print(m.distribution('diffusers')._path)"],
                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -238,7 +240,7 @@ def test_a_worker_that_exits_without_a_result_is_a_crash_with_its_last_words(fak
 def test_missing_renderer_libraries_say_how_to_install_them(fake_worker, tmp_path):
     outcome = run_job({"settings": {}, "model": "x"}, on_event=Events(), config=fake_worker("missing"), workdir=tmp_path)
     assert outcome.status == "failed"
-    assert "No module named 'diffusers'" in outcome.error and "install-deps" in outcome.error
+    assert "No module named 'diffusers'" in outcome.error and deps.install_command() in outcome.error
 
 
 def test_cancel_uses_the_stop_file(fake_worker, tmp_path):

@@ -173,7 +173,9 @@ def _worker_job(path: Path, **job) -> Path:
 
 
 def _events(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    """The render's events (the worker's opening environment event is checked in test_hosts.py)."""
+    events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    return [e for e in events if e["type"] != "environment"]
 
 
 def test_sigkill_mid_render_then_resume_is_complete_and_identical(tiny_models, tmp_path):

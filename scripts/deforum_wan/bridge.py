@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1]
 ENV_WORKER_PYTHON = "DEFORUM_WAN_WORKER_PYTHON"
+ISOLATE_ENV = "DEFORUM_WAN_ISOLATE"  # isolation.ENV (isolation.py is the worker's side)
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130  # as in worker.py (not imported: it pulls in the renderer)
 STDERR_LINES = 60
 _RENDER_LIBS = ("'diffusers", "'transformers", "'accelerate", "'huggingface_hub", "'tokenizers", "'safetensors")
@@ -90,8 +91,24 @@ def _is_site_dir(path: Path) -> bool:
     return path.name in ("site-packages", "dist-packages")
 
 
+def isolation_config(private: str | None) -> dict | None:
+    """What the worker may import besides the standard library: the private folder, this package and,
+    when the folder's manifest says the worker reuses the host's torch, that torch and what it needs.
+
+    None for a folder without a manifest (made by hand): it is only put first on the path.
+    """
+    if not private:
+        return None
+    manifest = deps.read_manifest(private)
+    if manifest is None:
+        return None
+    trusted = [str(Path(private).resolve())] + ([] if _is_site_dir(SCRIPTS_DIR) else [str(SCRIPTS_DIR)])
+    # deforum-wan itself, where it was installed with pip rather than run from the extension's folder
+    return {"trusted": trusted, "allow": ["deforum-wan", *deps.worker_allowlist(manifest)]}
+
+
 def worker_env(config: WorkerConfig | None = None) -> dict[str, str]:
-    """Environment of a worker process: PYTHONPATH=<deps>:<scripts dir>:<inherited>."""
+    """Environment of a worker process: PYTHONPATH=<deps>:<scripts dir>:<inherited>, and its isolation."""
     config = config or WorkerConfig()
     env = {**os.environ, **{str(k): str(v) for k, v in config.env.items()}}
     parts: list[str] = []
@@ -105,15 +122,39 @@ def worker_env(config: WorkerConfig | None = None) -> dict[str, str]:
         parts.append(inherited)
     if parts:
         env["PYTHONPATH"] = os.pathsep.join(parts)
+    isolation = isolation_config(private)
+    if isolation is not None:
+        env[ISOLATE_ENV] = json.dumps(isolation)
+    else:
+        env.pop(ISOLATE_ENV, None)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
     return env
 
 
 def worker_command(job_path: str | Path, config: WorkerConfig | None = None) -> tuple[list[str], dict[str, str]]:
-    """argv and environment of the worker for `job_path`."""
+    """argv and environment of the worker for `job_path` (`-s`: the user's own site-packages stay out too)."""
     config = config or WorkerConfig()
-    return [config.python, "-m", "deforum_wan", "worker", str(job_path)], worker_env(config)
+    return [config.python, "-s", "-m", "deforum_wan", "worker", str(job_path)], worker_env(config)
+
+
+def probe_worker(config: WorkerConfig | None = None, timeout: float = 300.0) -> dict:
+    """The worker's own account of its environment (torch, libraries, devices), started exactly as a job's
+    worker is; {"error": ...} when it cannot start or import its libraries."""
+    config = config or WorkerConfig()
+    private = resolve_deps_dir(config)
+    argv, env = worker_command("--probe", replace(config, deps_dir=private or ""))
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
+                              timeout=timeout, encoding="utf-8", errors="replace")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"error": f"cannot run the worker with {config.python}: {exc}", "deps_dir": private}
+    for line in reversed(proc.stdout.splitlines()):
+        event = _parse(line)
+        if event and event.get("type") == "environment":
+            return {**event, "deps_dir": private}
+    tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or ["no output"]
+    return {"error": f"the worker exited with code {proc.returncode}: {tail[0]}", "deps_dir": private}
 
 
 # --------------------------------------------------------------------------- host model
@@ -392,7 +433,7 @@ def _outcome(rc: int | None, t: _Tracker, stderr: list[str], stopping: dict) -> 
     elif rc == EXIT_FAILED and kind == "error":
         status, error = "failed", str(final.get("message") or final.get("error_type") or "the render failed")
         if final.get("error_type") == "ModuleNotFoundError" and any(m in error for m in _RENDER_LIBS):
-            error += f" (the renderer's libraries are missing: run `{sys.executable} -m deforum_wan install-deps`)"
+            error += f" (the renderer's libraries are missing: run {deps.install_command()})"
     elif kind == "interrupted" and rc in (EXIT_OK, EXIT_INTERRUPTED):
         status = "interrupted"
     elif stopping["cancelled"]:

@@ -183,9 +183,21 @@ def cmd_install_deps(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .worker import run_worker
+    from .worker import run_probe, run_worker
 
+    if args.probe:
+        return run_probe()
+    if not args.job:
+        raise ValueError("worker: give a job JSON file (or --probe)")
     return run_worker(args.job)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose, format_report
+
+    report = diagnose(models_dir=args.models_dir, probe=not args.no_worker)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
+    return 0 if report["ok"] else 1
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
@@ -199,6 +211,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "qwen": (cmd_qwen, "list the Qwen models --enhance can use, or download one by its repo id"),
     "ui": (cmd_ui, "serve the Wan tab and its API without a web UI"),
     "install-deps": (cmd_install_deps, "fill the private folder of renderer libraries the worker uses"),
+    "doctor": (cmd_doctor, "explain the environment renders run in, and what to run for anything missing"),
 }
 
 
@@ -229,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", nargs="*", help="only these kinds (default: all)")
 
     p = sub.add_parser("worker", help=COMMANDS["worker"][1])
-    p.add_argument("job", help="job JSON file")
+    p.add_argument("job", nargs="?", help="job JSON file")
+    p.add_argument("--probe", action="store_true", help="print the worker's environment as one JSON line and exit")
 
     p = sub.add_parser("enhance", help=COMMANDS["enhance"][1])
     p.add_argument("settings", help="Deforum settings file (.txt/.json)")
@@ -261,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("install-deps", help=COMMANDS["install-deps"][1])
     p.add_argument("target", nargs="?", help="folder (default: the extension's .deps)")
     p.add_argument("--dry-run", action="store_true", help="print what would be installed")
+
+    p = sub.add_parser("doctor", help=COMMANDS["doctor"][1])
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--models-dir", help="models folder (default: $DEFORUM_WAN_MODELS or models/wan)")
+    p.add_argument("--no-worker", action="store_true", help="do not start a worker to ask for its versions")
     return parser
 
 

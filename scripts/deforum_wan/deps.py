@@ -11,8 +11,12 @@ What goes in, and why:
   `requirements_for(python)`, with the host's torch stood in by an empty stub
   wheel of the same version, so pip picks versions that work with the host's
   torch and never looks at torch's own (huge) dependency tree;
-- never installed: torch, torchvision, torchaudio, triton, nvidia-*, cuda-*
-  (one torch, the host's);
+- the torch: the host's when it can run the renderer (torchenv.py decides);
+  then torch, torchvision, torchaudio, triton, nvidia-*, cuda-* are never
+  installed (one torch, the host's). When the host's torch is too old (stock
+  A1111 and Forge), a torch of the right flavour (CUDA, ROCm, CPU) is resolved
+  together with the libraries and installed privately with everything it needs,
+  and nothing is taken from the host;
 - shared with the host: numpy, pillow and the packages the host's torch itself
   depends on (filelock, fsspec, typing-extensions, sympy, ...). The host's copy
   is kept when it satisfies every requirement of the new libraries; only when
@@ -47,8 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import installing, torchenv
+
 MANIFEST = "deforum_wan_deps.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: records the worker's torch
 ENV_DEPS_DIR = "DEFORUM_WAN_DEPS_DIR"
 
 # Tested sets. diffusers 0.42 and transformers >= 5.21 need Python >= 3.11.
@@ -56,8 +62,10 @@ _PINS: dict[str, dict[str, str]] = {
     "py310": {"diffusers": "0.41.0", "transformers": "5.20.2", "accelerate": "1.15.0"},
     "newest": {"diffusers": "0.42.1", "transformers": "5.23.0", "accelerate": "1.15.0"},
 }
-# What the Wan pipelines and the Qwen enhancer import beyond the three above.
-_COMMON = ["huggingface_hub>=1.0", "tokenizers>=0.22", "safetensors>=0.4.3", "ftfy>=6.0", "tqdm>=4.60", "regex"]
+# What the Wan pipelines and the Qwen enhancer import beyond the three above, and what this package's
+# own core needs (pyproject's dependencies): the worker sees nothing of the host but its torch.
+_COMMON = ["huggingface_hub>=1.0", "tokenizers>=0.22", "safetensors>=0.4.3", "ftfy>=6.0", "tqdm>=4.60", "regex",
+           "numpy>=1.23", "numexpr>=2.8", "pillow>=9.0", "imageio-ffmpeg>=0.4.9"]
 
 # Never installed privately: the worker uses the host's one torch.
 _NEVER = re.compile(r"^(torch|torchvision|torchaudio|triton|pytorch[-_]triton.*|nvidia[-_].*|cuda[-_].*)$")
@@ -76,6 +84,14 @@ def normalize(name: str) -> str:
 
 def extension_root() -> Path:
     return Path(__file__).resolve().parents[2]
+
+
+def install_command() -> str:
+    """The one command that fills the private folder, runnable from any folder (the web UI's included)."""
+    installer = extension_root() / "install.py"
+    if installer.is_file():
+        return f'"{sys.executable}" "{installer}"'
+    return f'"{sys.executable}" -m deforum_wan install-deps'
 
 
 def deps_dir() -> Path:
@@ -205,18 +221,19 @@ def _requires(item: dict) -> list:
     return out
 
 
-def _wanted(items: list[dict]) -> dict[str, dict]:
+def _wanted(items: list[dict], never: re.Pattern[str] | None = _NEVER) -> dict[str, dict]:
     """The report items reachable from what was asked for without passing through torch & co."""
     by_name = {normalize((i.get("metadata") or {}).get("name", "")): i for i in items}
     roots = [n for n, i in by_name.items() if i.get("requested")] or list(by_name)
+    skip = (lambda n: bool(never.match(n))) if never is not None else (lambda n: False)
     seen: dict[str, dict] = {}
-    todo = [n for n in roots if not _NEVER.match(n)]
+    todo = [n for n in roots if not skip(n)]
     while todo:
         name = todo.pop()
         if name in seen or name not in by_name:
             continue
         seen[name] = by_name[name]
-        todo += [normalize(r.name) for r in _requires(by_name[name]) if not _NEVER.match(normalize(r.name))]
+        todo += [normalize(r.name) for r in _requires(by_name[name]) if not skip(normalize(r.name))]
     return seen
 
 
@@ -225,11 +242,18 @@ def plan_from_report(
     *,
     shared: set[str] | None = None,
     host: Callable[[str], str | None] = host_version,
+    private_torch: bool = False,
 ) -> InstallPlan:
-    """Split a `pip --report` into private installs, kept host packages and packages left to the host's torch."""
+    """Split a `pip --report` into private installs, kept host packages and packages left to the host's torch.
+
+    With `private_torch` the worker gets its own torch: everything in the report
+    is installed privately and nothing is taken from the host.
+    """
     items = [i for i in report.get("install") or [] if (i.get("metadata") or {}).get("name")]
+    if private_torch:
+        shared = set()
     shared = {normalize(n) for n in (shared if shared is not None else (_SHARED_ALWAYS | torch_dependencies()))}
-    wanted = _wanted(items)
+    wanted = _wanted(items, None if private_torch else _NEVER)
     needs: dict[str, list[str]] = {}
     for item in wanted.values():
         for req in _requires(item):
@@ -283,12 +307,20 @@ def _b64sha(text: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
 
 
-def resolve(requirements: Sequence[str], workdir: Path, runner: Runner = _run_pip) -> dict:
-    """The pip report for `requirements` as if nothing were installed, with the host's torch fixed."""
+def resolve(requirements: Sequence[str], workdir: Path, runner: Runner = _run_pip,
+            choice: torchenv.TorchChoice | None = None) -> dict:
+    """The pip report for `requirements` as if nothing were installed, against the worker's torch.
+
+    Reusing the host's torch, an empty stub wheel of its version stands in for it;
+    with a private torch, its requirement is resolved with the rest (from its index).
+    """
     args = ["install", "--dry-run", "--ignore-installed", "--prefer-binary", "--quiet",
             "--report", str(workdir / "report.json")]
     torch = host_version("torch")
-    if torch:
+    if choice is not None and choice.mode == "private":
+        requirements = [choice.requirement or "torch", *requirements]
+        args += _index_args(choice)
+    elif torch:
         stubs = workdir / "stub"
         stubs.mkdir(exist_ok=True)
         _wheel, stub_version = _stub_torch(stubs, torch)
@@ -299,6 +331,11 @@ def resolve(requirements: Sequence[str], workdir: Path, runner: Runner = _run_pi
     if result.returncode != 0:
         raise DepsError("pip could not resolve " + " ".join(requirements) + ": " + _tail(result.stderr or result.stdout))
     return json.loads((workdir / "report.json").read_text(encoding="utf-8"))
+
+
+def _index_args(choice: torchenv.TorchChoice | None) -> list[str]:
+    """The torch's index beside the user's own (torch's local version tag picks the flavour there)."""
+    return ["--extra-index-url", choice.index_url] if choice is not None and choice.index_url else []
 
 
 class DepsError(RuntimeError):
@@ -332,7 +369,11 @@ def _dist_infos(target: Path) -> set[tuple[str, str]]:
 
 
 def why_unsatisfied(target: str | Path | None = None) -> str | None:
-    """None when the folder is ready for this Python; else one line saying what is missing or stale."""
+    """None when the folder is ready for this Python and torch; else one line saying what is missing or stale.
+
+    Cheap (a manifest, a directory listing, a few metadata reads): it runs at
+    every web-UI start and before every job.
+    """
     target = Path(target) if target is not None else deps_dir()
     manifest = read_manifest(target)
     if manifest is None:
@@ -342,6 +383,9 @@ def why_unsatisfied(target: str | Path | None = None) -> str | None:
             return f"installed for {key} {manifest.get(key)}, this is {value}"
     if manifest.get("requirements") != requirements_for(sys.version_info[:2]):
         return "the required versions changed"
+    stale = _torch_stale(manifest.get("torch") or {})
+    if stale:
+        return stale
     present = _dist_infos(target)
     for name, version in (manifest.get("installed") or {}).items():
         if (normalize(name), version) not in present:
@@ -351,6 +395,27 @@ def why_unsatisfied(target: str | Path | None = None) -> str | None:
         if have is None or not satisfies(have, info.get("needs", "")):
             return f"the host's {name} changed to {have or 'nothing'} (the renderer needs {info.get('needs')})"
     return None
+
+
+def _torch_stale(recorded: dict) -> str | None:
+    """Why the recorded torch choice no longer holds (an override changed, the host's torch changed)."""
+    for env, key in ((torchenv.ENV_TORCH, "override"), (torchenv.ENV_TORCH_INDEX, "override_index")):
+        if (os.environ.get(env) or None) != recorded.get(key):
+            return f"{env} changed to {os.environ.get(env) or 'nothing'}"
+    host = host_version("torch")
+    if recorded.get("mode") == "host" and host != recorded.get("host_version"):
+        return f"the host's torch changed from {recorded.get('host_version')} to {host or 'nothing'}"
+    if recorded.get("mode") == "private" and not recorded.get("override"):
+        if torchenv.version_tuple(host)[:2] >= torchenv.MIN_TORCH:
+            return f"the host's torch {host} can now run the renderer: the private torch is no longer needed"
+    return None
+
+
+def worker_allowlist(manifest: dict | None) -> list[str]:
+    """The host distributions a worker using this folder may import: its torch and what it relies on."""
+    if not manifest or (manifest.get("torch") or {}).get("mode") != "host":
+        return []
+    return sorted({"torch", *torch_dependencies(), *(manifest.get("host") or {})})
 
 
 def deps_satisfied(target: str | Path | None = None) -> bool:
@@ -371,7 +436,10 @@ def _folder_size(path: Path) -> int:
 
 def _summary(manifest: dict) -> str:
     inst = manifest.get("installed") or {}
-    return ", ".join(f"{n} {inst[n]}" for n in ("diffusers", "transformers") if n in inst)
+    torch = manifest.get("torch") or {}
+    where = "private" if torch.get("mode") == "private" else "the host's"
+    parts = [f"torch {torch.get('version')} ({where})"] if torch.get("version") else []
+    return ", ".join(parts + [f"{n} {inst[n]}" for n in ("diffusers", "transformers") if n in inst])
 
 
 def install_private_deps(
@@ -380,11 +448,13 @@ def install_private_deps(
     dry_run: bool = False,
     runner: Runner | None = None,
     out: Callable[[str], None] = print,
+    choice: torchenv.TorchChoice | None = None,
 ) -> int:
     """Fill `target` (default deps_dir()) for this Python; returns a process exit code.
 
     Idempotent: when the manifest matches, pip is not called at all. A dry run
-    resolves and prints the plan without installing anything.
+    resolves and prints the plan without installing anything. `choice` is the
+    worker's torch (default: torchenv decides from this python and its GPUs).
     """
     run = runner or _run_pip
     folder = Path(target).expanduser() if target else deps_dir()
@@ -398,48 +468,80 @@ def install_private_deps(
     except ValueError as exc:
         out(f"Deforum Wan: {exc}")
         return 1
+    choice = choice or torchenv.choice_from_environment()
+    if choice.mode == "unsupported":
+        out(f"Deforum Wan: no torch can run the renderer here: {choice.reason}")
+        return 1
+    if host_version("torch") is None and choice.mode == "host":
+        out(f"Deforum Wan: {sys.executable} has no torch; set {torchenv.ENV_TORCH} to the torch to install")
+        return 1
     started = time.perf_counter()
-    if not dry_run:
-        out(f"Deforum Wan: installing renderer libraries into {folder} ({reason}); this takes a minute or two")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".deforum-wan-resolve-", dir=folder.parent) as tmp:
-        try:
-            plan = plan_from_report(resolve(requirements, Path(tmp), run))
-        except (DepsError, OSError, ValueError) as exc:
-            out(f"Deforum Wan: {exc}")
+    with installing.InstallLock(folder) as lock:
+        if not lock.acquired:
+            out(f"Deforum Wan: another install into {folder} is running (process {lock.holder}); try again when it ends")
             return 1
-    if host_version("torch") is None:
-        plan.notes.append(f"{sys.executable} has no torch: the worker runs with the host's python and torch, "
-                          "so install with that python")
-    if dry_run:
-        out(f"Deforum Wan: plan for {folder} (Python {_python_tag()['python']}; {reason or 'already satisfied'}):")
-        for line in plan.lines():
-            out(line)
-        return 0
-    for note in plan.notes:
-        out(f"Deforum Wan: {note}")
+        if not dry_run:
+            out(f"Deforum Wan: installing renderer libraries into {folder} ({reason})")
+            out(f"Deforum Wan: worker torch: {choice.reason}")
+        with tempfile.TemporaryDirectory(prefix=".deforum-wan-resolve-", dir=folder.parent) as tmp:
+            try:
+                report = resolve(requirements, Path(tmp), run, choice)
+                plan = plan_from_report(report, private_torch=choice.mode == "private")
+            except (DepsError, OSError, ValueError) as exc:
+                out(f"Deforum Wan: {exc}")
+                return 1
+        if dry_run:
+            out(f"Deforum Wan: plan for {folder} (Python {_python_tag()['python']}; {reason or 'already satisfied'}; "
+                f"torch: {choice.reason}):")
+            for line in plan.lines():
+                out(line)
+            return 0
+        for note in plan.notes:
+            out(f"Deforum Wan: {note}")
+        sizes = installing.download_sizes(report, plan.private)
+        out(f"Deforum Wan: {len(plan.private)} packages ({_headline(plan.private)}), "
+            f"{installing.format_size(sizes)} to download")
+        manifest = _install(folder, plan, requirements, choice, run, out, started)
+        if manifest is None:
+            return 1
+    size = _folder_size(folder) / 2**20
+    out(f"Deforum Wan: renderer libraries ready in {folder} ({_summary(manifest)}; "
+        f"{len(plan.private)} packages, {size:.0f} MiB on disk, {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def _headline(private: dict[str, str]) -> str:
+    names = [n for n in ("torch", "diffusers", "transformers", "accelerate") if n in private]
+    return ", ".join(f"{n} {private[n]}" for n in names) + (", ..." if len(private) > len(names) else "")
+
+
+def _install(folder: Path, plan: InstallPlan, requirements: list[str], choice: torchenv.TorchChoice,
+             run: Runner, out: Callable[[str], None], started: float) -> dict | None:
+    """pip into a staging folder that replaces `folder` only when complete; the manifest, or None on failure."""
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
     try:
         specs = [f"{n}=={v}" for n, v in sorted(plan.private.items())]
         result = run(["install", "--no-deps", "--prefer-binary", "--quiet", "--no-warn-script-location",
-                      "--target", str(staging), *specs])
+                      *_index_args(choice), "--target", str(staging), *specs])
         if result.returncode != 0:
             out(f"Deforum Wan: pip could not install the renderer libraries: {_tail(result.stderr or result.stdout)}")
-            return 1
+            return None
+        host_torch = host_version("torch")
+        torch = {**choice.to_dict(), "override": os.environ.get(torchenv.ENV_TORCH) or None,
+                 "override_index": os.environ.get(torchenv.ENV_TORCH_INDEX) or None, "host_version": host_torch,
+                 "version": plan.private.get("torch") if choice.mode == "private" else host_torch}
         manifest = {
-            "format": MANIFEST_FORMAT, **_python_tag(), "requirements": requirements,
+            "format": MANIFEST_FORMAT, **_python_tag(), "requirements": requirements, "torch": torch,
             "installed": dict(sorted(plan.private.items())), "host": dict(sorted(plan.host.items())),
             "left_to_host": dict(sorted(plan.dropped.items())), "notes": plan.notes,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - started, 1),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         _replace_folder(staging, folder)
+        return manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    size = _folder_size(folder) / 2**20
-    out(f"Deforum Wan: renderer libraries ready in {folder} ({_summary(manifest)}; "
-        f"{len(plan.private)} packages, {size:.0f} MiB, {time.perf_counter() - started:.0f} s)")
-    return 0
 
 
 def _replace_folder(staging: Path, folder: Path) -> None:

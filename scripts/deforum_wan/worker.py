@@ -8,7 +8,11 @@ every finished frame stays on disk.
 """
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
+import os
+import platform
 import signal
 import sys
 import threading
@@ -50,6 +54,79 @@ def job_from_dict(data: dict[str, Any]) -> RenderJob:
     return RenderJob(**{**data, "settings": load_settings(data["settings"]), "options": PlanOptions(**options)})
 
 
+# Packages the hosts carry that break the renderer when it can import them (kornia 0.6.7, peft 0.13.2,
+# an old xformers): the environment event says whether this worker can see them.
+WATCHED_HOST_PACKAGES = ("kornia", "peft", "xformers")
+ATTENTION_PACKAGES = ("flash_attn", "flash_attn_interface", "sageattention", "xformers")
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _module_file(name: str) -> str | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return None if spec is None else (spec.origin or "namespace")
+
+
+def environment_facts() -> dict[str, Any]:
+    """What this worker really runs on: its python, torch, libraries, devices and attention backends.
+
+    Every import is guarded: a broken library is reported by name, not raised,
+    so `doctor` can say what is wrong.
+    """
+    from . import isolation
+
+    facts: dict[str, Any] = {"type": "environment", "python": platform.python_version(),
+                             "executable": sys.executable, "platform": platform.platform(terse=True),
+                             "isolation": isolation.describe(), "errors": {}}
+    try:
+        import torch
+
+        facts.update(torch=torch.__version__, torch_path=os.path.dirname(torch.__file__),
+                     cuda=torch.version.cuda, hip=getattr(torch.version, "hip", None))
+        devices = []
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                free, total = torch.cuda.mem_get_info(i)
+                props = torch.cuda.get_device_properties(i)
+                devices.append({"device": f"cuda:{i}", "name": props.name, "capability": f"{props.major}.{props.minor}",
+                                "free_mib": free // 2**20, "total_mib": total // 2**20})
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            devices.append({"device": "mps", "name": "Apple Metal"})
+        devices.append({"device": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()})
+        facts["devices"] = devices
+        facts["device"] = devices[0]["device"]
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        facts["errors"]["torch"] = f"{type(exc).__name__}: {exc}"
+    for name in ("diffusers", "transformers", "accelerate"):
+        try:
+            module = __import__(name)
+            facts[name] = getattr(module, "__version__", _dist_version(name))
+            facts[f"{name}_path"] = os.path.dirname(module.__file__ or "")
+        except Exception as exc:  # noqa: BLE001
+            facts["errors"][name] = f"{type(exc).__name__}: {exc}"
+    facts["attention"] = ["sdpa"] + [n for n in ATTENTION_PACKAGES if _module_file(n)] if "torch" in facts else []
+    facts["host_packages_seen"] = {n: _dist_version(n) for n in WATCHED_HOST_PACKAGES if _module_file(n)}
+    return facts
+
+
+def run_probe(out: TextIO | None = None) -> int:
+    """`worker --probe`: the environment event alone, for `doctor` and the tab's Environment panel."""
+    out = out or sys.stdout
+    facts = environment_facts()
+    out.write(json.dumps(facts, ensure_ascii=False, default=str) + "\n")
+    out.flush()
+    return EXIT_OK if not facts["errors"] else EXIT_FAILED
+
+
 def run_worker(job_path: str, out: TextIO | None = None) -> int:
     from .render import render
 
@@ -72,6 +149,7 @@ def run_worker(job_path: str, out: TextIO | None = None) -> int:
         signal.signal(sig, on_signal)
     try:
         job = job_from_dict(json.loads(Path(job_path).read_text(encoding="utf-8")))
+        emit(environment_facts())
         result = render(job, on_event=emit, should_stop=stop.is_set)
     except Exception as exc:  # the error event is the worker's last word; the parent reads it
         emit({"type": "error", "error_type": type(exc).__name__, "message": str(exc) or type(exc).__name__,

@@ -1,0 +1,115 @@
+"""`deforum-wan doctor`: the environment renders run in, on one screen, with the fix for each missing piece.
+
+Renders run in a worker process whose torch and libraries are not the web
+UI's, so "which diffusers is this?" cannot be answered by looking at the host:
+the doctor starts a worker exactly as a job does and asks it (`worker --probe`).
+The host side here stays light (no torch import): the tab calls it too.
+"""
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import deps, torchenv
+
+QWEN_SUGGESTION = "Qwen/Qwen2.5-3B-Instruct"
+WAN_SUGGESTION = "Wan-AI/Wan2.1-VACE-1.3B-diffusers"
+
+
+def diagnose(models_dir: str | Path | None = None, probe: bool = True, config: Any = None) -> dict[str, Any]:
+    """Facts about host, private folder, worker and models, plus `fixes`: one command per missing piece."""
+    from .bridge import WorkerConfig, probe_worker, resolve_deps_dir
+    from .enhance import find_qwen_models
+    from .models import default_models_dir, scan_models
+
+    config = config or WorkerConfig()
+    host = torchenv.read_host_torch()
+    folder = deps.deps_dir()
+    manifest = deps.read_manifest(folder)
+    report: dict[str, Any] = {
+        "host": {"python": platform.python_version(), "executable": sys.executable, "torch": host.version,
+                 "torch_cuda": host.cuda, "torch_hip": host.hip,
+                 "gpus": [{"name": g.name, "capability": g.capability, "driver": g.driver, "memory_mib": g.memory_mib}
+                          for g in host.gpus]},
+        "private": {"folder": str(folder), "problem": deps.why_unsatisfied(folder),
+                    "torch": (manifest or {}).get("torch"), "installed": (manifest or {}).get("installed", {})},
+        "worker_python": config.python,
+        "fixes": [],
+    }
+    fixes: list[str] = report["fixes"]
+    if report["private"]["problem"]:
+        choice = torchenv.choice_from_environment(host)
+        report["private"]["would_install_torch"] = choice.to_dict()
+        fixes.append(f"renderer libraries: {report['private']['problem']}; run {deps.install_command()}")
+    if probe:
+        worker = probe_worker(config)
+        report["worker"] = worker
+        if worker.get("error"):
+            fixes.append(f"the worker cannot start: {worker['error']}; run {deps.install_command()}")
+        for name, error in (worker.get("errors") or {}).items():
+            fixes.append(f"the worker cannot import {name} ({error}); run {deps.install_command()}")
+        if worker.get("host_packages_seen") and resolve_deps_dir(config):
+            seen = ", ".join(f"{n} {v}" for n, v in worker["host_packages_seen"].items())
+            fixes.append(f"the worker sees the host's {seen}; run {deps.install_command()} to isolate it")
+    root = Path(models_dir) if models_dir else default_models_dir()
+    models, problems = scan_models(root)
+    report["models_dir"] = str(root)
+    report["models"] = [{"name": m.name, "kind": m.kind, "path": str(m.path)} for m in models]
+    report["model_problems"] = [str(p) for p in problems]
+    if not models:
+        fixes.append(f"no Wan model in {root}: download a diffusers folder, e.g. `huggingface-cli download "
+                     f"{WAN_SUGGESTION} --local-dir {root / WAN_SUGGESTION.split('/')[1]}`")
+    try:
+        qwen = find_qwen_models(root)
+    except Exception as exc:  # noqa: BLE001 - a broken cache must not hide the rest of the report
+        qwen, report["qwen_problem"] = [], str(exc)
+    report["qwen_models"] = [{"name": q.name, "path": str(q.path)} for q in qwen]
+    if not qwen:
+        report["qwen_hint"] = f"optional, for --enhance: deforum-wan qwen download {QWEN_SUGGESTION}"
+    report["ok"] = not fixes
+    return report
+
+
+def _row(label: str, value: Any) -> str:
+    return f"  {label:<22} {value}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a screenful of text."""
+    host, private, worker = report["host"], report["private"], report.get("worker") or {}
+    gpus = ", ".join(f"{g['name']} (sm {'.'.join(map(str, g['capability'] or ())) or '?'}, driver {g['driver']})"
+                     for g in host["gpus"]) or "none found (nvidia-smi)"
+    lines = ["Host (the web UI's python)",
+             _row("python", f"{host['python']}  {host['executable']}"),
+             _row("torch", host["torch"] or "none"),
+             _row("GPUs", gpus),
+             "Private renderer folder",
+             _row("folder", private["folder"]),
+             _row("state", "ready" if not private["problem"] else f"not ready: {private['problem']}")]
+    torch = private.get("torch") or private.get("would_install_torch") or {}
+    if torch:
+        lines.append(_row("worker torch", f"{torch.get('mode')}: {torch.get('reason')}"))
+    if worker:
+        lines.append("Worker (what renders really run on)")
+        if worker.get("error"):
+            lines.append(_row("error", worker["error"]))
+        else:
+            lines += [_row("python", f"{worker.get('python')}  {worker.get('executable')}"),
+                      _row("torch", f"{worker.get('torch')}  {worker.get('torch_path')}"),
+                      _row("diffusers", worker.get("diffusers", "missing")),
+                      _row("transformers", worker.get("transformers", "missing")),
+                      _row("attention", ", ".join(worker.get("attention") or []) or "-")]
+            for device in worker.get("devices") or []:
+                memory = f", {device['free_mib']} of {device['total_mib']} MiB free" if "free_mib" in device else ""
+                lines.append(_row(device["device"], f"{device.get('name')}{memory}"))
+            hidden = (worker.get("isolation") or {}).get("allowed")
+            lines.append(_row("host packages", "hidden except " + ", ".join(hidden[:6]) + (", ..." if len(hidden) > 6 else "")
+                              if hidden is not None and worker.get("isolation") else "not isolated"))
+    lines += ["Models", _row("folder", report["models_dir"]),
+              _row("Wan models", ", ".join(f"{m['name']} ({m['kind']})" for m in report["models"]) or "none"),
+              _row("Qwen models", ", ".join(q["name"] for q in report["qwen_models"]) or report.get("qwen_hint", "none"))]
+    lines.append("To do" if report["fixes"] else "Nothing to fix.")
+    lines += [f"  - {fix}" for fix in report["fixes"]]
+    return "\n".join(lines)
