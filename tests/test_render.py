@@ -148,9 +148,12 @@ def test_interrupt_keeps_frames_and_resume_finishes(tiny_models, tmp_path):
     assert first.status == "interrupted" and first.video is None
     kept = outputs.existing_frames(first.folder, first.timestring)
     assert 0 < len(kept) < 24 and kept == list(range(len(kept)))
+    tails = first.folder / f"{first.timestring}_wan_tails"
+    assert any(tails.iterdir())  # the resume continues from these
     second = render(RenderJob(**base, resume=first.timestring))
     assert second.status == "done" and second.folder == first.folder
     check_output(second, s)
+    assert not tails.exists()  # finished: nothing left to continue from, nothing left behind
     fresh = render(RenderJob(**{**base, "outdir": str(tmp_path / "fresh")}))
     np.testing.assert_array_equal(read_frames(second.folder, second.timestring), read_frames(fresh.folder, fresh.timestring))
 
@@ -270,3 +273,95 @@ def test_two_renders_in_the_same_second_get_their_own_timestrings(tiny_models, t
     a, b = render(job), render(job)
     assert a.folder == b.folder and a.timestring != b.timestring
     assert outputs.existing_frames(a.folder, a.timestring) == outputs.existing_frames(b.folder, b.timestring) == list(range(5))
+
+
+def test_a_finished_render_leaves_only_deforum_files(tiny_models, tmp_path):
+    s = small_settings(max_frames=20)
+    for make_video in (True, False):
+        result = render(RenderJob(settings=s, model=str(tiny_models["vace"]), outdir=str(tmp_path / str(make_video)),
+                                  options=PlanOptions(steps=1, max_clip_frames=9), make_video=make_video))
+        assert len(result.plan.clips) >= 3
+        ts = result.timestring
+        expected = {outputs.frame_name(ts, i) for i in range(20)} | {f"{ts}_settings.txt", f"{ts}_wan_plan.json"}
+        assert {p.name for p in result.folder.iterdir()} == expected | ({f"{ts}.mp4"} if make_video else set())
+
+
+def test_a_render_that_fails_before_its_first_frame_removes_its_folder(tiny_models, tmp_path):
+    from netfixtures import LocalServer, png_bytes
+
+    from deforum_wan.render import RenderError
+
+    with LocalServer() as server:
+        server.routes.add("/init.png", png_bytes((64, 48)), "image/png")
+        s = small_settings(use_init=True, init_image=server.url("/init.png"), max_frames=12, batch_name="fail_{timestring}")
+        events = []
+        with pytest.raises(RenderError, match="init_image .* loopback"):
+            render(RenderJob(settings=s, model=str(tiny_models["i2v"]), outdir=str(tmp_path),
+                             options=PlanOptions(steps=1, max_clip_frames=9)), on_event=events.append)
+        assert server.routes.seen == []  # refused before connecting: the render fetches through deforum_wan.fetch
+    assert list(tmp_path.iterdir()) == []
+    assert any(e["type"] == "warning" and "failed before its first frame" in e["message"] for e in events)
+    # A shared batch folder (a fixed batch_name) keeps what other renders wrote there.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "20200101000000_000000000.png").write_bytes(png_bytes())
+    with pytest.raises(RenderError):
+        render(RenderJob(settings=small_settings(use_init=True, init_image="http://127.0.0.1:9/x.png", max_frames=12,
+                                                 batch_name="shared"),
+                         model=str(tiny_models["i2v"]), outdir=str(tmp_path), options=PlanOptions(steps=1)))
+    assert [p.name for p in shared.iterdir()] == ["20200101000000_000000000.png"]
+
+
+def test_a_full_disk_is_named_and_the_render_resumes_once_space_is_free(tiny_models, tmp_path, monkeypatch):
+    import errno
+
+    from deforum_wan import render as render_module
+    from deforum_wan.render import DiskFullError
+
+    s = small_settings(max_frames=20)
+    base = dict(settings=s, model=str(tiny_models["vace"]), outdir=str(tmp_path),
+                options=PlanOptions(steps=1, max_clip_frames=9, seed=4), make_video=False)
+    real_write = outputs.write_frame
+
+    def full_after_six(folder, timestring, index, image):
+        if index >= 6:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / outputs.frame_name(timestring, index)))
+        return real_write(folder, timestring, index, image)
+
+    monkeypatch.setattr(render_module.outputs, "write_frame", full_after_six)
+    with pytest.raises(DiskFullError, match="No space left on device.*free some space, then resume") as info:
+        render(RenderJob(**base))
+    folder = next(tmp_path.iterdir())
+    timestring = folder.name.split("_")[-1]
+    assert timestring in str(info.value)
+    assert outputs.existing_frames(folder, timestring) == list(range(6))  # kept for the resume
+    monkeypatch.setattr(render_module.outputs, "write_frame", real_write)  # space freed
+    resumed = render(RenderJob(**base, resume=timestring))
+    assert resumed.status == "done" and outputs.existing_frames(folder, timestring) == list(range(20))
+    fresh = render(RenderJob(**{**base, "outdir": str(tmp_path / "fresh")}))
+    np.testing.assert_array_equal(read_frames(folder, timestring), read_frames(fresh.folder, fresh.timestring))
+
+
+def test_a_url_soundtrack_is_fetched_by_the_render_not_by_ffmpeg(tiny_models, tmp_path, monkeypatch):
+    from netfixtures import LocalServer, wav_bytes
+
+    from deforum_wan import fetch
+    from deforum_wan import render as render_module
+
+    with LocalServer() as server:
+        server.routes.add("/song.wav", wav_bytes(2.0), "audio/wav")
+        s = small_settings(max_frames=10, add_soundtrack="File", soundtrack_path=server.url("/song.wav"))
+        job = RenderJob(settings=s, model=str(tiny_models["t2v"]), outdir=str(tmp_path / "default"),
+                        options=PlanOptions(steps=1))
+        result = render(job)  # the default policy refuses this machine: the video is saved without sound
+        assert result.video.is_file() and any("loopback" in w for w in result.warnings), result.warnings
+        assert server.routes.seen == []
+        real_fetch = fetch.fetch
+        monkeypatch.setattr(render_module.fetch, "fetch", lambda url, kind, policy=None: real_fetch(
+            url, kind, fetch.FetchPolicy(allow_loopback=True)))
+        result = render(RenderJob(**{**job.__dict__, "outdir": str(tmp_path / "fetched")}))
+        assert server.routes.seen == ["/song.wav"] and not [w for w in result.warnings if "soundtrack" in w]
+    info = subprocess.run([outputs.ffmpeg_exe(), "-hide_banner", "-i", str(result.video)], capture_output=True,
+                          text=True).stderr
+    assert "Audio: aac" in info
+    assert sorted(p.name for p in result.folder.iterdir() if p.name.startswith(".")) == []  # the fetched copy is gone

@@ -13,9 +13,12 @@ frame with the same seeds and the same continuity as if it had never stopped.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import queue
 import random
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -24,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import outputs
+from . import fetch, outputs
 from .frames import fit_image, match_colors, resample
 from .pipelines import Interrupted
 from .plan import Clip, ClipPlan, PlanOptions, plan_clips
@@ -96,7 +99,7 @@ class _Writer:
 
     def put(self, index: int, frame: np.ndarray) -> None:
         if self.error:
-            raise RenderError(f"writing frames to {self.folder} failed: {self.error}")
+            raise RenderError(f"writing frames to {self.folder} failed: {self.error}") from self.error
         self.queue.put((index, frame))
 
     def _run(self) -> None:
@@ -115,11 +118,15 @@ class _Writer:
         self.queue.put(None)
         self.thread.join()
         if self.error:
-            raise RenderError(f"writing frames to {self.folder} failed: {self.error}")
+            raise RenderError(f"writing frames to {self.folder} failed: {self.error}") from self.error
+
+
+def _tails_dir(folder: Path, timestring: str) -> Path:
+    return folder / f"{timestring}_wan_tails"
 
 
 def _tail_file(folder: Path, timestring: str, clip: int, k: int) -> Path:
-    return folder / f"{timestring}_wan_tails" / f"clip{clip:05}_{k:03}.png"
+    return _tails_dir(folder, timestring) / f"clip{clip:05}_{k:03}.png"
 
 
 def save_tail(folder: Path, timestring: str, clip: int, frames: np.ndarray) -> None:
@@ -137,18 +144,15 @@ def load_tail(folder: Path, timestring: str, clip: int, count: int) -> np.ndarra
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
 
 
-def load_image(source: str) -> np.ndarray:
-    """An init image from a local path or an http(s) URL."""
+def load_image(source: str, policy: fetch.FetchPolicy | None = None) -> np.ndarray:
+    """An init image from a local path or an http(s) URL (fetched with the SSRF checks of deforum_wan.fetch)."""
     import io
-    import urllib.request
 
     from PIL import Image
 
     try:
-        if source.startswith(("http://", "https://")):
-            with urllib.request.urlopen(source, timeout=30) as response:
-                data = response.read()
-            image = Image.open(io.BytesIO(data))
+        if fetch.is_url(source):
+            image = Image.open(io.BytesIO(fetch.fetch(source.strip(), fetch.IMAGE, policy).data))
         else:
             image = Image.open(Path(source).expanduser())
         return np.asarray(image.convert("RGB"))
@@ -218,23 +222,42 @@ def render(
     """Render `job`; returns when done or stopped. Frames already on disk are kept and skipped.
 
     `pipelines` may be passed in (already loaded); otherwise the model is loaded
-    once, only if some clip still needs rendering, and freed at the end.
+    once, only if some clip still needs rendering, and freed at the end. A render
+    that fails before its first frame removes the folder it made (there is
+    nothing to resume); a full disk raises DiskFullError, which a resume fixes
+    once space is free.
     """
     from .models import find_model
 
     started = time.perf_counter()
     emit = on_event or (lambda event: None)
-    stop_file = Path(job.stop_file) if job.stop_file else None
-
-    def stopping() -> bool:
-        return bool((should_stop and should_stop()) or (stop_file and stop_file.exists()))
-
     info = find_model(job.model, job.models_dir)
     i2v_info = find_model(job.i2v_model, job.models_dir) if job.i2v_model else None
     extra_modes = tuple(i2v_info.spec.modes) if i2v_info else ()
     if info.kind == "ti2v-5b":
         extra_modes += (I2V,)
     settings, plan, folder, timestring, resumed = prepare(job, info.spec, extra_modes)
+    new_folder = not folder.exists()
+    try:
+        return _render_prepared(job, info, i2v_info, settings, plan, folder, timestring, resumed, emit=emit,
+                                should_stop=should_stop, pipelines=pipelines, started=started)
+    except Exception as exc:
+        if not resumed:
+            _clean_failed_start(folder, timestring, new_folder, emit)
+        full = _disk_full(exc, folder, timestring)
+        if full is not None:
+            raise full from exc
+        raise
+
+
+def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: DeforumSettings, plan: ClipPlan, folder: Path,
+                     timestring: str, resumed: bool, *, emit: EventCallback, should_stop: Callable[[], bool] | None,
+                     pipelines: Any, started: float) -> RenderResult:
+    stop_file = Path(job.stop_file) if job.stop_file else None
+
+    def stopping() -> bool:
+        return bool((should_stop and should_stop()) or (stop_file and stop_file.exists()))
+
     warnings = list(plan.warnings)
     folder.mkdir(parents=True, exist_ok=True)
     outputs.remove_stale_temp_files(folder)
@@ -343,11 +366,21 @@ def render(
     if status == "done" and job.make_video:
         emit({"type": "status", "phase": "encoding", "message": f"encoding {outputs.video_file(folder, timestring).name}"})
         encode_start = time.perf_counter()
-        video, notes = outputs.stitch_video(folder, timestring, settings.fps, total, soundtrack=_soundtrack(settings))
+        notes: list[str] = []
+        soundtrack = _local_soundtrack(_soundtrack(settings), folder, timestring, notes)
+        try:
+            video, encoded = outputs.stitch_video(folder, timestring, settings.fps, total, soundtrack=soundtrack)
+        finally:
+            if soundtrack and soundtrack != _soundtrack(settings):
+                Path(soundtrack).unlink(missing_ok=True)  # the fetched copy
+        notes += encoded
         encode_seconds = time.perf_counter() - encode_start
         warnings += notes
         for note in notes:
             emit({"type": "warning", "message": note})
+    if status == "done":
+        # Every frame is on disk (and the video, if asked for): nothing will continue from the tails.
+        shutil.rmtree(_tails_dir(folder, timestring), ignore_errors=True)
     result = RenderResult(
         status=status, folder=folder, timestring=timestring, frames_on_disk=on_disk, frames_total=total,
         video=video, plan=plan, pipeline_seconds=pipeline_seconds, wall_seconds=time.perf_counter() - started,
@@ -404,3 +437,61 @@ def _render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | 
 def _soundtrack(settings: DeforumSettings) -> str | None:
     """Deforum adds `soundtrack_path` only when `add_soundtrack` is 'File'."""
     return settings.soundtrack_path or None if settings.add_soundtrack == "File" else None
+
+
+def _local_soundtrack(soundtrack: str | None, folder: Path, timestring: str, notes: list[str]) -> str | None:
+    """A URL soundtrack fetched to a temporary file beside the frames (ffmpeg only reads local files)."""
+    if not soundtrack or not fetch.is_url(soundtrack):
+        return soundtrack
+    try:
+        fetched = fetch.fetch(soundtrack.strip(), fetch.AUDIO)
+    except fetch.FetchError as exc:
+        notes.append(f"soundtrack_path {soundtrack!r} was not fetched: {exc}; video saved without sound")
+        return None
+    path = folder / f".{timestring}_soundtrack{fetched.suffix}.tmp"
+    outputs.atomic_write_bytes(path, fetched.data)
+    return str(path)
+
+
+def _clean_failed_start(folder: Path, timestring: str, new_folder: bool, emit: EventCallback) -> None:
+    """A render that failed before its first frame leaves nothing to resume: remove what it wrote."""
+    try:
+        if outputs.existing_frames(folder, timestring):
+            return
+        outputs.settings_file(folder, timestring).unlink(missing_ok=True)
+        outputs.plan_file(folder, timestring).unlink(missing_ok=True)
+        shutil.rmtree(_tails_dir(folder, timestring), ignore_errors=True)
+        outputs.remove_stale_temp_files(folder)
+        if new_folder:
+            try:
+                folder.rmdir()  # only if empty: another render may share a fixed batch folder
+            except OSError:
+                pass
+    except OSError:
+        log.debug("cleaning %s after a failed start", folder, exc_info=True)
+        return
+    emit({"type": "warning", "message": f"the render failed before its first frame; removed its settings and plan "
+          f"from {folder}" + (" and the folder" if new_folder and not folder.exists() else "")})
+
+
+class DiskFullError(RenderError):
+    """The disk filled up. Not the settings' fault: free space and resume (the frames on disk are kept)."""
+
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _disk_full(exc: BaseException, folder: Path, timestring: str) -> DiskFullError | None:
+    """A DiskFullError if `exc` (or what it wraps) is a full disk or quota."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DiskFullError):
+            return None
+        code = seen.errno if isinstance(seen, OSError) and seen.errno in _DISK_FULL_ERRNOS else None
+        if code is None and os.strerror(errno.ENOSPC) in str(seen):  # e.g. ffmpeg's own message
+            code = errno.ENOSPC
+        if code is not None:
+            return DiskFullError(f"{os.strerror(code)} while writing to {folder}: free some space, then resume "
+                                 f"{timestring} (the frames on disk are kept)")
+        seen = seen.__cause__ or seen.__context__
+    return None
