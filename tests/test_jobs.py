@@ -331,3 +331,87 @@ def test_concurrent_submissions_from_threads_are_all_kept(tmp_path, make_queue):
     assert len(set(ids)) == 40
     assert q.wait(ids, WAIT)
     assert sorted(c["settings"]["seed"] for c in runner.calls) == list(range(40))
+
+
+class DiskFullOnce:
+    """The first attempt writes two frames and stops on a full disk (as the worker reports it); a retry finishes."""
+
+    def __init__(self, outdir: Path, error_type: str, message: str):
+        self.outdir, self.error_type, self.message = outdir, error_type, message
+        self.calls: list[dict] = []
+
+    def __call__(self, job, *, on_event, cancel=None, config=None):
+        self.calls.append(job)
+        timestring = job.get("resume") or "20240101120000"
+        folder = self.outdir / f"full_{timestring}"
+        done = outputs.contiguous_frames(folder, timestring)
+        on_event({"type": "start", "folder": str(folder), "timestring": timestring, "clips": 1, "frames_total": 4,
+                  "frames_on_disk": done, "resumed": bool(job.get("resume"))})
+        last = 2 if len(self.calls) == 1 else 4
+        for i in range(done, last):
+            outputs.write_frame(folder, timestring, i, np.full((8, 8, 3), i, np.uint8))
+        if len(self.calls) == 1:
+            error = {"type": "error", "error_type": self.error_type, "message": self.message}
+            on_event(error)
+            return {"status": "failed", "error": self.message, "folder": str(folder), "timestring": timestring,
+                    "frames_on_disk": 2, "frames_total": 4, "last_event": error}
+        return {"status": "done", "folder": str(folder), "timestring": timestring, "frames_on_disk": 4,
+                "frames_total": 4}
+
+
+@pytest.mark.parametrize("error_type, message", [
+    ("DiskFullError", "No space left on device while writing to /out/full: free some space, then resume 20240101120000"),
+    ("OutputError", "ffmpeg could not encode 20240101120000.mp4: Error writing trailer: No space left on device"),
+    ("OSError", "[Errno 122] Disk quota exceeded: '/out/full/20240101120000_settings.txt'"),
+])
+def test_a_full_disk_is_retryable_and_a_retry_resumes_the_same_timestring(tmp_path, make_queue, error_type, message):
+    runner = DiskFullOnce(tmp_path / "out", error_type, message)
+    q = make_queue(runner)
+    _, (job_id,) = q.submit([SETTINGS])
+    assert q.wait([job_id], WAIT)
+    failed = q.get(job_id)
+    assert (failed.status, failed.error_type, failed.frames_written) == ("FAILED", "RETRYABLE", 2)
+    assert message in failed.message and f"/deforum_wan/jobs/{job_id}/retry" in failed.message
+    assert q.retry(job_id) is True
+    assert q.wait([job_id], WAIT)
+    done = q.get(job_id)
+    assert (done.status, done.attempts, done.timestring) == ("SUCCEEDED", 2, "20240101120000")
+    assert runner.calls[1]["resume"] == "20240101120000"
+    assert outputs.existing_frames(done.outdir, done.timestring) == [0, 1, 2, 3]
+
+
+def test_settings_failures_stay_terminal_and_cannot_be_retried(tmp_path, make_queue):
+    runner = FakeRunner(tmp_path / "out", status="failed", error="translation_x: cannot evaluate \"(t\" at frame 0")
+    q = make_queue(runner)
+    _, (job_id,) = q.submit([SETTINGS])
+    assert q.wait([job_id], WAIT)
+    rec = q.get(job_id)
+    assert (rec.status, rec.error_type) == ("FAILED", "TERMINAL") and "/retry" not in rec.message
+    assert q.retry(job_id) is False and "TERMINAL" in jobs.retry_refusal(rec)
+    assert q.get(job_id).status == "FAILED" and runner.count == 1
+
+
+def test_a_cancelled_job_can_be_retried_and_resumes_its_frames(tmp_path, make_queue):
+    gate = threading.Event()
+    runner = FakeRunner(tmp_path / "out", gate=gate)
+    q = make_queue(runner)
+    _, (running, queued) = q.submit([SETTINGS, dict(SETTINGS, seed=9)])
+    assert runner.started.wait(WAIT)
+    for _ in range(int(WAIT * 100)):
+        if q.get(running).frames_written >= 1:
+            break
+        threading.Event().wait(0.01)
+    assert q.cancel(queued) and q.cancel(running)
+    assert q.wait([running, queued], WAIT)
+    stopped = q.get(running)
+    assert stopped.status == "CANCELLED" and stopped.frames_written >= 1
+    gate.set()
+    assert q.retry(running) and q.retry(queued)
+    assert q.wait([running, queued], WAIT)
+    assert [q.get(i).status for i in (running, queued)] == ["SUCCEEDED", "SUCCEEDED"]
+    resumed = [c for c in runner.calls if c.get("resume")]
+    assert [c["resume"] for c in resumed] == [stopped.timestring]  # the running one continued its frames
+    assert "resume" not in runner.calls[-1]  # the one cancelled while queued starts fresh
+    assert q.retry(running) is False and "already succeeded" in jobs.retry_refusal(q.get(running))
+    with pytest.raises(KeyError):
+        q.retry("batch-nope-0")

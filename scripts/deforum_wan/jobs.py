@@ -6,9 +6,8 @@ the process stopped is marked RETRYABLE and continues from the frames already on
 disk (its worker job is re-run with `"resume": <timestring>`). Exactly one job
 renders at a time, on one runner thread, because one GPU holds one Wan model.
 
-Records use Deforum's API vocabulary (status ACCEPTED/SUCCEEDED/FAILED/CANCELLED,
-phase QUEUED/PREPARING/GENERATING/POST_PROCESSING/DONE, error_type
-NONE/RETRYABLE/TERMINAL) so Deforum's API clients can poll our jobs unchanged.
+Records, worker jobs and what events and failures mean are in jobdata.py; they
+use Deforum's API vocabulary, so Deforum's API clients can poll our jobs unchanged.
 
 This module runs inside the web UI process: it imports nothing heavy. The
 renderer runs in a worker process started by `bridge.run_job` (injectable).
@@ -23,26 +22,16 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .jobdata import (  # noqa: F401 - re-exported: jobs.SUCCEEDED, jobs.build_job, ...
+    ACCEPTED, CANCELLED, DEFAULT_KIND_ORDER, DONE, ENHANCE_OVERRIDES, FAILED, GENERATING, JOB_OVERRIDES, NONE,
+    OVERRIDE_KEYS, PLAN_OVERRIDES, POST_PROCESSING, PREPARING, QUEUED, RETRYABLE, SUCCEEDED, TERMINAL, JobRecord,
+    asdict_row, build_job, event_values, failure_type, record_from_row, resume_message, retry_refusal,
+)
+
 log = logging.getLogger(__name__)
-
-ACCEPTED, SUCCEEDED, FAILED, CANCELLED = "ACCEPTED", "SUCCEEDED", "FAILED", "CANCELLED"
-QUEUED, PREPARING, GENERATING, POST_PROCESSING, DONE = "QUEUED", "PREPARING", "GENERATING", "POST_PROCESSING", "DONE"
-NONE, RETRYABLE, TERMINAL = "NONE", "RETRYABLE", "TERMINAL"
-
-# options_overrides keys and where they go in the worker job.
-PLAN_OVERRIDES = ("continuity", "overlap", "width", "height", "steps", "guidance", "flow_shift", "max_clip_frames",
-                  "sensitivity", "language", "blend", "color_match", "seed")
-JOB_OVERRIDES = ("model", "i2v_model", "device", "memory_profile", "attention", "compile", "vae_tiling", "make_video",
-                 "enhance")
-ENHANCE_OVERRIDES = ("enhance_style", "enhance_style_strength", "enhance_target_language")
-OVERRIDE_KEYS = PLAN_OVERRIDES + JOB_OVERRIDES + ENHANCE_OVERRIDES
-
-# Preferred default model kinds, best continuity first.
-DEFAULT_KIND_ORDER = ("vace", "ti2v-5b", "t2v", "a14b-t2v", "i2v", "a14b-i2v", "flf2v")
 
 Runner = Callable[..., Any]
 Subscriber = Callable[["JobRecord", "dict | None"], None]
@@ -78,124 +67,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, phase);
 """
-_MAX_WARNINGS = 20
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """One job as stored; `to_dict()` is what the API returns."""
-
-    id: str
-    batch_id: str
-    seq: int
-    status: str
-    phase: str
-    phase_progress: float
-    error_type: str
-    message: str | None
-    outdir: str | None  # the batch folder once the worker named it, else the output root
-    timestring: str | None
-    video: str | None
-    preview: str | None
-    frames_written: int
-    frames_total: int
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    updated_at: float
-    run_seconds: float  # time spent rendering, summed over attempts
-    attempts: int
-    cancel_requested: bool
-    warnings: tuple[str, ...]
-    job: dict = field(repr=False)
-    options_overrides: dict = field(repr=False)
-
-    @property
-    def finished(self) -> bool:
-        return self.status != ACCEPTED
-
-    @property
-    def running(self) -> bool:
-        return self.status == ACCEPTED and self.phase != QUEUED
-
-    def to_dict(self, *, include_settings: bool = False) -> dict[str, Any]:
-        """Deforum's job status fields, plus ours (video, frames, timings)."""
-        end = self.finished_at if self.finished_at is not None else self.updated_at
-        data: dict[str, Any] = {
-            "id": self.id,
-            "batch_id": self.batch_id,
-            "status": self.status,
-            "phase": self.phase,
-            "phase_progress": round(self.phase_progress, 4),
-            "error_type": self.error_type,
-            "message": self.message,
-            "outdir": self.outdir,
-            "timestring": self.timestring,
-            "video": self.video if self.status == SUCCEEDED else None,
-            "preview": self.preview,
-            "frames_written": self.frames_written,
-            "frames_total": self.frames_total,
-            "attempts": self.attempts,
-            "warnings": list(self.warnings),
-            # Deforum's timing names
-            "started_at": self.started_at if self.started_at is not None else self.created_at,
-            "last_updated": self.updated_at,
-            "execution_time": (end - self.started_at) if self.started_at is not None else 0.0,
-            "timings": {
-                "created_at": self.created_at,
-                "started_at": self.started_at,
-                "finished_at": self.finished_at,
-                "last_updated": self.updated_at,
-                "queued_seconds": ((self.started_at or end) - self.created_at),
-                "run_seconds": round(self.run_seconds, 3),
-                "total_seconds": (self.finished_at - self.created_at) if self.finished_at is not None else None,
-            },
-            "options_overrides": self.options_overrides,
-        }
-        if include_settings:
-            data["deforum_settings"] = self.job.get("settings")
-        return data
-
-
-def _record(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(
-        id=row["id"], batch_id=row["batch_id"], seq=row["seq"], status=row["status"], phase=row["phase"],
-        phase_progress=float(row["phase_progress"] or 0.0), error_type=row["error_type"], message=row["message"],
-        outdir=row["outdir"], timestring=row["timestring"], video=row["video"], preview=row["preview"],
-        frames_written=int(row["frames_written"] or 0), frames_total=int(row["frames_total"] or 0),
-        created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
-        updated_at=row["updated_at"], run_seconds=float(row["run_seconds"] or 0.0), attempts=int(row["attempts"] or 0),
-        cancel_requested=bool(row["cancel_requested"]), warnings=tuple(json.loads(row["warnings"] or "[]")),
-        job=json.loads(row["job"]), options_overrides=json.loads(row["overrides"] or "{}"),
-    )
-
-
-def build_job(settings: Mapping[str, Any], overrides: Mapping[str, Any] | None, *, outdir: str,
-              models_dir: str | None, model: str) -> dict[str, Any]:
-    """The worker job JSON for one validated settings object and its options_overrides."""
-    overrides = dict(overrides or {})
-    options = {k: overrides[k] for k in PLAN_OVERRIDES if overrides.get(k) is not None}
-    if options.get("seed") == -1:
-        del options["seed"]  # -1: let the render pick (and save) a seed, as Deforum does
-    job: dict[str, Any] = {
-        "settings": dict(settings),
-        "model": overrides.get("model") or model,
-        "outdir": str(outdir),
-        "options": options,
-        "models_dir": str(models_dir) if models_dir else None,
-    }
-    for key in JOB_OVERRIDES:
-        if key != "model" and overrides.get(key) is not None:
-            job[key] = overrides[key]
-    if job.get("enhance"):
-        job["enhance_options"] = {
-            "qwen": None,
-            "style": overrides.get("enhance_style") or "",
-            "style_strength": overrides.get("enhance_style_strength", 0.5),
-            "target_language": overrides.get("enhance_target_language") or "en",
-            "models_dir": job["models_dir"],
-        }
-    return job
 
 
 def _default_runner() -> Runner:
@@ -253,13 +124,7 @@ class JobQueue:
             ).fetchall()
             for row in rows:
                 self._update(row["id"], phase=QUEUED, error_type=RETRYABLE,
-                             message=self._resume_message("the web UI stopped during the render", row))
-
-    @staticmethod
-    def _resume_message(reason: str, row: Mapping[str, Any]) -> str:
-        if row["timestring"]:
-            return f"{reason}; queued again to resume {row['timestring']} from {row['frames_written']} frames on disk"
-        return f"{reason}; queued again"
+                             message=resume_message("the web UI stopped during the render", row))
 
     def start(self) -> "JobQueue":
         """Start the runner thread (idempotent)."""
@@ -296,18 +161,18 @@ class JobQueue:
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return _record(row) if row else None
+        return record_from_row(row) if row else None
 
     def list(self) -> list[JobRecord]:
         """Every job, oldest first."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
-        return [_record(r) for r in rows]
+        return [record_from_row(r) for r in rows]
 
     def batch(self, batch_id: str) -> list[JobRecord]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM jobs WHERE batch_id=? ORDER BY seq", (batch_id,)).fetchall()
-        return [_record(r) for r in rows]
+        return [record_from_row(r) for r in rows]
 
     def batches(self) -> dict[str, list[str]]:
         """batch_id -> job ids, oldest batch first."""
@@ -402,15 +267,19 @@ class JobQueue:
         return [r.id for r in ordered if self.cancel(r.id)]
 
     def retry(self, job_id: str) -> bool:
-        """Queue a FAILED RETRYABLE job again; it resumes from its frames on disk."""
+        """Queue a RETRYABLE failed or a cancelled job again; it resumes its timestring from the frames on disk.
+
+        False when the job cannot be retried (see `retry_refusal`); KeyError for an unknown id.
+        """
         with self._lock:
             record = self.get(job_id)
             if record is None:
                 raise KeyError(job_id)
-            if record.status != FAILED or record.error_type != RETRYABLE:
+            if retry_refusal(record):
                 return False
             self._update(job_id, status=ACCEPTED, phase=QUEUED, finished_at=None, cancel_requested=0,
-                         message=self._resume_message("retry requested", asdict_row(record)))
+                         error_type=RETRYABLE if record.status == FAILED else NONE,
+                         message=resume_message("retry requested", asdict_row(record)))
         self._notify(job_id, {"type": "queued"})
         self._wake.set()
         return True
@@ -470,7 +339,7 @@ class JobQueue:
             ).fetchone()
             if row is None:
                 return None
-            record = _record(row)
+            record = record_from_row(row)
             now = time.time()
             self._update(record.id, phase=PREPARING, started_at=now, attempts=record.attempts + 1,
                          message="starting the renderer", updated_at=now)
@@ -540,14 +409,18 @@ class JobQueue:
             elif self._stopping.is_set():
                 values.update(phase=QUEUED, error_type=RETRYABLE)
                 self._update(record.id, **values)
-                self._update(record.id, message=self._resume_message("the web UI is stopping",
+                self._update(record.id, message=resume_message("the web UI is stopping",
                                                                      asdict_row(self.get(record.id))))
                 self._notify(record.id, {"type": "requeued"})
             else:
                 self._finish(record.id, status=FAILED, error_type=RETRYABLE,
                              message="the render was stopped from outside; retry to resume it", **values)
         elif status == "failed":
-            self._finish(record.id, status=FAILED, error_type=TERMINAL, message=error or "the render failed", **values)
+            error_type = failure_type(error, _get(outcome, "last_event"))
+            message = error or "the render failed"
+            if error_type == RETRYABLE:
+                message += f"; once that is fixed, retry the job (POST /deforum_wan/jobs/{record.id}/retry) to resume it"
+            self._finish(record.id, status=FAILED, error_type=error_type, message=message, **values)
         else:  # crashed, or an outcome we do not know
             self._finish(record.id, status=FAILED, error_type=RETRYABLE,
                          message=error or f"the renderer stopped unexpectedly ({status})", **values)
@@ -560,70 +433,14 @@ class JobQueue:
     def _on_event(self, job_id: str, event: dict) -> None:
         """Worker events -> phase, progress and message of the running job."""
         try:
-            values = self._event_values(job_id, event)
+            record = self.get(job_id) if event.get("type") == "warning" else None
+            values = event_values(event, record.warnings if record else ())
         except Exception:  # a malformed event must not kill the render
             log.exception("deforum-wan: cannot read worker event %r", event)
             values = {}
         if values:
             self._update(job_id, **values)
         self._notify(job_id, event)
-
-    def _event_values(self, job_id: str, event: Mapping[str, Any]) -> dict[str, Any]:
-        kind = event.get("type")
-        values: dict[str, Any] = {}
-        total = event.get("frames_total")
-        written = event.get("frames_written")
-        if kind == "start":
-            written = event.get("frames_on_disk", 0)
-            values.update(phase=PREPARING, outdir=str(event.get("folder") or ""), timestring=event.get("timestring"))
-            done = int(written or 0)
-            values["message"] = (f"resuming from {done} frames on disk" if event.get("resumed")
-                                 else f"{event.get('clips', '?')} clip(s), {total} frames")
-        elif kind == "status":
-            phase = event.get("phase")
-            if phase == "encoding":
-                values.update(phase=POST_PROCESSING)
-            elif phase in ("preparing", "loading", "loaded", "enhancing"):
-                values.update(phase=PREPARING)
-            if event.get("message"):
-                values["message"] = str(event["message"])
-        elif kind in ("clip", "step", "frames"):
-            values["phase"] = GENERATING
-            clip, clips = event.get("clip"), event.get("clips")
-            where = f"clip {int(clip) + 1}/{clips}" if isinstance(clip, int) and clips else "rendering"
-            if kind == "step":
-                eta = event.get("eta_seconds")
-                values["message"] = f"{where}, step {event.get('step')}/{event.get('steps')}" + (
-                    f", about {eta:.0f} s left" if isinstance(eta, (int, float)) else "")
-            elif kind == "clip":
-                values["message"] = f"{where}: {event.get('mode', '')}".rstrip(": ")
-            if kind == "frames" and event.get("preview"):
-                values["preview"] = str(event["preview"])
-        elif kind == "warning":
-            record = self.get(job_id)
-            warnings = list(record.warnings if record else ())[-(_MAX_WARNINGS - 1):]
-            warnings.append(str(event.get("message", "")))
-            values["warnings"] = json.dumps(warnings, ensure_ascii=False)
-        elif kind == "error":
-            values["message"] = str(event.get("message") or "error")
-        elif kind == "done":
-            if event.get("video"):
-                values["video"] = str(event["video"])
-            written = event.get("frames_on_disk", written)
-        if isinstance(total, int) and total > 0:
-            values["frames_total"] = total
-            if isinstance(written, int):
-                values["frames_written"] = written
-                values["phase_progress"] = max(0.0, min(1.0, written / total))
-        return values
-
-
-def asdict_row(record: JobRecord | None) -> dict[str, Any]:
-    """The fields `_resume_message` reads, from a record."""
-    if record is None:
-        return {"timestring": None, "frames_written": 0}
-    return {"timestring": record.timestring, "frames_written": record.frames_written}
-
 
 # ---------------------------------------------------------------- one queue per process
 
