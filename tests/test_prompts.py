@@ -76,3 +76,17 @@ def test_bad_prompt_keys_are_named(prompts, key):
 def test_no_prompt_inside_timeline():
     with pytest.raises(SettingsError, match="no prompt keyframe falls inside the 10 frames"):
         prompt_keyframes(_s({"50": "a"}, max_frames=10))
+
+
+def test_wan_prompts_over_the_limit_are_named():
+    from deforum_wan.settings import MAX_PROMPT_CHARS
+
+    s = _s({"0": "a"}, wan_prompts={"0": "ok", "30": "w" * (MAX_PROMPT_CHARS + 1)})
+    with pytest.raises(SettingsError, match=r"wan_prompts\['30'\]: at most \d+ characters per prompt"):
+        prompt_keyframes(s)
+
+
+def test_bad_backtick_in_a_later_prompt_is_refused_before_planning():
+    s = _s({"0": "a", "50": "b `t.real`"})
+    with pytest.raises(ScheduleError, match=r"prompts\['50'\]: cannot evaluate \"t.real\" at frame 50: attribute"):
+        prompt_keyframes(s)

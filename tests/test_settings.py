@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from deforum_wan.settings import DeforumSettings, SettingsError, load_settings, loads_settings, settings_from_dict
+from deforum_wan.settings import (
+    MAX_PROMPT_CHARS,
+    DeforumSettings,
+    SettingsError,
+    load_settings,
+    loads_settings,
+    settings_from_dict,
+)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "deforum-settings"
 FILES = sorted(SHARED.glob("*.txt"))
@@ -107,6 +114,15 @@ def test_json_string_and_dict_sources(tmp_path: Path):
         ({"prompts": {"0": 5}}, "prompts['0']"),
         ({"animation_prompts": "{not json"}, "animation_prompts"),
         ({"prompts": {"0": "a"}, "use_init": "perhaps"}, "use_init"),
+        ({"prompts": {"0": "a"}, "fps": 1e-9}, "fps"),
+        ({"prompts": {"0": "a"}, "fps": "Infinity"}, "fps"),
+        ({"prompts": {"0": "a"}, "fps": 1e400}, "fps"),
+        ({"prompts": {"0": "a"}, "resume_timestring": "../../etc"}, "resume_timestring"),
+        ({"prompts": {"0": "a"}, "resume_timestring": "2023012921010"}, "resume_timestring"),
+        ({"prompts": {"0": "a" * (MAX_PROMPT_CHARS + 1)}}, "prompts['0']"),
+        ({"animation_prompts": {"12": "a" * (MAX_PROMPT_CHARS + 1)}}, "animation_prompts['12']"),
+        ({"prompts": {"0": "a"}, "negative_prompts": "b" * (MAX_PROMPT_CHARS + 1)}, "negative_prompts"),
+        ({"prompts": {"0": "a"}, "animation_prompts_positive": "b" * (MAX_PROMPT_CHARS + 1)}, "positive_prompts"),
     ],
 )
 def test_bad_values_name_the_key(data, key):
@@ -126,3 +142,24 @@ def test_bad_files(tmp_path: Path):
         load_settings(bad)
     with pytest.raises(SettingsError, match="JSON object"):
         loads_settings("[1, 2]")
+
+
+def test_prompt_at_the_limit_and_real_timestrings_load():
+    s = settings_from_dict({"prompts": {"0": "a" * MAX_PROMPT_CHARS}, "resume_timestring": "20240101120000"})
+    assert len(s.prompts[0][1]) == MAX_PROMPT_CHARS and s.resume_timestring == "20240101120000"
+    assert settings_from_dict({"prompts": {"0": "a"}, "resume_timestring": ""}).resume_timestring == ""
+
+
+def test_parseq_manifest_is_named_for_what_it_is(tmp_path: Path):
+    manifest = {
+        "meta": {"generated_by": "sd_parseq", "version": "0.1.94"},
+        "prompts": {"format": "v2", "enabled": True, "commonPrompt": {"positive": "", "negative": ""}},
+        "keyframes": [{"frame": 0, "zoom": 1}],
+        "rendered_frames": [{"frame": 0, "zoom": 1.0}],
+    }
+    path = tmp_path / "parseq.json"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(SettingsError) as err:
+        load_settings(path)
+    assert "Parseq manifest, not a Deforum settings file" in str(err.value)
+    assert "prompts['enabled']" not in str(err.value)

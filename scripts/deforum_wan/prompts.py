@@ -15,8 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .expressions import ExpressionBudget
 from .schedules import evaluate_expression, evaluate_frame_key
-from .settings import DeforumSettings, SettingsError
+from .settings import DeforumSettings, SettingsError, check_prompt_length
 
 _BACKTICK = re.compile(r"`([^`]*)`")
 _SPACES = re.compile(r"\s+")
@@ -44,23 +45,37 @@ def prompt_items(settings: DeforumSettings) -> tuple[str, tuple[tuple[str, str],
         bad = [k for k, v in wan_prompts.items() if not isinstance(v, str)]
         if bad:
             raise SettingsError(f"wan_prompts[{bad[0]!r}]", "expected prompt text")
+        for k, v in wan_prompts.items():
+            check_prompt_length(f"wan_prompts[{str(k)!r}]", v)
         return "wan_prompts", tuple((str(k), v) for k, v in wan_prompts.items())
     return settings.prompts_key, settings.prompts
 
 
 def prompt_keyframes(settings: DeforumSettings) -> tuple[PromptKeyframe, ...]:
-    """Keyframes sorted by frame; keys outside the timeline are dropped, as Deforum drops them."""
+    """Keyframes sorted by frame; keys outside the timeline are dropped, as Deforum drops them.
+
+    Expression keys and the backtick expressions of the kept prompts (and of
+    the global wrappers) are checked here, sharing one expression budget, so a
+    bad or too costly expression is refused before any clip is planned.
+    """
     source, items = prompt_items(settings)
+    budget = ExpressionBudget()
     by_frame: dict[int, PromptKeyframe] = {}
     for key, text in items:
         where = f"{source}[{key!r}]"
-        frame = evaluate_frame_key(key, settings.max_frames, settings.seed, key=where)
+        frame = evaluate_frame_key(key, settings.max_frames, settings.seed, key=where, budget=budget)
         if 0 <= frame < settings.max_frames:
             by_frame[frame] = PromptKeyframe(frame, key, text)
     if not by_frame:
         first = ", ".join(k for k, _ in items[:3])
         raise SettingsError(source, f"no prompt keyframe falls inside the {settings.max_frames} frames (keys: {first})")
-    return tuple(by_frame[f] for f in sorted(by_frame))
+    keyframes = tuple(by_frame[f] for f in sorted(by_frame))
+    texts = [(f"{source}[{kf.key!r}]", kf.frame, kf.text) for kf in keyframes]
+    texts += [("positive_prompts", 0, settings.positive_prompts), ("negative_prompts", 0, settings.negative_prompts)]
+    for where, frame, text in texts:
+        for match in _BACKTICK.finditer(text):
+            budget.check(match.group(1), ("t", "max_f", "s"), key=where, frame=frame)
+    return keyframes
 
 
 def active_keyframe(keyframes: tuple[PromptKeyframe, ...], frame: int) -> PromptKeyframe:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -39,6 +40,14 @@ ANIMATION_MODES = ("2D", "3D", "Video Input", "Interpolation", "None")
 
 MAX_FRAMES_LIMIT = 1_000_000
 MAX_SIDE = 16384
+#: Longest prompt text (one keyframe's prompt, or the global positive/negative
+#: wrappers). Wan's text encoder reads 512 tokens; this only stops runaway input.
+MAX_PROMPT_CHARS = 20_000
+#: Lowest fps: below one frame a second a timeline is a slideshow, and the plan
+#: would need more Wan frames per output frame than a clip holds.
+MIN_FPS = 1
+MAX_FPS = 1000
+_TIMESTRING = re.compile(r"\d{14}")
 
 
 class SettingsError(ValueError):
@@ -173,7 +182,7 @@ def _int(key: str, value: Any, *, low: int | None = None, high: int | None = Non
     return value
 
 
-def _float(key: str, value: Any, *, low: float | None = None, high: float | None = None, strict_low: bool = False) -> float:
+def _float(key: str, value: Any, *, low: float | None = None, high: float | None = None) -> float:
     if isinstance(value, bool):
         raise SettingsError(key, f"expected a number, got {value!r}")
     if isinstance(value, str):
@@ -186,8 +195,8 @@ def _float(key: str, value: Any, *, low: float | None = None, high: float | None
     value = float(value)
     if not math.isfinite(value):
         raise SettingsError(key, f"expected a finite number, got {value!r}")
-    if low is not None and (value <= low if strict_low else value < low):
-        raise SettingsError(key, f"must be {'greater than' if strict_low else 'at least'} {low:g}, got {value:g}")
+    if low is not None and value < low:
+        raise SettingsError(key, f"must be at least {low:g}, got {value:g}")
     if high is not None and value > high:
         raise SettingsError(key, f"must be at most {high:g}, got {value:g}")
     return value
@@ -241,14 +250,32 @@ def _prompts(key: str, value: Any) -> tuple[tuple[str, str], ...]:
     for frame, text in value.items():
         if not isinstance(text, str):
             raise SettingsError(f"{key}[{frame!r}]", f"expected prompt text, got {type(text).__name__}")
+        check_prompt_length(f"{key}[{str(frame)!r}]", text)
         out.append((str(frame), text))
     return tuple(out)
+
+
+def check_prompt_length(key: str, text: str) -> str:
+    """Refuse a prompt longer than MAX_PROMPT_CHARS, naming its key."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise SettingsError(key, f"at most {MAX_PROMPT_CHARS} characters per prompt, got {len(text)}")
+    return text
+
+
+def _parseq_manifest(data: Mapping[str, Any]) -> bool:
+    """Parseq's export: `rendered_frames` per frame and `meta.generated_by` "sd_parseq"."""
+    meta = data.get("meta")
+    by = str(meta.get("generated_by", "")) if isinstance(meta, Mapping) else ""
+    return "rendered_frames" in data or "parseq" in by.lower()
 
 
 def settings_from_dict(data: Mapping[str, Any]) -> DeforumSettings:
     """Build settings from a Deforum settings object; unknown keys are kept verbatim."""
     if not isinstance(data, Mapping):
         raise SettingsError("", f"settings must be a JSON object, got {type(data).__name__}")
+    if _parseq_manifest(data):
+        raise SettingsError("", "this is a Parseq manifest, not a Deforum settings file; load the settings file "
+                                "Deforum saves with a render (*_settings.txt)")
     values: dict[str, Any] = {}
     take = data.__getitem__
 
@@ -263,7 +290,7 @@ def settings_from_dict(data: Mapping[str, Any]) -> DeforumSettings:
     for name, old in (("positive_prompts", "animation_prompts_positive"), ("negative_prompts", "animation_prompts_negative")):
         new_value = _str(name, data[name], allow_none=True) if name in data else None
         old_value = _str(old, data[old], allow_none=True) if old in data else None
-        values[name] = new_value or old_value or ""
+        values[name] = check_prompt_length(name, new_value or old_value or "")
 
     ints = {
         "W": dict(low=16, high=MAX_SIDE),
@@ -277,7 +304,7 @@ def settings_from_dict(data: Mapping[str, Any]) -> DeforumSettings:
         if key in data:
             values[key] = _int(key, take(key), **bounds)
     if "fps" in data:
-        fps = _float("fps", take("fps"), low=0, high=1000, strict_low=True)
+        fps = _float("fps", take("fps"), low=MIN_FPS, high=MAX_FPS)
         values["fps"] = int(fps) if fps.is_integer() else fps
     for key in ("shake_intensity", "shake_speed"):
         if key in data:
@@ -289,6 +316,9 @@ def settings_from_dict(data: Mapping[str, Any]) -> DeforumSettings:
         if key in data:
             text = _str(key, take(key), allow_none=True)
             values[key] = "" if text is None else text
+    if values.get("resume_timestring") and not _TIMESTRING.fullmatch(values["resume_timestring"]):
+        raise SettingsError("resume_timestring", "expected the 14-digit timestring of a render (YYYYmmddHHMMSS), "
+                                                 f"got {values['resume_timestring']!r}")
     if "init_image" in data:
         values["init_image"] = _str("init_image", take("init_image"), allow_none=True)
     for key in ("resume_from_timestring", "use_init"):
