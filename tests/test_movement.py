@@ -114,7 +114,7 @@ def test_all_zero_schedules_read_static_camera(mode):
     assert desc.intensity == "none" and desc.duration == "none"
 
 
-@pytest.mark.parametrize("mode", ["Video Input", "Interpolation"])
+@pytest.mark.parametrize("mode", ["Video Input", "Interpolation", "None"])
 def test_modes_without_a_camera_ignore_every_schedule(mode):
     busy = {k: 3.0 for k in SCHEDULE_KEYS if k != "zoom"}
     path = make_path(mode, zoom=1.05, shake_name="INVESTIGATION", shake_intensity=2.0, **busy)

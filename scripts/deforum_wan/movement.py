@@ -23,7 +23,7 @@ Which schedules count (``animation.py: anim_frame_warp``)
   rotation_3d_x/y/z; zoom and angle are never looked at in 3D.
 * "Video Input" and "Interpolation": the frames come from the input video or
   from interpolated prompts; the UI hides the motion schedules, so the camera is
-  described as static.
+  described as static. So is "None", Deforum's mode without any camera motion.
 
 Sign conventions (read from Deforum's warp code, ``scripts/deforum_helpers``)
 ----------------------------------------------------------------------------
@@ -109,9 +109,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .camera_words import LEVEL_WORDS, LEVELS, MOTION_WORDS, PHRASES, SHAKE_LEVEL_WORDS
+
 MODE_2D = "2D"
 MODE_3D = "3D"
-ANIMATION_MODES = (MODE_2D, MODE_3D, "Video Input", "Interpolation")
+ANIMATION_MODES = (MODE_2D, MODE_3D, "Video Input", "Interpolation", "None")
 
 SCHEDULE_KEYS = (
     "translation_x",
@@ -126,8 +128,6 @@ SCHEDULE_KEYS = (
 
 LANGUAGES = ("en", "zh")
 
-# Ordered from weakest to strongest; MovementDescription.intensity uses these.
-LEVELS = ("subtle", "gentle", "moderate", "fast", "very fast")
 NO_MOTION = "none"
 DURATIONS = ("brief", "extended", "sustained")
 
@@ -176,89 +176,6 @@ _MODE_AXES: dict[str, tuple[_Axis, ...]] = {
         _Axis("pedestal", "translation_y", 1.0, "up", "down", TRANSLATION_3D_THRESHOLDS),
         _Axis("roll", "rotation_3d_z", 1.0, "clockwise", "counter-clockwise", ROTATION_THRESHOLDS),
     ),
-}
-
-_LEVEL_WORDS = {
-    "en": LEVELS,
-    "zh": ("轻微", "缓慢", "中速", "快速", "急速"),
-}
-_SHAKE_LEVEL_WORDS = {
-    "en": ("subtle", "light", "moderate", "strong", "violent"),
-    "zh": ("轻微", "轻度", "中等", "强烈", "剧烈"),
-}
-_MOTION_WORDS = {
-    "en": {
-        ("pan", "right"): "pan right",
-        ("pan", "left"): "pan left",
-        ("tilt", "up"): "tilt up",
-        ("tilt", "down"): "tilt down",
-        ("roll", "clockwise"): "roll clockwise",
-        ("roll", "counter-clockwise"): "roll counter-clockwise",
-        ("truck", "right"): "truck right",
-        ("truck", "left"): "truck left",
-        ("pedestal", "up"): "pedestal up",
-        ("pedestal", "down"): "pedestal down",
-        ("dolly", "in"): "dolly in",
-        ("dolly", "out"): "dolly out",
-        ("zoom", "in"): "zoom in",
-        ("zoom", "out"): "zoom out",
-        ("pan", "both"): "pan left and right",
-        ("tilt", "both"): "tilt up and down",
-        ("roll", "both"): "roll back and forth",
-        ("truck", "both"): "truck left and right",
-        ("pedestal", "both"): "pedestal up and down",
-        ("dolly", "both"): "dolly in and out",
-        ("zoom", "both"): "zoom in and out",
-    },
-    "zh": {
-        ("pan", "right"): "向右摇镜",
-        ("pan", "left"): "向左摇镜",
-        ("tilt", "up"): "向上摇镜",
-        ("tilt", "down"): "向下摇镜",
-        ("roll", "clockwise"): "顺时针旋转",
-        ("roll", "counter-clockwise"): "逆时针旋转",
-        ("truck", "right"): "向右横移",
-        ("truck", "left"): "向左横移",
-        ("pedestal", "up"): "垂直上移",
-        ("pedestal", "down"): "垂直下移",
-        ("dolly", "in"): "向前推进",
-        ("dolly", "out"): "向后拉远",
-        ("zoom", "in"): "变焦推近",
-        ("zoom", "out"): "变焦拉远",
-        ("pan", "both"): "左右摇镜",
-        ("tilt", "both"): "上下摇镜",
-        ("roll", "both"): "来回旋转",
-        ("truck", "both"): "左右横移",
-        ("pedestal", "both"): "上下移动",
-        ("dolly", "both"): "前后推拉",
-        ("zoom", "both"): "变焦推拉",
-    },
-}
-_PHRASES = {
-    "en": {
-        "static": "static camera",
-        "hold": "static hold",
-        "shake": "handheld shake",
-        "together": " with a ",
-        "then": ", then a ",
-        "with": ", with ",
-        "sep": ", ",
-        "brief": "brief",
-        "extended": "extended",
-        "sustained": "sustained",
-    },
-    "zh": {
-        "static": "镜头静止",
-        "hold": "镜头停顿",
-        "shake": "手持抖动",
-        "together": "并",
-        "then": "，然后",
-        "with": "，伴随",
-        "sep": "，",
-        "brief": "短暂",
-        "extended": "持续较长",
-        "sustained": "贯穿全程",
-    },
 }
 
 
@@ -523,7 +440,7 @@ def describe_movement(
         raise ValueError(f"sensitivity must be a finite number > 0, got {sensitivity}")
     start, end = _check_range(path, start, end)
 
-    words = _PHRASES[language]
+    words = PHRASES[language]
     axes = _MODE_AXES.get(path.animation_mode, ())
     n = end - start
     if axes:
@@ -555,7 +472,7 @@ def describe_movement(
                 direction = "both"
             if level < 0:
                 continue
-            parts.append((-level, i, level, _MOTION_WORDS[language][(axis.motion, direction)]))
+            parts.append((-level, i, level, MOTION_WORDS[language][(axis.motion, direction)]))
         if not parts:
             phrases.append(words["hold"])
             continue
@@ -564,7 +481,7 @@ def describe_movement(
         top_level = max(top_level, parts[0][2])
         joiner = words["together"]
         phrases.append(
-            joiner.join(_join_level(language, _LEVEL_WORDS[language][lvl], word) for _, _, lvl, word in parts)
+            joiner.join(_join_level(language, LEVEL_WORDS[language][lvl], word) for _, _, lvl, word in parts)
         )
 
     shake_phrase = None
@@ -572,7 +489,7 @@ def describe_movement(
         strength = path.shake_intensity * math.sqrt(path.shake_speed)
         level = int(_levels(np.array([strength]), SHAKE_THRESHOLDS, sensitivity)[0])
         if level >= 0:
-            shake_phrase = _join_level(language, _SHAKE_LEVEL_WORDS[language][level], words["shake"])
+            shake_phrase = _join_level(language, SHAKE_LEVEL_WORDS[language][level], words["shake"])
             top_level = max(top_level, level)
             moving_frames = n
 
