@@ -229,3 +229,88 @@ def test_split_segment_covers_need_with_little_surplus(needed, first, overlap):
     assert fresh >= needed
     assert fresh - needed < 4 * len(counts) + 5  # only rounding (and the 5-frame minimum) adds surplus
     assert all((n - 1) % 4 == 0 and n <= 81 for n in counts)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"wan_steps": float("inf")}, "steps: must be between 1 and 200, got inf"),
+        ({"wan_steps": 1e400}, "steps: must be between 1 and 200"),
+        ({"wan_steps": "Infinity"}, "steps: must be between 1 and 200"),
+        ({"wan_steps": 7.5}, "steps: expected a whole number, got 7.5"),
+        ({"wan_steps": True}, "steps: expected a number, got True"),
+        ({"wan_max_clip_frames": float("inf")}, "max_clip_frames: must be between 5 and 81"),
+        ({"wan_max_clip_frames": 1e400}, "max_clip_frames: must be between 5 and 81"),
+        ({"wan_max_clip_frames": 10**400}, "max_clip_frames: must be between 5 and 81"),
+        ({"wan_guidance": "-Infinity"}, "guidance: must be between 0 and 30"),
+        ({"wan_resolution": "100000x100000"}, "wan_resolution: must be between 16 and 4096, got 100000"),
+        ({"wan_resolution": "-16x-16"}, "wan_resolution: expected WIDTHxHEIGHT"),
+        ({"wan_resolution": "832x"}, "wan_resolution: expected WIDTHxHEIGHT"),
+        ({"wan_resolution": 832}, "wan_resolution: expected WIDTHxHEIGHT"),
+        ({"W": 8192}, "W: must be between 16 and 4096, got 8192"),
+        ({"diffusion_cadence": float("inf")}, "diffusion_cadence: expected a whole number, got inf"),
+        ({"diffusion_cadence": "Infinity"}, "diffusion_cadence: expected a whole number"),
+        ({"diffusion_cadence": 2.5}, "diffusion_cadence: expected a whole number"),
+        ({"seed_behavior": "schedule", "seed_schedule": "0:(1e30)"}, "seed_schedule: the seed at frame 0 is 1e+30"),
+    ],
+)
+def test_bad_numbers_are_errors_naming_the_key_not_tracebacks(extra, message):
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 20, "seed": 1, **extra})
+    with pytest.raises(ValueError) as err:
+        plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_resolution_sides_and_the_forge_label():
+    plain = settings_from_dict({"prompts": {"0": "a"}, "wan_resolution": "864x480"})
+    labelled = settings_from_dict({"prompts": {"0": "a"}, "wan_resolution": "864x480 (Landscape)"})
+    for s in (plain, labelled):
+        plan = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1))
+        assert (plan.width, plan.height) == (864, 480)
+    with pytest.raises(PlanError, match="width: must be between 16 and 4096"):
+        plan_clips(plain, MODEL_SPECS["t2v"], PlanOptions(seed=1, width=5000))
+
+
+def test_animation_mode_none_is_a_static_camera():
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 30, "animation_mode": "None",
+                            "translation_z": "0:(10)", "rotation_3d_y": "0:(3)"})
+    plan = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1))
+    assert [c.movement for c in plan.clips] == ["static camera"]
+
+
+@pytest.mark.parametrize("kind", ["t2v", "i2v", "vace", "ti2v-5b"])
+@pytest.mark.parametrize("continuity", ["auto", "none"])
+@pytest.mark.parametrize("fps", [6, 8, 15, 24, 60])
+@pytest.mark.parametrize("blend", [True, False])
+def test_small_clips_give_a_plan_for_every_short_timeline(kind, continuity, fps, blend):
+    """max_clip_frames 5 with 1..24 frames once gave "internal: clip 1 of segment 0 supplies no output frame".
+
+    (At 6 fps and up, consecutive output frames are at most 4 Wan frames apart: a 5-frame chained clip reaches.)
+    """
+    spec = MODEL_SPECS[kind]
+    for max_frames in range(1, 25):
+        for prompts in ({"0": "a"}, {"0": "a", "3": "b"}):
+            s = settings_from_dict({"prompts": prompts, "max_frames": max_frames, "fps": fps, "seed": 2})
+            plan = plan_clips(s, spec, PlanOptions(seed=2, continuity=continuity, max_clip_frames=5, blend=blend))
+            check_plan(plan, s, spec)
+            m = plan.metrics
+            assert m.generated_frames - m.overlap_frames - m.surplus_frames == m.needed_frames
+            assert m.surplus_frames >= 0
+
+
+def test_clips_too_short_to_reach_the_next_frame_are_refused_by_name():
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 6, "fps": 1, "seed": 2})
+    with pytest.raises(PlanError, match=r"^max_clip_frames: at 1 fps output frames are 16 Wan frames apart"):
+        plan_clips(s, MODEL_SPECS["i2v"], PlanOptions(seed=2, max_clip_frames=5))
+    # independent clips need no chain: the ones showing nothing are not rendered
+    plan = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=2, max_clip_frames=5))
+    check_plan(plan, s, MODEL_SPECS["t2v"])
+    assert len(plan.clips) == 6 and plan.metrics.generated_frames == 30
+
+
+def test_a_million_frames_plan_in_one_pass():
+    """The old planner searched every clip for every frame (10^6 frames: 217 s); now one pass."""
+    s = settings_from_dict({"prompts": {"0": "a", "500000": "b"}, "max_frames": 1_000_000, "fps": 16, "seed": 1})
+    plan = plan_clips(s, MODEL_SPECS["i2v"], PlanOptions(seed=1))
+    check_plan(plan, s, MODEL_SPECS["i2v"])
+    assert plan.metrics.needed_frames == 1_000_000

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from fractions import Fraction
 from typing import Any
@@ -29,12 +31,14 @@ from .movement import SCHEDULE_KEYS, CameraPath, describe_movement
 from .prompts import prompt_at, prompt_keyframes
 from .schedules import parse_schedule
 from .seeds import frame_seeds
-from .settings import DeforumSettings
+from .settings import MAX_FPS, MIN_FPS, DeforumSettings
 from .specs import I2V, T2V, VACE, ModelSpec
 
 PLAN_VERSION = 1
 CONTINUITY = ("auto", "i2v", "vace", "none")
 MIN_CLIP_FRAMES = 5
+MIN_SIDE, MAX_SIDE = 16, 4096  # Wan render size, per side
+_RESOLUTION = re.compile(r"(\d+)\s*[x×]\s*(\d+)(?:\s*\(.*\))?")  # "864x480", "864x480 (Landscape)"
 DEFAULT_VACE_OVERLAP = 5  # about a third of a second at 16 fps: enough to carry motion on
 
 
@@ -202,27 +206,41 @@ def _first(*values: Any) -> Any:
 
 
 def _number(name: str, value: Any, kind: type, low: float, high: float) -> Any:
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise PlanError(f"{name}: expected a number, got {value!r}") from None
+    """A number option within [low, high]; `kind` int also requires a whole number."""
+    number: float | int
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise PlanError(f"{name}: expected a number, got {value!r}") from None
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = value if isinstance(value, numbers.Integral) else float(value)
+    else:
+        raise PlanError(f"{name}: expected a number, got {value!r}")
     if isinstance(number, float) and not math.isfinite(number) or not low <= number <= high:
         raise PlanError(f"{name}: must be between {low:g} and {high:g}, got {value!r}")
-    return number
+    if kind is int:
+        if number != int(number):
+            raise PlanError(f"{name}: expected a whole number, got {value!r}")
+        return int(number)
+    return float(number)
 
 
 def _size(settings: DeforumSettings, options: PlanOptions, model: ModelSpec) -> tuple[int, int, list[str]]:
+    """Render size: options, else `wan_resolution`, else W/H; a bad side is named by the field it came from."""
     warnings: list[str] = []
-    width, height = options.width, options.height
+    width = ("width", options.width) if options.width is not None else None
+    height = ("height", options.height) if options.height is not None else None
     resolution = _wan_option(settings, "resolution")
-    if (width is None or height is None) and isinstance(resolution, str) and "x" in resolution:
-        try:
-            rw, rh = (int(p) for p in resolution.lower().split("x")[:2])
-            width, height = width or rw, height or rh
-        except ValueError:
-            raise PlanError(f"wan_resolution: expected WIDTHxHEIGHT such as 832x480, got {resolution!r}") from None
-    width = width or settings.W
-    height = height or settings.H
+    if resolution is not None and (width is None or height is None):
+        match = _RESOLUTION.fullmatch(resolution.strip().lower()) if isinstance(resolution, str) else None
+        if match is None:
+            raise PlanError(f"wan_resolution: expected WIDTHxHEIGHT such as 832x480, got {resolution!r}")
+        width = width or ("wan_resolution", int(match[1]))
+        height = height or ("wan_resolution", int(match[2]))
+    width = width or ("W", settings.W)
+    height = height or ("H", settings.H)
+    width, height = (_number(field, value, int, MIN_SIDE, MAX_SIDE) for field, value in (width, height))
     w2, h2 = round_to_multiple(width, model.size_multiple), round_to_multiple(height, model.size_multiple)
     if (w2, h2) != (width, height):
         warnings.append(f"size {width}x{height} rounded to {w2}x{h2}: {model.label} needs multiples of {model.size_multiple}")
@@ -275,6 +293,79 @@ def split_segment(needed: int, first_overlap: int, overlap: int, max_frames: int
 # ---------------------------------------------------------------- planning
 
 
+def _segment_clips(
+    start: int,
+    end: int,
+    rate: Fraction,
+    first_k: int,
+    overlap: int,
+    max_clip: int,
+    blend: bool,
+    culprit: str,
+    fps: float,
+) -> tuple[list[tuple[int, int, list[tuple[int, int, int, float]]]], int, int]:
+    """The clips of one segment (output frames `start`..`end`-1): (Wan frames, repeated frames, rows) each,
+    plus the Wan frames the segment needs and the surplus generated.
+
+    A row is (output frame, Wan frame, next Wan frame, weight of the next one). Output frames map to Wan
+    frames in order, so one pointer walks the clips and exact integer arithmetic replaces fractions: the
+    work is linear in the segment's frames. A clip that would show no output frame is dropped when clips
+    are independent (it only held a blend partner that independent clips cannot share); in a chain it
+    would be needed to carry the motion on, so the plan is refused with what to change.
+    """
+    num, den = rate.numerator, rate.denominator
+
+    def source(offset: int) -> tuple[int, int]:
+        """Wan frame (from the segment's first fresh frame) and the blend weight's numerator."""
+        lo, rest = divmod(offset * num, den)
+        if not blend:
+            return (lo + 1, 0) if 2 * rest >= den else (lo, 0)
+        return lo, rest
+
+    last, rest = source(end - 1 - start)
+    needed = last + (2 if rest else 1)
+    counts = split_segment(needed, first_k, overlap, max_clip, max(MIN_CLIP_FRAMES, overlap))
+    fresh = []  # (first fresh position, one past last, repeated frames, Wan frames) per clip
+    at = 0
+    for i, n in enumerate(counts):
+        k = first_k if i == 0 else overlap
+        fresh.append((at, at + n - k, k, n))
+        at += n - k
+    rows: list[list[tuple[int, int, int, float]]] = [[] for _ in counts]
+    j = 0
+    for offset in range(end - start):
+        lo, rest = source(offset)
+        while lo >= fresh[j][1]:
+            j += 1
+        a, _, k, n = fresh[j]
+        local = k + lo - a
+        target, nxt, weight = j, local + (1 if rest else 0), rest / den
+        if nxt >= n:  # the next fresh frame opens the next clip: express the pair there
+            nk = fresh[j + 1][2]
+            if nk >= 1:
+                target, local, nxt = j + 1, nk - 1, nk
+            else:
+                nxt, weight = local, 0.0
+        rows[target].append((start + offset, local, nxt, weight))
+
+    pieces = []
+    unshown = 0  # needed frames inside dropped clips: no output frame shows them
+    for j, (a, b, k, n) in enumerate(fresh):
+        if rows[j]:
+            pieces.append((n, k, rows[j]))
+        elif overlap == 0:
+            unshown += max(0, min(b, needed) - a)
+        else:
+            raise PlanError(
+                f"{culprit}: at {fps:g} fps output frames are {float(rate):.3g} Wan frames apart, more than a "
+                f"{n}-frame clip adds after its {k} repeated frame(s), so a clip of the segment at frame {start} "
+                f"would show none; allow longer clips (max_clip_frames), fewer overlap frames or continuity none"
+            )
+    needed -= unshown
+    surplus = sum(n - k for n, k, _ in pieces) - needed
+    return pieces, needed, surplus
+
+
 def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions = PlanOptions()) -> ClipPlan:
     """Cut the settings' timeline into Wan clips for `model`."""
     warnings: list[str] = []
@@ -293,7 +384,8 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
 
     overlap = 1
     if continuity == VACE:
-        raw_overlap = _first(options.overlap, _wan_option(settings, "overlap", "frame_overlap"), DEFAULT_VACE_OVERLAP)
+        raw_overlap = _first(options.overlap, _wan_option(settings, "overlap", "frame_overlap"),
+                             min(DEFAULT_VACE_OVERLAP, max_clip - 4))
         overlap = _number("overlap", raw_overlap, int, 1, max_clip - 4)
     elif continuity == "none":
         overlap = 0
@@ -310,6 +402,8 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
     seeds = frame_seeds(settings, seed)
     keyframes = prompt_keyframes(settings)
     path = camera_path(settings)
+    if not MIN_FPS <= settings.fps <= MAX_FPS:  # settings_from_dict checks this; a hand-built one may not
+        raise PlanError(f"fps: must be between {MIN_FPS} and {MAX_FPS}, got {settings.fps!r}")
     rate = Fraction(model.native_fps) / Fraction(settings.fps).limit_denominator(1001)
 
     init_mode = None
@@ -321,47 +415,20 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
     clips: list[Clip] = []
     needed_total = 0
     surplus_total = 0
+    culprit = "max_clip_frames" if max_clip < model.max_frames else "overlap" if continuity == VACE else "fps"
     bounds = [0] + [kf.frame for kf in keyframes[1:]] + [settings.max_frames]
     for seg, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         if end <= start:
             continue
-        # Wan positions (in native frames, from this segment's first fresh frame) of each output frame.
-        positions = [(i - start) * rate for i in range(start, end)]
-        needed = math.floor(positions[-1]) + (1 if positions[-1] == math.floor(positions[-1]) else 2)
-        needed_total += needed
         first_k = overlap if clips else (1 if init_mode else 0)
-        counts = split_segment(needed, first_k, overlap, max_clip, max(MIN_CLIP_FRAMES, overlap))
-        fresh = []  # [first fresh position, one past last] of each clip, on the segment's scale
-        at = 0
-        for i, n in enumerate(counts):
-            k = first_k if i == 0 else overlap
-            fresh.append((at, at + n - k, k, n))
-            at += n - k
-        surplus_total += at - needed
+        pieces, needed, surplus = _segment_clips(
+            start, end, rate, first_k, overlap, max_clip, options.blend, culprit, settings.fps
+        )
+        needed_total += needed
+        surplus_total += surplus
 
         kf = keyframes[seg]
-        by_clip: dict[int, list[tuple[int, int, int, float]]] = {}
-        for out_index, pos in zip(range(start, end), positions):
-            lo = math.floor(pos)
-            weight = float(pos - lo) if options.blend else 0.0
-            if not options.blend and pos - lo >= Fraction(1, 2):
-                lo, weight = lo + 1, 0.0
-            j = next(j for j, (a, b, _, _) in enumerate(fresh) if a <= lo < b)
-            a, b, k, n = fresh[j]
-            local = k + lo - a
-            nxt = local + 1 if weight > 0 else local
-            if nxt >= n:  # the next fresh frame opens the next clip: express the pair there
-                na, nb, nk, nn = fresh[j + 1]
-                if nk >= 1:
-                    j, local, nxt = j + 1, nk - 1, nk
-                else:
-                    nxt, weight = local, 0.0
-            by_clip.setdefault(j, []).append((out_index, local, nxt, weight))
-
-        for j, (a, b, k, n) in enumerate(fresh):
-            rows = by_clip.get(j, [])
-            if not rows:
-                raise PlanError(f"internal: clip {j} of segment {seg} supplies no output frame")
+        for n, k, rows in pieces:
             out_start, out_end = rows[0][0], rows[-1][0] + 1
             first_clip = not clips
             mode = (init_mode or T2V) if first_clip else (T2V if continuity == "none" else continuity)

@@ -12,12 +12,14 @@ same every time for the same settings.
 """
 from __future__ import annotations
 
+import math
 import random
 
 from .schedules import parse_schedule
 from .settings import DeforumSettings
 
 SEED_MAX = 2**32 - 1
+SEED_LIMIT = 2**63  # a torch generator takes a signed or unsigned 64-bit seed
 
 
 class SeedError(ValueError):
@@ -36,12 +38,15 @@ def _derived(base: int, frame: int) -> int:
 
 
 def diffusion_cadence(settings: DeforumSettings) -> int:
+    """Deforum's `diffusion_cadence`, at least 1; beyond max_frames it changes nothing."""
     value = settings.raw.get("diffusion_cadence", 1)
     try:
-        cadence = int(value)
+        number = float(value.strip()) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):
-        raise SeedError(f"diffusion_cadence: expected a whole number, got {value!r}") from None
-    return max(cadence, 1)
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or not number.is_integer():
+        raise SeedError(f"diffusion_cadence: expected a whole number, got {value!r}")
+    return min(max(int(number), 1), max(settings.max_frames, 1))
 
 
 def frame_seeds(settings: DeforumSettings, seed: int | None = None) -> list[int]:
@@ -58,6 +63,11 @@ def frame_seeds(settings: DeforumSettings, seed: int | None = None) -> list[int]
     if behavior == "schedule":
         # Deforum reads the schedule at each diffused frame; the frames between share its seed.
         values = parse_schedule(settings.seed_schedule, n, base, key="seed_schedule")
+        out_of_range = (values < -SEED_LIMIT) | (values >= SEED_LIMIT)
+        if out_of_range.any():
+            frame = int(out_of_range.argmax())
+            raise SeedError(f"seed_schedule: the seed at frame {frame} is {values[frame]:g}, "
+                            f"beyond the 64-bit range a generator takes")
         seeds = [_derived(base, i) if int(v) == -1 else int(v) for i, v in enumerate(values)]
         return [seeds[i - i % cadence] for i in range(n)]
 
