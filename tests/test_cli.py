@@ -67,3 +67,66 @@ def test_errors_are_one_line_and_name_the_key(tmp_path: Path):
     assert missing.returncode == 2 and "not found" in missing.stderr
     model = run("plan", str(path), "--model", "no-such-model")
     assert model.returncode == 2 and "no-such-model" in model.stderr
+
+
+def _settings_file(tmp_path: Path, **changes) -> Path:
+    data = json.loads((SHARED / "a1111-deforum-test-simple.txt").read_text())
+    data.update(changes)
+    path = tmp_path / "settings.txt"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"wan_steps": 1e400}, "steps: must be between"),
+        ({"wan_resolution": "-16x-16"}, "wan_resolution: expected WIDTHxHEIGHT"),
+        ({"diffusion_cadence": "Infinity"}, "diffusion_cadence: expected a whole number"),
+        ({"fps": 1e-9}, "fps: must be at least 1"),
+        ({"resume_timestring": "../../etc"}, "resume_timestring: expected the 14-digit timestring"),
+    ],
+)
+def test_bad_numbers_and_names_are_one_line_errors(tmp_path: Path, changes, words):
+    out = run("plan", str(_settings_file(tmp_path, **changes)), "--seed", "1")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1 and words in out.stderr
+
+
+def test_render_into_an_unwritable_folder_is_a_one_line_error(tmp_path: Path):
+    from conftest import require_render_stack
+
+    require_render_stack()
+    from deforum_wan.tiny import make_tiny_models
+
+    model = make_tiny_models(tmp_path / "models", ["t2v"])["t2v"]
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output folder should go")
+    out = run("render", str(_settings_file(tmp_path)), "--model", str(model), "--outdir", str(blocker / "out"),
+              "--steps", "1", "--width", "32", "--height", "32", "--device", "cpu")
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+    assert out.stderr.startswith("error: ") and str(blocker) in out.stderr
+
+
+@pytest.mark.parametrize(
+    "failure, words",
+    [
+        ("disk-full", "No space left on device"),
+        ("render-error", "cannot resume 20240101120000"),
+    ],
+)
+def test_render_failures_are_one_line_errors(tmp_path: Path, monkeypatch, capsys, failure, words):
+    import errno
+
+    from deforum_wan import cli, render
+
+    def failing_render(job, on_event=None):
+        if failure == "disk-full":
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "frame.png"))
+        raise render.RenderError("cannot resume 20240101120000: the settings or options changed since it started")
+
+    monkeypatch.setattr(render, "render", failing_render)
+    code = cli.main(["render", str(_settings_file(tmp_path)), "--model", "t2v", "--outdir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and words in err and err.count("\n") == 1

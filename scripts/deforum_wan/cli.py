@@ -296,6 +296,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # an output folder that cannot be written, a full disk: say so, no traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {' '.join(str(e.strerror or e).split())}{where}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if not _is_render_error(e):
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+
+
+def _is_render_error(exc: BaseException) -> bool:
+    """A RenderError, checked without importing the renderer (it cannot be raised unless it was imported)."""
+    render = sys.modules.get(f"{__package__}.render")
+    return render is not None and isinstance(exc, render.RenderError)
 
 
 if __name__ == "__main__":  # pragma: no cover
