@@ -490,7 +490,8 @@ def evaluate(
         raise ScheduleError(key, checked.source, frame, "internal: no reduction to take the argument of")
     shown = checked.source if piece is None else piece
     try:
-        result = numexpr.evaluate(text, local_dict=dict(values), global_dict={})
+        with np.errstate(all="ignore"):  # numexpr folds constants with numpy; NaN/inf results are refused below
+            result = numexpr.evaluate(text, local_dict=dict(values), global_dict={})
     except KeyError as exc:
         name = exc.args[0] if exc.args else "?"
         raise ScheduleError(key, shown, frame, f"unknown name {name!r}") from None

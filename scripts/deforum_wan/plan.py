@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
+
 from .movement import SCHEDULE_KEYS, CameraPath, describe_movement
 from .prompts import prompt_at, prompt_keyframes
 from .schedules import parse_schedule
@@ -180,6 +182,13 @@ def camera_path(settings: DeforumSettings) -> CameraPath:
     """Parse the camera schedules of `settings` into per-frame arrays."""
     schedules = {k: parse_schedule(getattr(settings, k), settings.max_frames, settings.seed, key=k)
                  for k in SCHEDULE_KEYS}
+    zoom = schedules["zoom"]
+    if settings.animation_mode != "2D":
+        schedules["zoom"] = np.ones_like(zoom)  # only Deforum's 2D warp reads zoom
+    elif (zoom <= 0).any():
+        frame = int((zoom <= 0).argmax())
+        raise PlanError(f"zoom: the zoom factor at frame {frame} is {zoom[frame]:g}; it must be above 0 "
+                        "(1.0 = no zoom, 1.02 = zoom in)")
     return CameraPath.from_schedules(
         schedules,
         settings.animation_mode,
