@@ -317,7 +317,7 @@ def test_a_million_frames_plan_in_one_pass():
 
 
 def test_zoom_at_or_below_zero_is_named_in_2d_and_ignored_where_deforum_ignores_it():
-    flat = {"prompts": {"0": "a"}, "max_frames": 20, "seed": 1, "zoom": "0:(1), 10:(0)"}
+    flat = {"prompts": {"0": "a"}, "max_frames": 20, "seed": 1, "zoom": "0:(1), 10:(0)", "translation_z": "0:(0)"}
     with pytest.raises(PlanError, match=r"^zoom: the zoom factor at frame 10 is 0; it must be above 0"):
         plan_clips(settings_from_dict({**flat, "animation_mode": "2D"}), MODEL_SPECS["t2v"], PlanOptions(seed=1))
     plan = plan_clips(settings_from_dict({**flat, "animation_mode": "3D"}), MODEL_SPECS["t2v"], PlanOptions(seed=1))
