@@ -172,30 +172,35 @@ def test_restart_mid_queue_finishes_every_job_and_resumes_the_running_one(models
     db, out = tmp_path / "jobs.sqlite3", tmp_path / "out"
     overrides = dict(LONG_OVERRIDES, model=str(models["vace"]))
     queue = JobQueue(db, runner=real_runner(), outdir=out, models_dir=models["vace"].parent).start()
+    first_frame_written = threading.Event()
+    queue.subscribe(lambda record, event: event and event.get("type") == "frames" and first_frame_written.set())
     try:
         with serve(queue) as server, httpx.Client(base_url=server.url, timeout=60) as client:
             r = client.post("/deforum_wan/txt2vid", json={
                 "deforum_settings": [long_settings(24), dict(SMALL, seed=4), dict(SMALL, seed=5)],
                 "options_overrides": overrides})
             ids = r.json()["job_ids"]
-            before = poll(client, ids[0], lambda rec: rec["frames_written"] >= 1 or finished(rec))
+            assert first_frame_written.wait(POLL_LIMIT * 0.1), "the first job never wrote a frame"
+            # Stop the queue first, while the server still runs: the running worker is asked to stop at
+            # once (uvicorn's shutdown takes long enough for a short job to finish before it is asked).
+            queue.close()
     finally:
-        queue.close()  # the server is down; the running worker is stopped and its frames kept
-    assert before["status"] == "ACCEPTED", "the first job finished before the restart; make it longer"
-    first_frame = Path(before["outdir"]) / outputs.frame_name(before["timestring"], 0)
-    frame0 = first_frame.read_bytes()
+        queue.close()  # the running worker is stopped and its frames kept
 
     queue = JobQueue(db, runner=real_runner(), outdir=out, models_dir=models["vace"].parent)
     try:
         interrupted = queue.get(ids[0])
         assert (interrupted.status, interrupted.phase, interrupted.error_type) == ("ACCEPTED", "QUEUED", "RETRYABLE")
+        assert 1 <= interrupted.frames_written < 24 and interrupted.timestring
         assert [queue.get(i).phase for i in ids[1:]] == ["QUEUED", "QUEUED"]
+        first_frame = Path(interrupted.outdir) / outputs.frame_name(interrupted.timestring, 0)
+        frame0 = first_frame.read_bytes()
         queue.start()
         with serve(queue) as server, httpx.Client(base_url=server.url, timeout=60) as client:
             records = [poll(client, i, finished) for i in ids]
         assert [r["status"] for r in records] == ["SUCCEEDED"] * 3, records
         first = records[0]
-        assert first["timestring"] == before["timestring"] and first["attempts"] == 2
+        assert first["timestring"] == interrupted.timestring and first["attempts"] == 2
         assert outputs.existing_frames(first["outdir"], first["timestring"]) == list(range(24))
         assert first_frame.read_bytes() == frame0  # resumed: the frames from before the restart were kept
         assert all(r["attempts"] == 1 for r in records[1:])
