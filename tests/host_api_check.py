@@ -121,6 +121,13 @@ def main() -> int:
         blocked.close()
 
         check(_flag_gates_routes(tmp), "the web-UI flag gates the routes")
+        _check_auth(tmp)
+        r = client.post("/deforum_wan/txt2vid", json={"deforum_settings": dict(
+            SETTINGS, use_init=True, init_image="http://127.0.0.1:9/x.png")})
+        check(r.status_code == 422 and "init_image: cannot use" in r.json()["message"]
+              and "loopback" in r.json()["message"], "a URL to this machine is refused", r)
+        r = client.post(f"/deforum_wan/jobs/{job_id}/retry")
+        check(r.status_code == 409 and "already succeeded" in r.json()["message"], "a finished job is not retried", r)
     finally:
         queue.close()
         jobs.close_queue()
@@ -151,6 +158,43 @@ def _flag_gates_routes(tmp: Path) -> bool:
     on = FastAPI()
     api.on_app_started(None, on)
     return not api.has_routes(off) and api.has_routes(on) and TestClient(on).get("/deforum_wan/jobs").status_code == 200
+
+
+def _basic(user: str, password: str) -> dict:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def _check_auth(tmp: Path) -> None:
+    """--api-auth guards our routes as it guards /sdapi, under this host's fastapi; the standalone token gate too."""
+    shared = sys.modules["modules.shared"]
+    shared.cmd_opts = SimpleNamespace(api=True, deforum_wan_api=False, api_auth="alice:s3cret,bob:hunter2")
+    jobs.close_queue()
+    app = FastAPI()
+    api.on_app_started(None, app)
+    client = TestClient(app)
+    for method, path in (("get", "/deforum_wan/jobs"), ("post", "/deforum_wan/txt2vid"),
+                         ("delete", "/deforum_wan/jobs/x"), ("post", "/deforum_wan/jobs/x/retry")):
+        r = getattr(client, method)(path)
+        check(r.status_code == 401 and r.headers.get("www-authenticate") == "Basic", f"{method} {path} needs auth", r)
+        r = getattr(client, method)(path, headers=_basic("alice", "hunter2"))
+        check(r.status_code == 401, f"{method} {path} refuses a wrong password", r)
+    r = client.get("/deforum_wan/jobs", headers=_basic("bob", "hunter2"))
+    check(r.status_code == 200, "--api-auth credentials open the routes", r)
+    shared.cmd_opts = SimpleNamespace(api=True, deforum_wan_api=False)
+    jobs.close_queue()
+
+    token = "s" * 24
+    gated = FastAPI()
+    api.add_routes(gated, jobs.JobQueue(tmp / "gate.sqlite3", outdir=tmp / "gate", default_model="vace"))
+    gated.add_middleware(api.TokenGate, token=token)
+    client = TestClient(gated)
+    check(client.get("/deforum_wan/jobs").status_code == 401, "the standalone gate refuses without the token")
+    r = client.get("/deforum_wan/jobs", headers={"Authorization": f"Bearer {token}"})
+    check(r.status_code == 200, "the standalone gate opens with the Bearer token", r)
+    r = client.get("/deforum_wan/jobs", headers=_basic("me", token))
+    check(r.status_code == 200, "the standalone gate opens with the token as a browser password", r)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from deforum_wan import api, jobs, outputs
+from deforum_wan.fetch import FetchPolicy
 from deforum_wan.jobs import JobQueue
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -493,7 +494,8 @@ def test_routes_are_absent_in_the_web_ui_without_the_flag(fake_webui):
     assert api.api_enabled(fake_webui.cmd_opts) is False
 
 
-@pytest.mark.parametrize("flags", [{"api": True, "deforum_wan_api": False}, {"api": False, "deforum_wan_api": True}])
+@pytest.mark.parametrize("flags", [{"api": True, "deforum_wan_api": False}, {"api": False, "deforum_wan_api": True},
+                                   {"nowebui": True}])
 def test_routes_are_present_with_api_or_our_flag(fake_webui, flags, tmp_path):
     fake_webui.cmd_opts = SimpleNamespace(**flags)
     app = FastAPI()
@@ -567,3 +569,297 @@ def test_a_killed_worker_fails_its_job_and_the_app_keeps_serving(models, tmp_pat
             assert Path(record["video"]).is_file()
     finally:
         queue.close()
+
+
+# ---------------------------------------------------------------- who may call
+
+
+def _route_calls() -> list[tuple[str, str]]:
+    """(method, path) for every route, with a made-up id."""
+    table = api.route_table(JobQueue(":memory:", outdir="/tmp"))
+    return [(m, path.replace("{id}", "batch-x-0")) for path, _fn, methods, _status in table for m in methods]
+
+
+def _webui_app(fake_webui, **cmd) -> FastAPI:
+    fake_webui.cmd_opts = SimpleNamespace(**{"api": True, "deforum_wan_api": False, **cmd})
+    app = FastAPI()
+    api.on_app_started(None, app)
+    return app
+
+
+def test_the_web_ui_api_auth_guards_every_route_as_it_guards_sdapi(fake_webui):
+    app = _webui_app(fake_webui, api_auth="alice:s3cret,bob:hunter2")
+    calls = _route_calls()
+    assert len(calls) == 11
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        for method, path in calls:
+            for auth in (None, ("alice", "wrong"), ("mallory", "s3cret"), ("alice", "hunter2")):
+                r = client.request(method, path, auth=auth, json={})
+                assert r.status_code == 401, (method, path, auth, r.status_code)
+                assert r.headers["www-authenticate"] == "Basic"
+            r = client.request(method, path, headers={"Authorization": "Bearer s3cret"}, json={})
+            assert r.status_code == 401
+        for user, password in (("alice", "s3cret"), ("bob", "hunter2")):
+            r = client.get("/deforum_wan/jobs", auth=(user, password))
+            assert r.status_code == 200 and r.json() == {}
+        r = client.post("/deforum_wan/txt2vid", auth=("alice", "s3cret"), json={"deforum_settings": SMALL})
+        assert r.status_code in (202, 422)  # past the gate, into validation
+
+
+def test_without_api_auth_the_web_ui_takes_our_token_when_it_is_set(fake_webui, monkeypatch):
+    monkeypatch.setenv(api.TOKEN_ENV, "t" * 32)
+    app = _webui_app(fake_webui)
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.get("/deforum_wan/jobs").status_code == 401
+        assert client.get("/deforum_wan/jobs", headers={"Authorization": "Bearer " + "t" * 31}).status_code == 401
+        assert client.get("/deforum_wan/jobs", headers={"Authorization": "Bearer " + "t" * 32}).status_code == 200
+    monkeypatch.setenv(api.TOKEN_ENV, "t" * 32)
+    both = _webui_app(fake_webui, api_auth="alice:s3cret")  # the host's auth decides; the token opens nothing
+    with LiveServer(both) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.get("/deforum_wan/jobs", headers={"Authorization": "Bearer " + "t" * 32}).status_code == 401
+        assert client.get("/deforum_wan/jobs", auth=("alice", "s3cret")).status_code == 200
+
+
+def test_the_old_settings_option_no_longer_opens_the_api(fake_webui):
+    from deforum_wan import webui
+
+    fake_webui.opts.deforum_wan_api = True  # saved in config.json by an older version
+    app = FastAPI()
+    webui.on_app_started(None, app)
+    assert not api.has_routes(app)
+    assert "deforum_wan_api" not in webui.OPTIONS
+
+
+def test_the_standalone_app_wants_a_token_beyond_this_machine(tmp_path):
+    for host in ("127.0.0.1", "::1", "[::1]", "localhost", "127.0.0.2"):
+        assert api.standalone_problem(host, "") is None, host
+    for host in ("0.0.0.0", "::", "192.168.1.20", "no-such-host.invalid"):
+        assert api.TOKEN_ENV in (api.standalone_problem(host, "") or ""), host
+        assert api.standalone_problem(host, "x" * 40) is None
+    assert "at least 16" in api.standalone_problem("127.0.0.1", "short")
+    env = {k: v for k, v in os.environ.items() if k != api.TOKEN_ENV}
+    result = subprocess.run([sys.executable, "-m", "deforum_wan", "ui", "--host", "0.0.0.0", "--port", "9"],
+                            capture_output=True, text=True, timeout=120, env=env, cwd=str(tmp_path))
+    assert result.returncode == 2 and f"without {api.TOKEN_ENV}" in result.stderr, result.stderr[-2000:]
+
+
+def test_the_standalone_token_gate_covers_everything_it_serves(tmp_path):
+    import base64
+
+    from fastapi.responses import HTMLResponse
+
+    token = "k" * 24
+    queue = JobQueue(tmp_path / "jobs.sqlite3", runner=lambda job, **kw: None, outdir=tmp_path, default_model="vace")
+    app = FastAPI()
+    api.add_routes(app, queue)
+    app.add_api_route("/", lambda: HTMLResponse("<html>the tab</html>"), methods=["GET"])
+    app.add_middleware(api.TokenGate, token=token)
+    basic = "Basic " + base64.b64encode(f"anyone:{token}".encode()).decode()
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        for path in ("/", "/deforum_wan/jobs", "/docs", "/openapi.json"):
+            r = client.get(path)
+            assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic"), path
+            assert client.get(path, headers={"Authorization": "Bearer " + "k" * 23}).status_code == 401
+            assert client.get(path, headers={"Authorization": f"Bearer {token}"}).status_code == 200, path
+            assert client.get(path, headers={"Authorization": basic}).status_code == 200, path  # a browser
+    queue.close()
+
+
+# ---------------------------------------------------------------- URLs (SSRF)
+
+
+@pytest.fixture
+def web():
+    from netfixtures import LocalServer, bomb_png, png_bytes, wav_bytes
+
+    with LocalServer() as s:
+        s.routes.add("/init.png", png_bytes((48, 32), (10, 200, 30)), "image/png")
+        s.routes.add("/song.wav", wav_bytes(1.0), "audio/wav")
+        s.routes.add("/bomb.png", bomb_png(), "image/png")
+        s.routes.add("/slow.png", png_bytes(), "image/png", delay=3.0)
+        yield s
+
+
+def _accepted_settings(queue: JobQueue, response: httpx.Response) -> dict:
+    assert response.status_code == 202, response.text
+    return queue.get(response.json()["job_ids"][0]).job["settings"]
+
+
+def test_urls_to_this_machine_or_the_network_inside_are_refused(tmp_path, web, monkeypatch):
+    from netfixtures import fake_dns
+
+    fake_dns(monkeypatch, {"metadata.example": ["169.254.169.254"], "nas.example": ["192.168.1.5"],
+                           "localhost": ["127.0.0.1", "::1"]})
+    web.routes.redirect("/to-metadata", "http://metadata.example/latest/meta-data/iam")
+    queue = JobQueue(tmp_path / "jobs.sqlite3", runner=lambda job, **kw: None, outdir=tmp_path / "out",
+                     default_model="i2v")
+    cases = [
+        ("init_image", {"use_init": True}, web.url("/init.png"), "loopback"),
+        ("init_image", {"use_init": True}, web.url("/init.png", "[::1]"), "loopback"),
+        ("init_image", {"use_init": True}, "http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("init_image", {"use_init": True}, "http://metadata.example/latest/", "link-local"),
+        ("soundtrack_path", {"add_soundtrack": "File"}, "http://nas.example/song.mp3", "private"),
+        ("soundtrack_path", {"add_soundtrack": "File"}, web.url("/song.wav", "localhost"), "loopback"),
+    ]
+    with serve(queue) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        for key, switch, url, words in cases:
+            r = client.post("/deforum_wan/txt2vid", json={"deforum_settings": dict(SMALL, **switch, **{key: url})})
+            assert r.status_code == 422, (url, r.text)
+            assert f"deforum_settings.{key}: cannot use" in r.json()["message"] and words in r.json()["message"], url
+    with serve(queue, fetch_policy=FetchPolicy(allow_loopback=True)) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
+        r = client.post("/deforum_wan/txt2vid", json={"deforum_settings": dict(SMALL, use_init=True,
+                                                                                init_image=web.url("/to-metadata"))})
+        assert r.status_code == 422 and "metadata.example is 169.254.169.254" in r.json()["message"]
+    assert web.routes.seen == ["/to-metadata"]  # the only request that reached a server: the redirect itself
+    assert not queue.list()
+    queue.close()
+
+
+def test_used_urls_are_fetched_at_submit_and_the_worker_gets_files(tmp_path, web):
+    from netfixtures import png_bytes
+
+    queue = JobQueue(tmp_path / "jobs.sqlite3", runner=lambda job, **kw: None, outdir=tmp_path / "out",
+                     default_model="i2v")
+    with serve(queue, fetch_policy=FetchPolicy(allow_loopback=True)) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
+        settings = _accepted_settings(queue, client.post("/deforum_wan/txt2vid", json={"deforum_settings": dict(
+            SMALL, use_init=True, init_image=web.url("/init.png"), add_soundtrack="File",
+            soundtrack_path=web.url("/song.wav"))}))
+        init, song = Path(settings["init_image"]), Path(settings["soundtrack_path"])
+        inputs = (tmp_path / "out" / "deforum_wan_api_inputs").resolve()
+        assert init.parent == inputs and song.parent == inputs and song.suffix == ".wav"
+        assert init.read_bytes() == png_bytes((48, 32), (10, 200, 30))
+        # A URL the render will not use is neither fetched nor changed (Deforum's files carry sample URLs).
+        web.routes.seen.clear()
+        settings = _accepted_settings(queue, client.post("/deforum_wan/txt2vid", json={"deforum_settings": dict(
+            SMALL, use_init=False, init_image="http://169.254.169.254/x.png", add_soundtrack="None",
+            soundtrack_path=web.url("/song.wav"))}))
+        assert settings["init_image"] == "http://169.254.169.254/x.png" and web.routes.seen == []
+    queue.close()
+
+
+def test_a_slow_url_never_holds_up_other_requests(tmp_path, web, monkeypatch):
+    queue = JobQueue(tmp_path / "jobs.sqlite3", runner=lambda job, **kw: None, outdir=tmp_path / "out",
+                     default_model="i2v")
+    monkeypatch.setattr(api, "MAX_PENDING_VALIDATIONS", 2)
+    slow = {"deforum_settings": dict(SMALL, use_init=True, init_image=web.url("/slow.png"))}
+    with serve(queue, fetch_policy=FetchPolicy(allow_loopback=True)) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
+        done: dict[str, tuple[int, float]] = {}
+
+        def post(name: str) -> None:
+            started = time.monotonic()
+            with httpx.Client(base_url=server.url, timeout=60) as c:
+                done[name] = (c.post("/deforum_wan/txt2vid", json=slow).status_code, time.monotonic() - started)
+
+        threads = [threading.Thread(target=post, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # both are now waiting on the slow server
+        answered = []
+        for _ in range(5):
+            started = time.monotonic()
+            assert client.get("/deforum_wan/jobs").status_code == 200
+            answered.append(time.monotonic() - started)
+        busy = client.post("/deforum_wan/txt2vid", json={"deforum_settings": SMALL})
+        for t in threads:
+            t.join(60)
+    assert max(answered) < 1.0, answered  # the slow fetch takes 3 s
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
+    assert done["a"][0] == done["b"][0] == 202 and min(done["a"][1], done["b"][1]) >= 2.5, done
+    queue.close()
+
+
+# ---------------------------------------------------------------- every 422 names its field
+
+
+def test_findings_that_named_no_field_now_name_it(tmp_path, web):
+    import base64
+
+    from netfixtures import bomb_png
+
+    queue = JobQueue(tmp_path / "jobs.sqlite3", runner=lambda job, **kw: None, outdir=tmp_path / "out",
+                     default_model="vace")
+    bomb = "data:image/png;base64," + base64.b64encode(bomb_png()).decode()
+    cases = [
+        (dict(SMALL, fps=1e-9), "deforum_settings.fps: must be"),
+        (dict(SMALL, fps=0.01), "deforum_settings.fps"),
+        (dict(SMALL, use_init=True, init_image=bomb), "deforum_settings.init_image: the image is far larger"),
+        (dict(SMALL, prompts={"0": "a fox " * 5000}), "deforum_settings.prompts.0: at most 20000 characters"),
+        (dict(SMALL, resume_from_timestring=True, resume_timestring="../../etc"), "deforum_settings.resume_timestring"),
+        (dict(SMALL, animation_mode="Sideways"), "deforum_settings.animation_mode"),
+        ([SMALL, dict(SMALL, W=100000)], "deforum_settings[1].W"),
+    ]
+    with serve(queue, fetch_policy=FetchPolicy(allow_loopback=True)) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
+        for settings, named in cases:
+            r = client.post("/deforum_wan/txt2vid", json={"deforum_settings": settings})
+            assert r.status_code == 422 and named in r.json()["message"], (named, r.text[:400])
+        r = client.post("/deforum_wan/txt2vid", json={"deforum_settings": dict(SMALL, use_init=True,
+                                                                                init_image=web.url("/bomb.png"))})
+        assert r.status_code == 422 and "deforum_settings.init_image: cannot use" in r.json()["message"]
+        r = client.post("/deforum_wan/txt2vid", content=b"[1,", headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["message"].startswith("Invalid request: body: not valid JSON")
+    queue.close()
+
+
+def test_a_parser_message_is_traced_to_the_key_the_user_wrote():
+    """Planner messages that do not start with a key still name the field they mention."""
+    from deforum_wan import validation
+
+    data = {"animation_mode": "None", "wan_max_clip_frames": 5, "prompts": {"0": "a"}}
+    loc = ("deforum_settings", 0)
+    assert validation._plan_error("unknown animation_mode 'None'; expected one of ...", loc, data, {})[0] == \
+        ("deforum_settings", 0, "animation_mode")
+    assert validation._plan_error("overlap: must be between 1 and 1, got 5", loc, data, {})[0] == \
+        ("deforum_settings", 0, "wan_max_clip_frames")
+    assert validation._plan_error("overlap: must be between 1 and 1, got 5", loc, data, {"max_clip_frames": 5})[0] == \
+        ("options_overrides", "max_clip_frames")
+    assert validation._plan_error("steps: must be between 1 and 200, got 500", loc, {"wan_inference_steps": 500},
+                                  {})[0] == ("deforum_settings", 0, "wan_inference_steps")
+
+
+# ---------------------------------------------------------------- retry
+
+
+def test_retry_route_requeues_a_full_disk_failure_as_a_resume(tmp_path):
+    calls: list[dict] = []
+
+    def runner(job, *, on_event, cancel=None, config=None):
+        calls.append(job)
+        ts = job.get("resume") or "20240202020202"
+        folder = tmp_path / "out" / f"api_{ts}"
+        on_event({"type": "start", "folder": str(folder), "timestring": ts, "clips": 1, "frames_total": 2,
+                  "frames_on_disk": 0, "resumed": bool(job.get("resume"))})
+        outputs.write_frame(folder, ts, len(calls) - 1, np.zeros((8, 8, 3), np.uint8))
+        if len(calls) == 1:
+            return {"status": "failed", "error": f"No space left on device while writing to {folder}",
+                    "folder": str(folder), "timestring": ts, "frames_on_disk": 1, "frames_total": 2}
+        return {"status": "done", "folder": str(folder), "timestring": ts, "frames_on_disk": 2, "frames_total": 2}
+
+    queue = JobQueue(tmp_path / "jobs.sqlite3", runner=runner, outdir=tmp_path / "out", default_model="vace").start()
+    terminal = JobQueue(tmp_path / "t.sqlite3", runner=lambda job, **kw: {"status": "failed", "error": "zoom: bad"},
+                        outdir=tmp_path / "out", default_model="vace").start()
+    try:
+        with serve(queue) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+            job_id = client.post("/deforum_wan/txt2vid", json={"deforum_settings": SMALL}).json()["job_ids"][0]
+            failed = poll(client, job_id, finished)
+            assert (failed["status"], failed["error_type"]) == ("FAILED", "RETRYABLE")
+            assert f"POST /deforum_wan/jobs/{job_id}/retry" in failed["message"]
+            r = client.post(f"/deforum_wan/jobs/{job_id}/retry")
+            assert r.status_code == 202 and "resume 20240202020202" in r.json()["message"]
+            done = poll(client, job_id, finished)
+            assert (done["status"], done["attempts"], done["timestring"]) == ("SUCCEEDED", 2, "20240202020202")
+            assert calls[1]["resume"] == "20240202020202"
+            r = client.post(f"/deforum_wan/jobs/{job_id}/retry")
+            assert r.status_code == 409 and "already succeeded" in r.json()["message"]
+            assert client.post("/deforum_wan/jobs/batch-nope-0/retry").status_code == 404
+        with serve(terminal) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+            job_id = client.post("/deforum_wan/txt2vid", json={"deforum_settings": SMALL}).json()["job_ids"][0]
+            assert poll(client, job_id, finished)["error_type"] == "TERMINAL"
+            r = client.post(f"/deforum_wan/jobs/{job_id}/retry")
+            assert r.status_code == 409 and "TERMINAL" in r.json()["message"]
+    finally:
+        queue.close()
+        terminal.close()

@@ -1,0 +1,584 @@
+"""What a txt2vid request means, checked before anything is queued.
+
+Every bad input comes back as an ApiError: 422 (413 when too large) with the
+field named, e.g. `deforum_settings[0].translation_x: cannot evaluate "sin(t"
+at frame 12: ...`. The settings go through the same parsers the renderer uses,
+so what is accepted here also renders. URLs the render will use (`init_image`
+with `use_init`, `soundtrack_path` with `add_soundtrack: File`) are fetched here,
+through deforum_wan.fetch, and replaced by the saved file: the worker and
+ffmpeg only ever read local files, and a URL we refuse is a 422 naming its field.
+
+The request and response shapes are pydantic models written with what pydantic
+1 (A1111) and 2 (Forge) share; everything deeper is plain Python, so both hosts
+answer alike. Nothing here runs on the event loop (api.py hands it to a thread).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+from pydantic import BaseModel, ValidationError
+
+from . import fetch, jobs
+
+log = logging.getLogger(__name__)
+
+# Limits, documented in the README.
+MAX_BODY_BYTES = 5 * 1024 * 1024  # request body; larger -> 413
+MAX_SETTINGS_PER_BATCH = 100
+MAX_FRAMES = 10_000  # about 11 minutes at 15 fps
+MAX_SIDE = 4096  # W, H, width, height
+MIN_SIDE = 16
+MAX_STEPS = 200  # Wan denoising steps (options_overrides.steps, wan_steps)
+MAX_DEFORUM_STEPS = 1000  # Deforum's own `steps` key (not used by Wan)
+MIN_FPS, MAX_FPS = 1.0, 240.0
+MAX_URL_CHARS = 4096
+MAX_TEXT_CHARS = 20_000  # one prompt or schedule string
+MAX_URLS_PER_REQUEST = 8  # distinct URLs fetched for one request
+PROMPT_KEYS = ("prompts", "animation_prompts", "wan_prompts")
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu)(:\d{1,2})?)$")
+_DATA_URL = re.compile(r"^data:([\w.+\-]+/[\w.+\-]+)?((?:;[\w\-]+=[\w.\-]+)*)(;base64)?,(.*)$", re.S)
+_AUDIO_TYPES = ("audio/mpeg", "audio/mp3", "audio/wav", "audio/x-wav", "audio/wave", "audio/ogg", "audio/flac",
+                "audio/aac", "audio/mp4", "audio/x-m4a")
+_TIMESTRING = re.compile(r"^\d{14}$")
+
+Loc = Sequence[Any]
+PolicySource = Union[fetch.FetchPolicy, Callable[[], fetch.FetchPolicy], None]
+
+
+class ApiError(Exception):
+    """A request problem for the client: HTTP status and (field, message) pairs."""
+
+    def __init__(self, status: int, errors: Sequence[tuple[Loc, str]]):
+        self.status = status
+        self.errors = [(tuple(loc) or ("body",), msg) for loc, msg in errors]
+        super().__init__("; ".join(f"{field_name(loc)}: {msg}" for loc, msg in self.errors))
+
+
+def field_name(loc: Loc) -> str:
+    """`("deforum_settings", 0, "zoom")` -> `deforum_settings[0].zoom`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+class Txt2VidRequest(BaseModel):
+    """POST /deforum_wan/txt2vid, as Deforum's POST /deforum_api/batches: settings objects plus overrides."""
+
+    deforum_settings: List[Dict[str, Any]]
+    options_overrides: Optional[Dict[str, Any]] = None
+
+
+class BatchAccepted(BaseModel):
+    message: str
+    batch_id: str
+    job_ids: List[str]
+
+
+def validate_model(model: type[BaseModel], data: Any) -> BaseModel:
+    """Pydantic 2's model_validate or pydantic 1's parse_obj; errors become a 422 naming the field."""
+    validate = getattr(model, "model_validate", None) or model.parse_obj
+    try:
+        return validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, [(tuple(e["loc"]), e["msg"]) for e in exc.errors()]) from None
+
+
+def model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = getattr(model, "model_json_schema", None) or model.schema
+    return schema()
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """The request body as JSON; a 422 naming the body when it is not."""
+    if not raw.strip():
+        raise ApiError(422, [(("body",), "empty; send a JSON object with deforum_settings")])
+    try:
+        return json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise ApiError(422, [(("body",), "not UTF-8 text")]) from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(422, [(("body",), f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]) from None
+    except RecursionError:
+        raise ApiError(422, [(("body",), "JSON nested too deeply")]) from None
+
+
+# ---------------------------------------------------------------- small checks
+
+
+def _non_finite(value: Any, loc: list[Any], found: list[tuple[list[Any], str]], depth: int = 0) -> None:
+    """NaN/Infinity anywhere in the JSON (Python's json accepts them; they are never valid here)."""
+    if depth > 40:
+        found.append((loc, "nested too deeply"))
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        found.append((loc, f"{value} is not a number; use a finite value"))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _non_finite(v, [*loc, str(k)], found, depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _non_finite(v, [*loc, i], found, depth + 1)
+
+
+def _int_option(value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"expected a whole number, got {value!r}")
+    value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float_option(value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"must be between {low:g} and {high:g}, got {value!r}")
+    return value
+
+
+def _bool_option(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _choice(choices: Iterable[str]) -> Callable[[Any], str]:
+    choices = tuple(choices)
+
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _text_option(limit: int) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected text, got {type(value).__name__}")
+        if len(value) > limit:
+            raise ValueError(f"at most {limit} characters")
+        return value
+
+    return check
+
+
+def _device(value: Any) -> str:
+    if not isinstance(value, str) or not _DEVICE.match(value):
+        raise ValueError(f"expected cpu, cuda, cuda:N, mps or xpu, got {value!r}")
+    return value
+
+
+def _override_checks() -> dict[str, Callable[[Any], Any]]:
+    from .models import ATTENTION_CHOICES, MEMORY_PROFILES
+    from .plan import CONTINUITY
+
+    return {
+        "model": _text_option(1000),
+        "i2v_model": _text_option(1000),
+        "steps": lambda v: _int_option(v, 1, MAX_STEPS),
+        "width": lambda v: _int_option(v, MIN_SIDE, MAX_SIDE),
+        "height": lambda v: _int_option(v, MIN_SIDE, MAX_SIDE),
+        "continuity": _choice(CONTINUITY),
+        "overlap": lambda v: _int_option(v, 1, 117),
+        "guidance": lambda v: _float_option(v, 0, 30),
+        "flow_shift": lambda v: _float_option(v, 0.01, 50),
+        "max_clip_frames": lambda v: _int_option(v, 5, 121),
+        "seed": lambda v: _int_option(v, -1, 2**32 - 1),
+        "sensitivity": lambda v: _float_option(v, 0.01, 100),
+        "language": _choice(("en", "zh")),
+        "blend": _bool_option,
+        "color_match": _bool_option,
+        "device": _device,
+        "memory_profile": _choice(MEMORY_PROFILES),
+        "attention": _choice(ATTENTION_CHOICES),
+        "compile": _bool_option,
+        "vae_tiling": _bool_option,
+        "make_video": _bool_option,
+        "enhance": _bool_option,
+        "enhance_style": _text_option(2000),
+        "enhance_style_strength": lambda v: _float_option(v, 0, 1),
+        "enhance_target_language": _choice(("en", "zh")),
+    }
+
+
+def _text_limits(data: Mapping[str, Any], loc: tuple[Any, ...]) -> None:
+    """No string over MAX_TEXT_CHARS, prompts included (they sit one level down)."""
+    for key, value in data.items():
+        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS and key != "init_image":
+            raise ApiError(422, [((*loc, key), f"at most {MAX_TEXT_CHARS} characters, got {len(value)}")])
+        if key in PROMPT_KEYS and isinstance(value, dict):
+            for frame, text in value.items():
+                if isinstance(text, str) and len(text) > MAX_TEXT_CHARS:
+                    raise ApiError(422, [((*loc, key, str(frame)), f"at most {MAX_TEXT_CHARS} characters per prompt, "
+                                                                   f"got {len(text)}")])
+
+
+# ---------------------------------------------------------------- the validator
+
+
+class Validator:
+    """Checks a txt2vid request against the queue's folders; returns settings ready for the queue.
+
+    `fetch_policy` is a FetchPolicy or a function returning one (the web UI's
+    options are read when a URL is fetched, so a changed setting applies at once).
+    """
+
+    def __init__(self, queue: jobs.JobQueue, allowed_roots: Sequence[str | os.PathLike[str]] | None = None,
+                 model_roots: Sequence[str | os.PathLike[str]] | None = None, fetch_policy: PolicySource = None):
+        self.queue = queue
+        roots = list(allowed_roots) if allowed_roots else [queue.outdir]
+        self.allowed_roots = [Path(r).expanduser().resolve() for r in roots]
+        models = list(model_roots) if model_roots else ([queue.models_dir] if queue.models_dir else [])
+        self.model_roots = [Path(r).expanduser().resolve() for r in models]
+        self._policy = fetch_policy
+
+    def policy(self) -> fetch.FetchPolicy:
+        source = self._policy
+        return source() if callable(source) else (source or fetch.FetchPolicy())
+
+    @property
+    def inputs_folder(self) -> Path:
+        """Where data: URLs and fetched URLs are saved for the worker to read."""
+        return Path(self.queue.outdir) / "deforum_wan_api_inputs"
+
+    # -- request
+
+    def request(self, body: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """(settings list, options_overrides) ready for JobQueue.submit; ApiError otherwise."""
+        if isinstance(body, (bytes, bytearray)):
+            body = parse_json_body(bytes(body))
+        if not isinstance(body, dict):
+            raise ApiError(422, [(("body",), f"the request body must be a JSON object, got {type(body).__name__}")])
+        found: list[tuple[list[Any], str]] = []
+        _non_finite(body, [], found)
+        if found:
+            raise ApiError(422, found[:20])
+        overrides, spec_info = self.overrides(body.get("options_overrides"))
+        raw = body.get("deforum_settings")
+        if raw is None:
+            raise ApiError(422, [(("deforum_settings",), "missing; give a Deforum settings object or a list of them")])
+        items = raw if isinstance(raw, list) else [raw]
+        if not items:
+            raise ApiError(422, [(("deforum_settings",), "empty list; give at least one settings object")])
+        if len(items) > MAX_SETTINGS_PER_BATCH:
+            raise ApiError(422, [(("deforum_settings",), f"at most {MAX_SETTINGS_PER_BATCH} settings objects per request")])
+        validate_model(Txt2VidRequest, {"deforum_settings": items, "options_overrides": overrides})
+        errors: list[tuple[Loc, str]] = []
+        checked: list[tuple[tuple[Any, ...], dict[str, Any], Any]] = []
+        for i, item in enumerate(items):
+            loc: tuple[Any, ...] = ("deforum_settings", i) if isinstance(raw, list) else ("deforum_settings",)
+            try:
+                data, parsed = self.settings(item, overrides, spec_info, loc)
+                checked.append((loc, data, parsed))
+            except ApiError as exc:
+                errors += exc.errors
+            except Exception as exc:  # any parser surprise is still the input's fault, never a 500
+                log.debug("unexpected validation error", exc_info=True)
+                errors.append((_guess_loc(str(exc), item if isinstance(item, dict) else {}, loc),
+                               f"{type(exc).__name__}: {exc}"))
+        if errors:
+            raise ApiError(422, errors)
+        # Only a request that is otherwise valid costs a download.
+        fetched: dict[tuple[str, str], str] = {}
+        for loc, data, parsed in checked:
+            self.fetch_used_urls(data, parsed, loc, fetched)
+        return [data for _loc, data, _parsed in checked], overrides
+
+    def overrides(self, raw: Any) -> tuple[dict[str, Any], tuple[Any, tuple[str, ...]]]:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ApiError(422, [(("options_overrides",), f"expected an object, got {type(raw).__name__}")])
+        checks = _override_checks()
+        errors: list[tuple[Loc, str]] = []
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key not in checks:
+                errors.append((("options_overrides", key), f"unknown option; allowed: {', '.join(sorted(checks))}"))
+                continue
+            if value is None:
+                continue
+            try:
+                out[key] = checks[key](value)
+            except ValueError as exc:
+                errors.append((("options_overrides", key), str(exc)))
+        if errors:
+            raise ApiError(422, errors)
+        spec_info = self.models(out)
+        return out, spec_info
+
+    def _model_info(self, name: str, key: str) -> Any:
+        from .models import ModelError, find_model
+
+        loc = ("options_overrides", key)
+        if "\x00" in name or ".." in re.split(r"[\\/]", name):
+            raise ApiError(422, [(loc, "must not contain '..'")])
+        candidate = Path(name).expanduser()
+        if candidate.is_absolute() or os.sep in name or "/" in name:
+            resolved = candidate.resolve()
+            if not any(_inside(resolved, root) for root in self.model_roots):
+                roots = ", ".join(str(r) for r in self.model_roots) or "none configured"
+                raise ApiError(422, [(loc, f"model folders must be inside the models folder ({roots})")])
+        try:
+            return find_model(name, self.queue.models_dir)
+        except (ModelError, OSError, ValueError) as exc:
+            raise ApiError(422, [(loc, str(exc))]) from None
+
+    def models(self, overrides: dict[str, Any]) -> tuple[Any, tuple[str, ...]]:
+        """The ModelSpec to plan with and the extra modes an I2V model adds."""
+        from .specs import I2V, MODEL_SPECS
+
+        spec = None
+        try:
+            model = self.queue.resolve_model(overrides.get("model"))
+        except ValueError as exc:
+            raise ApiError(422, [(("options_overrides", "model"), str(exc))]) from None
+        if model in MODEL_SPECS and "model" not in overrides and not self.queue.models_dir:
+            spec = MODEL_SPECS[model]
+        else:
+            info = self._model_info(model, "model")
+            spec = info.spec
+            if "model" in overrides:
+                overrides["model"] = str(info.path)
+        extra: tuple[str, ...] = ()
+        if overrides.get("i2v_model"):
+            i2v = self._model_info(overrides["i2v_model"], "i2v_model")
+            overrides["i2v_model"] = str(i2v.path)
+            extra = tuple(i2v.spec.modes)
+        if spec.kind == "ti2v-5b":
+            extra += (I2V,)
+        return spec, extra
+
+    # -- one settings object
+
+    def settings(self, item: Any, overrides: Mapping[str, Any], spec_info: tuple[Any, tuple[str, ...]],
+                 loc: tuple[Any, ...]) -> tuple[dict[str, Any], Any]:
+        """The settings object as the queue stores it, and the parsed DeforumSettings."""
+        from .plan import PlanOptions, plan_clips
+        from .prompts import prompt_keyframes
+        from .schedules import ScheduleError, parse_schedule
+        from .settings import CAMERA_KEYS, SettingsError, settings_from_dict
+
+        if not isinstance(item, dict):
+            raise ApiError(422, [(loc, f"expected a settings object, got {type(item).__name__}")])
+        data = dict(item)
+        wan_prompts = data.get("wan_prompts")
+        if not any(k in data for k in ("prompts", "animation_prompts")) and not (isinstance(wan_prompts, dict) and wan_prompts):
+            raise ApiError(422, [((*loc, "prompts"), 'missing; add at least one prompt, e.g. {"0": "a cat"}')])
+        _text_limits(data, loc)
+        if "batch_name" in data:
+            self.check_batch_name(data["batch_name"], (*loc, "batch_name"))
+        for key, kind in (("init_image", fetch.IMAGE), ("soundtrack_path", fetch.AUDIO)):
+            if key in data:
+                data[key] = self.check_source(data[key], (*loc, key), kind)
+        try:
+            s = settings_from_dict(data)
+        except SettingsError as exc:
+            raise ApiError(422, [_settings_error(exc, loc, data)]) from None
+        limits = (("max_frames", s.max_frames, 1, MAX_FRAMES), ("W", s.W, MIN_SIDE, MAX_SIDE),
+                  ("H", s.H, MIN_SIDE, MAX_SIDE), ("fps", s.fps, MIN_FPS, MAX_FPS),
+                  ("steps", s.steps, 1, MAX_DEFORUM_STEPS))
+        for key, value, low, high in limits:
+            if not low <= value <= high:
+                raise ApiError(422, [((*loc, key), f"must be between {low:g} and {high:g}, got {value:g}")])
+        if s.resume_from_timestring and not _TIMESTRING.match(s.resume_timestring or ""):
+            raise ApiError(422, [((*loc, "resume_timestring"), "expected the 14-digit timestring of a render "
+                                                                f"(YYYYmmddHHMMSS), got {s.resume_timestring!r}")])
+        schedule_keys = list(CAMERA_KEYS) + (["seed_schedule"] if s.seed_behavior == "schedule" else [])
+        try:
+            for key in schedule_keys:
+                parse_schedule(getattr(s, key), s.max_frames, s.seed, key=key)
+            prompt_keyframes(s)
+            options = {k: overrides[k] for k in jobs.PLAN_OVERRIDES if k in overrides}
+            if options.get("seed", -1) == -1:
+                # -1 is resolved when the job starts; any concrete seed checks the same things
+                options["seed"] = s.seed if s.seed != -1 else 0
+            spec, extra = spec_info
+            plan_clips(s, spec, PlanOptions(**options, extra_modes=extra))
+        except ScheduleError as exc:
+            raise ApiError(422, [((*loc, exc.key.split("[", 1)[0]), _after_key(str(exc), exc.key))]) from None
+        except SettingsError as exc:
+            raise ApiError(422, [_settings_error(exc, loc, data)]) from None
+        except ValueError as exc:  # PlanError and friends: "name: problem"
+            raise ApiError(422, [_plan_error(str(exc), loc, data, overrides)]) from None
+        return data, s
+
+    def fetch_used_urls(self, data: dict[str, Any], parsed: Any, loc: tuple[Any, ...],
+                        fetched: dict[tuple[str, str], str]) -> None:
+        """Fetch the URLs this render will read and put the saved files in their place."""
+        used = (("init_image", fetch.IMAGE, bool(parsed.use_init)),
+                ("soundtrack_path", fetch.AUDIO, parsed.add_soundtrack == "File"))
+        for key, kind, in_use in used:
+            url = data.get(key)
+            if not in_use or not fetch.is_url(url):
+                continue
+            where = (*loc, key)
+            if (url, kind) not in fetched:
+                if len(fetched) >= MAX_URLS_PER_REQUEST:
+                    raise ApiError(422, [(where, f"at most {MAX_URLS_PER_REQUEST} different URLs per request")])
+                try:
+                    fetched[(url, kind)] = str(fetch.fetch_to_file(url.strip(), kind, self.inputs_folder, self.policy()))
+                except fetch.FetchError as exc:
+                    raise ApiError(422, [(where, f"cannot use {_short(url)}: {exc}")]) from None
+            data[key] = fetched[(url, kind)]
+
+    def check_batch_name(self, value: Any, loc: tuple[Any, ...]) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str):
+            raise ApiError(422, [(loc, f"expected text, got {type(value).__name__}")])
+        if ".." in value:
+            raise ApiError(422, [(loc, "must not contain '..'")])
+        if value.startswith(("/", "\\", "~")) or _DRIVE.match(value):
+            raise ApiError(422, [(loc, "must be a folder name, not a path")])
+        if "\x00" in value:
+            raise ApiError(422, [(loc, "must not contain NUL characters")])
+        if len(value) > 200:
+            raise ApiError(422, [(loc, "at most 200 characters")])
+
+    def check_source(self, value: Any, loc: tuple[Any, ...], kind: str) -> Any:
+        """init_image / soundtrack_path: http(s) URL, data URL (saved to a file), or a file inside the allowed folders."""
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ApiError(422, [(loc, f"expected text, got {type(value).__name__}")])
+        text = value.strip()
+        if text.lower() in ("", "none"):
+            return value
+        if text.lower().startswith("data:"):
+            return self.save_data_url(text, loc, kind)
+        if _SCHEME.match(text) and not _DRIVE.match(text):
+            scheme = text.split(":", 1)[0].lower()
+            if scheme not in ("http", "https"):
+                raise ApiError(422, [(loc, f"{scheme}: URLs are not allowed; use http(s), a data: URL or a file "
+                                           "inside the web UI's output or input folders")])
+            from urllib.parse import urlsplit
+
+            try:
+                parts = urlsplit(text)
+                parts.port  # noqa: B018 - raises on a bad port
+            except ValueError:
+                raise ApiError(422, [(loc, "not a valid http(s) URL")]) from None
+            if not parts.hostname or len(text) > MAX_URL_CHARS or any(c in text for c in "\x00\r\n\t "):
+                raise ApiError(422, [(loc, "not a valid http(s) URL")])
+            return text
+        if "\x00" in text or ".." in re.split(r"[\\/]", text):
+            raise ApiError(422, [(loc, "must not contain '..'")])
+        if text.startswith("~"):
+            raise ApiError(422, [(loc, "paths starting with '~' are not allowed")])
+        path = Path(text)
+        resolved = (path if path.is_absolute() else Path.cwd() / path).resolve()
+        if not any(_inside(resolved, root) for root in self.allowed_roots):
+            raise ApiError(422, [(loc, "only http(s) URLs, data: URLs and files inside the web UI's output or "
+                                       "input folders are allowed")])
+        return str(resolved)
+
+    def save_data_url(self, text: str, loc: tuple[Any, ...], kind: str) -> str:
+        match = _DATA_URL.match(text)
+        if not match:
+            raise ApiError(422, [(loc, "not a valid data: URL")])
+        mime, _params, is_b64, payload = match.groups()
+        try:
+            data = base64.b64decode(payload, validate=True) if is_b64 else payload.encode("utf-8")
+        except (binascii.Error, ValueError):
+            raise ApiError(422, [(loc, "the data: URL is not valid base64")]) from None
+        if not data:
+            raise ApiError(422, [(loc, "the data: URL is empty")])
+        if kind == fetch.AUDIO and mime not in _AUDIO_TYPES:
+            raise ApiError(422, [(loc, f"expected an audio data: URL ({', '.join(_AUDIO_TYPES)})")])
+        try:
+            suffix = fetch.check_image(data) if kind == fetch.IMAGE else fetch.check_audio(data)
+        except fetch.FetchError as exc:
+            raise ApiError(422, [(loc, f"the data: URL is {exc}" if str(exc).startswith("not ") else str(exc))]) from None
+        from . import outputs
+
+        path = self.inputs_folder / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
+        if not path.is_file():
+            outputs.atomic_write_bytes(path, data)
+        return str(path)
+
+
+# ---------------------------------------------------------------- naming the field
+
+
+_ALIASES = {"steps": ("wan_steps", "wan_inference_steps"), "guidance": ("wan_guidance", "wan_guidance_scale"),
+            "overlap": ("wan_overlap", "wan_frame_overlap", "max_clip_frames", "wan_max_clip_frames"),
+            "max_clip_frames": ("wan_max_clip_frames", "overlap", "wan_overlap", "wan_frame_overlap"),
+            "resolution": ("wan_resolution",)}
+
+
+def _settings_key(name: str, data: Mapping[str, Any], overrides: Mapping[str, Any] = ()) -> tuple[str, ...] | None:
+    """The key the user wrote for an option a parser names (`steps` -> options_overrides.steps or wan_steps)."""
+    candidates = (name, f"wan_{name}", *_ALIASES.get(name.removeprefix("wan_"), ()))
+    for key in candidates:
+        if key in overrides:
+            return ("options_overrides", key)
+    for key in candidates:
+        if key in data:
+            return (key,)
+    return None
+
+
+def _settings_error(exc: Any, loc: tuple[Any, ...], data: Mapping[str, Any]) -> tuple[Loc, str]:
+    key = exc.key.split("[", 1)[0] if exc.key else ""
+    if key:
+        return (*loc, key), exc.problem
+    return _guess_loc(str(exc), data, loc), str(exc)
+
+
+def _plan_error(text: str, loc: tuple[Any, ...], data: Mapping[str, Any], overrides: Mapping[str, Any]) -> tuple[Loc, str]:
+    name, _, rest = text.partition(": ")
+    if rest and re.fullmatch(r"[A-Za-z_]\w*", name):
+        where = _settings_key(name, data, overrides)
+        if where is not None:
+            return ((*where,) if where[0] == "options_overrides" else (*loc, *where)), rest
+    return _guess_loc(text, data, loc, overrides), text
+
+
+def _guess_loc(text: str, data: Mapping[str, Any], loc: tuple[Any, ...],
+               overrides: Mapping[str, Any] = ()) -> tuple[Any, ...]:
+    """The field a message mentions (longest key first); the settings object when it mentions none."""
+    for key in sorted(overrides, key=len, reverse=True):
+        if re.search(rf"\b{re.escape(key)}\b", text):
+            return ("options_overrides", key)
+    for key in sorted((k for k in data if isinstance(k, str)), key=len, reverse=True):
+        if re.search(rf"\b{re.escape(key)}\b", text):
+            return (*loc, key)
+    return loc
+
+
+def _after_key(message: str, key: str) -> str:
+    prefix = f"{key}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def _short(url: str, limit: int = 120) -> str:
+    return url if len(url) <= limit else url[:limit] + "..."
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
