@@ -22,7 +22,6 @@ OPTIONS = {
     "deforum_wan_models_dir": ("", "Wan models folder (empty: <models>/wan)"),
     "deforum_wan_default_model": ("", "Default Wan model (folder name; empty: the first found)"),
     "deforum_wan_memory_profile": ("auto", "Memory profile for Wan renders"),
-    "deforum_wan_api": (False, "Enable the Deforum Wan txt2vid API routes (also on with --deforum-wan-api or --api)"),
 }
 
 
@@ -77,10 +76,14 @@ def output_roots() -> list[str]:
     return seen
 
 
-def _state() -> Any:
+def _shared() -> Any:
     from modules import shared
 
-    return getattr(shared, "state", None)
+    return shared
+
+
+def _state() -> Any:
+    return getattr(_shared(), "state", None)
 
 
 def host_interrupted() -> bool:
@@ -159,18 +162,18 @@ def on_ui_settings() -> None:
 
 
 def on_app_started(demo: Any, app: Any) -> None:
-    """API routes: with --api/--deforum-wan-api (api.on_app_started decides), or when the option turns them on."""
-    from modules import shared
+    """Host progress for every job; the API routes only with --api/--nowebui/--deforum-wan-api (api.on_app_started).
 
+    There is deliberately no settings option that turns the API on: the routes are
+    reachable exactly when the web UI's own API is, behind the same --api-auth.
+    """
     from . import api, jobs
 
     mirror_host_progress(jobs.webui_queue())
-    if api.api_enabled(getattr(shared, "cmd_opts", None)):
-        api.on_app_started(demo, app)
-    elif _opt("deforum_wan_api") and not api.has_routes(app):
-        paths = jobs.webui_paths()
-        queue = jobs.get_queue(outdir=paths["outdir"], models_dir=paths["models_dir"])
-        api.add_routes(app, queue, allowed_roots=paths["allowed_roots"], model_roots=[paths["models_dir"]])
+    if _opt("deforum_wan_api") and not api.api_enabled(getattr(_shared(), "cmd_opts", None)):
+        log.warning("Deforum Wan: the old deforum_wan_api setting no longer turns the API on; "
+                    "start the web UI with --api or --deforum-wan-api")
+    api.on_app_started(demo, app)
 
 
 def register() -> None:
