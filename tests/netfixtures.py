@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import io
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -67,8 +68,10 @@ class Routes:
 class LocalServer:
     """ThreadingHTTPServer on 127.0.0.1, a random port; `url(path)` and `routes.seen`."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
+        """`tls`: (certificate file, key file) to serve https instead of http."""
         self.routes = Routes()
+        self.scheme = "https" if tls else "http"
         routes = self.routes
 
         class Handler(BaseHTTPRequestHandler):
@@ -105,11 +108,15 @@ class LocalServer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def __enter__(self) -> "LocalServer":
         self.thread.start()
@@ -142,3 +149,19 @@ def fake_dns(monkeypatch, table: dict[str, list[str]]) -> list[str]:
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     return asked
+
+
+def self_signed_cert(folder, name: str) -> tuple[str, str]:
+    """A certificate for DNS name `name` made by the openssl command (the test skips without it)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl command to make a test certificate")
+    cert, key = str(folder / f"{name}.pem"), str(folder / f"{name}.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"],
+                   check=True, capture_output=True)
+    return cert, key

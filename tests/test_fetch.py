@@ -187,3 +187,19 @@ def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch, server
     monkeypatch.setattr(fetch.socket, "getaddrinfo", getaddrinfo)
     got = fetch.fetch(f"http://rebind.example:{server.port}/fox.png", IMAGE, LOOPBACK_OK)
     assert got.data == png_bytes() and asked == ["rebind.example"]
+
+
+def test_https_checks_the_certificate_against_the_host_name(tmp_path, monkeypatch):
+    from netfixtures import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path, "tls.example")
+    fake_dns(monkeypatch, {"tls.example": ["127.0.0.1"], "other.example": ["127.0.0.1"]})
+    with LocalServer(tls=(cert, key)) as server:
+        server.routes.add("/fox.png", png_bytes(), "image/png")
+        url = server.url("/fox.png", "tls.example")
+        with pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            fetch.fetch(url, IMAGE, LOOPBACK_OK)  # not signed by anyone this machine trusts
+        monkeypatch.setenv("SSL_CERT_FILE", cert)  # now it is
+        assert fetch.fetch(url, IMAGE, LOOPBACK_OK).data == png_bytes()
+        with pytest.raises(FetchError, match="match|mismatch"):
+            fetch.fetch(server.url("/fox.png", "other.example"), IMAGE, LOOPBACK_OK)
