@@ -141,7 +141,56 @@ def main(argv: list[str] | None = None) -> int:
         )
     strings_median = statistics.median(string_times)
     print(f"  string schedules: {strings_median:.4f} s ({frames / strings_median:,.0f} frames/s)")
+    print()
+    bench_costly_inputs(frames, args.repeats)
     return 1 if problems else 0
+
+
+def reduction_request() -> dict[str, str]:
+    """Camera schedules full of sum/prod/min/max, like the 4.7 KB request the issue timed at 16.5 s."""
+    keys = sorted(CAMERA_KEYS)
+    return {
+        key: ", ".join(
+            f"{k * 900}:({fn}(sin(t/{k + i + 2})*{i + 1}.5 + cos(t/{k + 3})))"
+            for k, fn in enumerate(["sum", "prod", "min", "max"] * 3)
+        )
+        for i, key in enumerate(keys)
+    }
+
+
+def budget_schedule(salt: int) -> str:
+    """The costliest schedule accepted: distinct expressions up to the expression budget (`salt` makes
+    them new to every cache)."""
+    from deforum_wan.expressions import EXPRESSION_BUDGET, check_expression
+
+    pieces, nodes = [], 0
+    while True:
+        value = f"sin(t/{len(pieces) + 2})*{salt}.5 + cos(t/7)*2 - t/100"
+        piece = f"{len(pieces)}:({value})"
+        cost = check_expression(value, ("t", "max_f", "s"), key="translation_x").nodes
+        if nodes + cost > EXPRESSION_BUDGET:
+            return ", ".join(pieces)
+        pieces.append(piece)
+        nodes += cost
+
+
+def bench_costly_inputs(frames: int, repeats: int) -> None:
+    """Reductions (vectorised now, frame by frame before) and the costliest accepted schedule."""
+    request = reduction_request()
+    size = sum(len(v) for v in request.values())
+    vectorised = statistics.median(time_all(schedules.parse_schedule, request, frames, 7) for _ in range(repeats))
+    per_frame = statistics.median(
+        time_all(schedules._parse_schedule_per_frame, request, frames, 7) for _ in range(max(1, repeats // 3))
+    )
+    print(f"reductions: {len(request)} schedules, {size / 1000:.1f} KB of text, {frames} frames (medians)")
+    print(f"  vectorised {vectorised:.4f} s, frame by frame (the old path) {per_frame:.3f} s, "
+          f"ratio {per_frame / vectorised:,.0f}x")
+    costs = []
+    for salt in range(repeats):
+        text = budget_schedule(salt)
+        costs.append(time_all(schedules.parse_schedule, {"translation_x": text}, frames, 7))
+    print(f"costliest accepted schedule ({len(text)} characters of distinct expressions, cold caches): "
+          f"{statistics.median(costs):.3f} s")
 
 
 def _has_expression(text: str) -> bool:
