@@ -249,3 +249,74 @@ def test_the_printed_install_command_works_from_any_folder(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "renderer libraries ready" in out.stdout
+
+
+class InterruptedPip(FakePip):
+    """A download that dies half-way: some files written, then the process is interrupted."""
+
+    def __call__(self, args):
+        if "--target" in args:
+            target = Path(args[args.index("--target") + 1])
+            (target / "torch").mkdir(parents=True)
+            (target / "torch" / "half.whl.part").write_bytes(b"x" * 1024)
+            raise KeyboardInterrupt
+        return super().__call__(args)
+
+
+def test_an_interrupted_install_keeps_the_old_folder_and_the_next_start_finishes(tmp_path):
+    target = tmp_path / "deps"
+    deps.install_private_deps(str(target), runner=FakePip(SMALL_REPORT), out=lambda s: None)
+    manifest = json.loads((target / deps.MANIFEST).read_text())
+    manifest["requirements"] = ["diffusers==0.1"]  # stale: the next start reinstalls
+    (target / deps.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(KeyboardInterrupt):
+        deps.install_private_deps(str(target), runner=InterruptedPip(SMALL_REPORT), out=lambda s: None)
+    assert (target / "diffusers").is_dir()  # the folder in use was never touched
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder, no lock
+    assert deps.install_private_deps(str(target), runner=FakePip(SMALL_REPORT), out=lambda s: None) == 0
+    assert deps.deps_satisfied(target)
+
+
+def test_a_killed_installer_leaves_nothing_the_next_start_trips_over(tmp_path):
+    """kill -9 runs no cleanup: its lock and half-filled staging folder are removed by the next install."""
+    target = tmp_path / "deps"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".deps.installing").write_text(dead.stdout.strip())
+    partial = tmp_path / ".deps.partial-abc123"
+    (partial / "torch").mkdir(parents=True)
+    lines: list[str] = []
+    assert deps.install_private_deps(str(target), runner=FakePip(SMALL_REPORT), out=lines.append) == 0
+    assert not partial.exists() and not (tmp_path / ".deps.installing").exists()
+    assert deps.deps_satisfied(target)
+
+
+def test_a_second_installer_waits_for_the_running_one(tmp_path):
+    target = tmp_path / "deps"
+    (tmp_path / ".deps.installing").write_text(str(os.getppid()))  # a live process holds the lock
+    lines: list[str] = []
+    pip = FakePip(SMALL_REPORT)
+    assert deps.install_private_deps(str(target), runner=pip, out=lines.append) == 1
+    assert pip.calls == [] and "another install" in lines[-1] and str(os.getppid()) in lines[-1]
+
+
+def test_the_install_says_which_torch_why_and_how_much_it_downloads(tmp_path):
+    from deforum_wan.torchenv import TorchChoice
+
+    wheel = tmp_path / "torch-2.13.0-cp311-none-any.whl"
+    wheel.write_bytes(b"x" * (3 * 2**20))
+    report = {"install": [dict(_item("torch", "2.13.0+cpu", "filelock"), requested=True,
+                               download_info={"url": wheel.as_uri()}),
+                          *[r for r in SMALL_REPORT["install"] if r["metadata"]["name"] != "torch"]]}
+    choice = TorchChoice("private", "cpu", "the host's torch 2.1.2 is older than 2.6; CPU build", "torch==2.13.0+cpu",
+                         "https://download.pytorch.org/whl/cpu")
+    pip, lines = FakePip(report), []
+    assert deps.install_private_deps(str(tmp_path / "deps"), runner=pip, out=lines.append, choice=choice) == 0
+    text = "\n".join(lines)
+    assert "worker torch: the host's torch 2.1.2 is older than 2.6" in text
+    assert "torch 2.13.0+cpu" in text and "3 MiB" in text and "to download" in text
+    resolve_args, install_args = pip.calls
+    assert "torch==2.13.0+cpu" in resolve_args and "--find-links" not in resolve_args  # no stub: the real torch
+    assert install_args[install_args.index("--extra-index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    manifest = deps.read_manifest(tmp_path / "deps")
+    assert manifest["torch"]["mode"] == "private" and manifest["torch"]["version"] == "2.13.0+cpu"
+    assert "torch" in manifest["installed"] and "numpy" in manifest["installed"] and manifest["host"] == {}
