@@ -268,3 +268,16 @@ def test_a_host_with_a_current_torch_reuses_it(tmp_path):
     assert worker["torch_path"] == os.path.dirname(torch.__file__)
     assert worker["diffusers_path"].startswith(str(target.resolve()))
     assert "torch" in worker["isolation"]["allowed"]
+
+
+def test_the_tabs_environment_panel_says_what_is_missing_and_the_command_that_fixes_it(tmp_path, monkeypatch):
+    from test_deps import SMALL_REPORT, FakePip
+
+    from deforum_wan import doctor
+
+    monkeypatch.setenv(deps.ENV_DEPS_DIR, str(tmp_path / "deps"))
+    text = doctor.summary_markdown()
+    assert "Renders cannot run yet" in text and deps.install_command() in text
+    deps.install_private_deps(str(tmp_path / "deps"), runner=FakePip(SMALL_REPORT), out=lambda s: None)
+    text = doctor.summary_markdown()
+    assert "cannot run" not in text and "diffusers 0.42.1" in text and "reused" in text

@@ -113,3 +113,23 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("To do" if report["fixes"] else "Nothing to fix.")
     lines += [f"  - {fix}" for fix in report["fixes"]]
     return "\n".join(lines)
+
+
+def summary_markdown() -> str:
+    """The tab's Environment panel before anyone asks the worker: the private folder's state (a file read)."""
+    folder = deps.deps_dir()
+    problem = deps.why_unsatisfied(folder)
+    if problem:
+        return (f"**Renders cannot run yet:** {problem}.  \nRun `{deps.install_command()}` "
+                "(or restart the web UI), then press *Check the worker*.")
+    manifest = deps.read_manifest(folder) or {}
+    torch = manifest.get("torch") or {}
+    installed = manifest.get("installed") or {}
+    return (f"Private folder `{folder}`: diffusers {installed.get('diffusers', '?')}, transformers "
+            f"{installed.get('transformers', '?')}; torch {torch.get('version')} ({torch.get('reason')}).")
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The doctor's report for a gradio Markdown."""
+    head = "**Ready to render.**" if report["ok"] else "**Something is missing** (see *To do*)."
+    return f"{head}\n\n```\n{format_report(report)}\n```"

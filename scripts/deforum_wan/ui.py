@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import bridge, ui_data
+from . import bridge, doctor, ui_data
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1]
 EXTENSION_DIR = SCRIPTS_DIR.parent
@@ -348,6 +348,10 @@ def build_tab(ctx: TabContext):
                         enhance_table = gr.Dataframe(headers=ui_data.ENHANCE_HEADERS, datatype=["number", "str", "str"],
                                                      col_count=(3, "fixed"), interactive=False, wrap=True,
                                                      elem_id="deforum_wan_enhance_table", type="array")
+                    with gr.Accordion("Environment", open=False, elem_id="deforum_wan_environment"):
+                        env_note = gr.Markdown(doctor.summary_markdown(), elem_id="deforum_wan_environment_note")
+                        env_btn = gr.Button("Check the worker (starts it once: a few seconds)",
+                                            elem_id="deforum_wan_environment_check")
 
             gr.Markdown("### Plan")
             plan_note = gr.Markdown("", elem_id="deforum_wan_plan_note")
@@ -445,6 +449,12 @@ def build_tab(ctx: TabContext):
             return f"{len(table)} prompt(s) enhanced", gr.update(value=table)
 
         enhance_btn.click(on_enhance, inputs=plan_inputs, outputs=[enhance_status, enhance_table])
+
+        # -- environment: what renders really run on (the worker is asked, as doctor does)
+        def on_environment():
+            return doctor.report_markdown(doctor.diagnose(models_dir=ctx.models_dir()))
+
+        env_btn.click(on_environment, outputs=[env_note])
 
         # -- render
         def watch(job_id: str, jobs: Jobs) -> Iterator[tuple]:
