@@ -3,10 +3,11 @@
 Two steps, both idempotent and quick when nothing is missing:
 1. the few light packages the hosts do not pin (numexpr, imageio-ffmpeg) go into
    the host's environment, and only when missing: nothing the host has is upgraded;
-2. the renderer's newer diffusers/transformers/accelerate go into the
-   extension's private `.deps/` folder (scripts/deforum_wan/deps.py), which only
-   the worker process puts on its path. A manifest makes the next start a file
-   read with no pip call.
+2. the renderer's newer diffusers/transformers/accelerate, and a torch of its
+   own when the host's is older than 2.6 (stock A1111 and Forge), go into the
+   extension's private `.deps/` folder (scripts/deforum_wan/deps.py and
+   torchenv.py), which only the worker process sees. A manifest makes the next
+   start a file read with no pip call.
 
 A failure here never stops the web UI: it prints one line saying what to run.
 DEFORUM_WAN_SKIP_DEPS=1 skips step 2 (e.g. when DEFORUM_WAN_WORKER_PYTHON points
@@ -46,7 +47,7 @@ def install_private_folder() -> int:
         return deps.install_private_deps()
     except Exception as exc:  # the web UI must start anyway; the tab says renders cannot run yet
         print(f"Deforum Wan: could not prepare the renderer libraries ({type(exc).__name__}: {exc}); "
-              f"retry with: {sys.executable} -m deforum_wan install-deps  (from {SCRIPTS})")
+              f'retry with: "{sys.executable}" "{os.path.abspath(__file__)}"')
         return 1
 
 
