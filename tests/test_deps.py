@@ -320,3 +320,21 @@ def test_the_install_says_which_torch_why_and_how_much_it_downloads(tmp_path):
     manifest = deps.read_manifest(tmp_path / "deps")
     assert manifest["torch"]["mode"] == "private" and manifest["torch"]["version"] == "2.13.0+cpu"
     assert "torch" in manifest["installed"] and "numpy" in manifest["installed"] and manifest["host"] == {}
+
+
+def test_a_torch_override_sticks_until_another_is_asked_for(tmp_path, monkeypatch):
+    """A shell (or a doctor run) without DEFORUM_WAN_TORCH keeps the torch that was installed with it."""
+    from deforum_wan.torchenv import TorchChoice
+
+    monkeypatch.setenv("DEFORUM_WAN_TORCH", "torch==2.13.0")
+    choice = TorchChoice("private", "custom", "asked for", "torch==2.13.0")
+    report = {"install": [dict(_item("torch", "2.13.0"), requested=True), *SMALL_REPORT["install"][:-1]]}
+    target = tmp_path / "deps"
+    assert deps.install_private_deps(str(target), runner=FakePip(report), out=lambda s: None, choice=choice) == 0
+    assert deps.why_unsatisfied(target) is None
+    monkeypatch.delenv("DEFORUM_WAN_TORCH")
+    assert deps.why_unsatisfied(target) is None
+    monkeypatch.setenv("DEFORUM_WAN_TORCH", "torch==2.8.0")
+    assert "DEFORUM_WAN_TORCH changed" in deps.why_unsatisfied(target)
+    monkeypatch.setenv("DEFORUM_WAN_TORCH", "auto")
+    assert "DEFORUM_WAN_TORCH changed" in deps.why_unsatisfied(target)

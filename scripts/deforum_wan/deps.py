@@ -399,9 +399,14 @@ def why_unsatisfied(target: str | Path | None = None) -> str | None:
 
 def _torch_stale(recorded: dict) -> str | None:
     """Why the recorded torch choice no longer holds (an override changed, the host's torch changed)."""
-    for env, key in ((torchenv.ENV_TORCH, "override"), (torchenv.ENV_TORCH_INDEX, "override_index")):
-        if (os.environ.get(env) or None) != recorded.get(key):
-            return f"{env} changed to {os.environ.get(env) or 'nothing'}"
+    # An override sticks once installed: a shell without the variable keeps using that torch;
+    # a different value, or "auto", asks for a new choice.
+    wanted = os.environ.get(torchenv.ENV_TORCH) or None
+    if wanted is not None and (None if wanted == "auto" else wanted) != recorded.get("override"):
+        return f"{torchenv.ENV_TORCH} changed to {wanted}"
+    index = os.environ.get(torchenv.ENV_TORCH_INDEX) or None
+    if index is not None and index != recorded.get("override_index"):
+        return f"{torchenv.ENV_TORCH_INDEX} changed to {index}"
     host = host_version("torch")
     if recorded.get("mode") == "host" and host != recorded.get("host_version"):
         return f"the host's torch changed from {recorded.get('host_version')} to {host or 'nothing'}"
@@ -528,7 +533,7 @@ def _install(folder: Path, plan: InstallPlan, requirements: list[str], choice: t
             out(f"Deforum Wan: pip could not install the renderer libraries: {_tail(result.stderr or result.stdout)}")
             return None
         host_torch = host_version("torch")
-        torch = {**choice.to_dict(), "override": os.environ.get(torchenv.ENV_TORCH) or None,
+        torch = {**choice.to_dict(), "override": torchenv.override_from_environment(),
                  "override_index": os.environ.get(torchenv.ENV_TORCH_INDEX) or None, "host_version": host_torch,
                  "version": plan.private.get("torch") if choice.mode == "private" else host_torch}
         manifest = {

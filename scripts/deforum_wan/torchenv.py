@@ -23,7 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-ENV_TORCH = "DEFORUM_WAN_TORCH"  # a pip requirement ("torch==2.8.0"), or "host" to insist on the host's torch
+ENV_TORCH = "DEFORUM_WAN_TORCH"  # a pip requirement ("torch==2.8.0"), "host" to insist on the host's, or "auto"
 ENV_TORCH_INDEX = "DEFORUM_WAN_TORCH_INDEX_URL"  # the index that requirement comes from
 
 # diffusers 0.42 calls torch.accelerator (torch 2.6) and transformers 5 refuses torch < 2.6.
@@ -226,7 +226,12 @@ def read_host_torch(gpus: bool = True) -> HostTorch:
                      gpus=_nvidia_gpus() if gpus else (), path=path)
 
 
+def override_from_environment() -> str | None:
+    """DEFORUM_WAN_TORCH, with "auto" (or nothing) meaning: let choose_torch decide."""
+    value = (os.environ.get(ENV_TORCH) or "").strip()
+    return None if value in ("", "auto") else value
+
+
 def choice_from_environment(host: HostTorch | None = None) -> TorchChoice:
     """choose_torch for this python, honouring DEFORUM_WAN_TORCH and DEFORUM_WAN_TORCH_INDEX_URL."""
-    return choose_torch(host or read_host_torch(), os.environ.get(ENV_TORCH) or None,
-                        os.environ.get(ENV_TORCH_INDEX) or None)
+    return choose_torch(host or read_host_torch(), override_from_environment(), os.environ.get(ENV_TORCH_INDEX) or None)
