@@ -108,13 +108,12 @@ def choose_torch(host: HostTorch, override: str | None = None, override_index: s
 
 
 def _private(host: HostTorch, why: str) -> TorchChoice:
-    nvidia = [g for g in host.gpus if g.capability is not None or g.name]
     if host.system == "darwin":
         flavour = "mps" if host.machine in ("arm64", "aarch64") else "cpu"
         return TorchChoice("private", flavour, f"{why}; macOS: PyPI's torch (Metal on Apple silicon)",
                            f"torch=={PRIVATE_TORCH}")
-    if nvidia:
-        return _cuda(host, nvidia, why)
+    if host.gpus:  # listed by nvidia-smi, so an NVIDIA driver is there
+        return _cuda(host, list(host.gpus), why)
     if host.hip and host.system == "linux":
         return TorchChoice("private", "rocm6.4", f"{why}; the host's torch is a ROCm {host.hip} build",
                            f"torch=={PRIVATE_TORCH}+rocm6.4", f"{TORCH_INDEX}/rocm6.4")
