@@ -42,13 +42,18 @@ def bypass(target: Path, head: str = "t") -> str:
 
 
 def test_the_payload_is_what_numexpr_alone_would_run(tmp_path: Path) -> None:
-    """Guard for the regression tests below: the string really passes numexpr's own filter."""
+    """Guard for the regression tests below: the string really passes numexpr's own filter (here its
+    `validate`, which compiles the text with Python's eval as evaluating does)."""
     import numexpr
 
     target = tmp_path / "numexpr-alone"
-    try:
-        numexpr.evaluate(bypass(target), local_dict={"t": 1}, global_dict={})
-    except ValueError:
+    if not hasattr(numexpr, "validate"):
+        pytest.skip("this numexpr has no validate()")
+    try:  # validate returns its error in some releases and raises it in others
+        error = numexpr.validate(bypass(target), local_dict={"t": 1}, global_dict={})
+    except ValueError as raised:
+        error = raised
+    if isinstance(error, ValueError) and "forbidden" in str(error):
         pytest.skip("this numexpr's own filter refuses the payload")
     assert target.exists()
 
