@@ -5,6 +5,8 @@ Evaluates every schedule of a Deforum settings file (keys ending in
 ``parse_schedule`` (one numexpr call per keyframe) and with the frame-by-frame
 reference loop that mirrors Deforum, and prints median frames per second for
 both. It first checks that every schedule in every settings file given parses.
+Then it times camera schedules full of sum/prod/min/max (vectorised now, frame
+by frame before) and the costliest schedule the expression budget accepts.
 
     python benchmarks/bench_schedules.py [SETTINGS_FILE_OR_DIR ...]
         [--frames 10000] [--repeats 7]

@@ -74,7 +74,7 @@ def assert_named_error(error: BaseException, keys: set[str]) -> None:
     assert name in keys, f"{message!r} does not name one of {sorted(keys)}"
 
 
-@settings(FUZZ, max_examples=800)
+@settings(FUZZ, max_examples=1500)
 @given(text=schedule_text, max_frames=st.integers(1, 120), seed=st.integers(-1, 2**32 - 1))
 def test_numeric_schedules(text: str, max_frames: int, seed: int) -> None:
     try:
@@ -85,7 +85,7 @@ def test_numeric_schedules(text: str, max_frames: int, seed: int) -> None:
     assert values.shape == (max_frames,) and values.dtype == np.float64 and np.isfinite(values).all()
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=300)
 @given(text=schedule_text, max_frames=st.integers(1, 50))
 def test_string_schedules(text: str, max_frames: int) -> None:
     try:
@@ -96,7 +96,7 @@ def test_string_schedules(text: str, max_frames: int) -> None:
     assert len(values) == max_frames and all(isinstance(v, str) for v in values)
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=600)
 @given(text=expression_text, frame=st.integers(0, 99), key_text=frame_key_text)
 def test_single_expressions_and_frame_keys(text: str, frame: int, key_text: str) -> None:
     try:
@@ -154,7 +154,7 @@ def base_settings() -> dict:
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="shared Deforum settings not present")
-@settings(FUZZ, max_examples=600)
+@settings(FUZZ, max_examples=1200)
 @given(
     changes=st.dictionaries(st.sampled_from(sorted(KEYS)), json_value, min_size=1, max_size=4),
     prompts=st.none() | prompts_value,
