@@ -188,7 +188,7 @@ def _check_auth(tmp: Path) -> None:
     token = "s" * 24
     gated = FastAPI()
     api.add_routes(gated, jobs.JobQueue(tmp / "gate.sqlite3", outdir=tmp / "gate", default_model="vace"))
-    gated.add_middleware(api.TokenGate, token=token)
+    api.guard_standalone(gated, token)
     client = TestClient(gated)
     check(client.get("/deforum_wan/jobs").status_code == 401, "the standalone gate refuses without the token")
     r = client.get("/deforum_wan/jobs", headers={"Authorization": f"Bearer {token}"})

@@ -653,7 +653,7 @@ def test_the_standalone_token_gate_covers_everything_it_serves(tmp_path):
     app = FastAPI()
     api.add_routes(app, queue)
     app.add_api_route("/", lambda: HTMLResponse("<html>the tab</html>"), methods=["GET"])
-    app.add_middleware(api.TokenGate, token=token)
+    api.guard_standalone(app, token)  # what build_app does with $DEFORUM_WAN_API_TOKEN
     basic = "Basic " + base64.b64encode(f"anyone:{token}".encode()).decode()
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         for path in ("/", "/deforum_wan/jobs", "/docs", "/openapi.json"):

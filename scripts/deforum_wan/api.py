@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import os
 import socket
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from hmac import compare_digest
 from pathlib import Path
@@ -194,6 +195,22 @@ def standalone_problem(host: str, token: str | None) -> str | None:
                 f"files. Set {TOKEN_ENV} to a long random string (python -c \"import secrets; "
                 f"print(secrets.token_urlsafe(32))\") or listen on 127.0.0.1")
     return None
+
+
+def refuse_standalone(host: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """True (and why, on stderr) when the standalone app must not start on `host` with the token it has."""
+    problem = standalone_problem(host, environ.get(TOKEN_ENV, ""))
+    if problem:
+        print(f"deforum-wan ui: {problem}", file=sys.stderr, flush=True)
+    return bool(problem)
+
+
+def guard_standalone(app: Any, token: str | None = None) -> Any:
+    """`app` behind TokenGate when a token is given or $DEFORUM_WAN_API_TOKEN is set (the tab too: it can render)."""
+    token = token if token is not None else os.environ.get(TOKEN_ENV, "")
+    if token:
+        app.add_middleware(TokenGate, token=token)
+    return app
 
 
 # ---------------------------------------------------------------- routes

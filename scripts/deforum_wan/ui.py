@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -573,43 +572,33 @@ def standalone_context(outdir: str, models_dir: str | None) -> TabContext:
 
 
 def build_app(outdir: str = "outputs", models_dir: str | None = None, token: str | None = None):
-    """FastAPI app: the API routes and the tab mounted at /; with `token` (or $DEFORUM_WAN_API_TOKEN), all behind it."""
+    """FastAPI app: the API routes and the tab mounted at /, behind `token` (default $DEFORUM_WAN_API_TOKEN) if set."""
     import gradio as gr
     from fastapi import FastAPI
 
-    from . import api
-
     ctx = standalone_context(outdir, models_dir)
     app = FastAPI(title="Deforum Wan")
+    from . import api
+
     api.add_routes(app, ctx.get_jobs().queue, allowed_roots=[ctx.outdir(), os.getcwd()], model_roots=[ctx.models_dir()])
     blocks = build_tab(ctx)
     if gr.__version__.startswith("3."):
         blocks.queue(concurrency_count=8)
     else:
         blocks.queue(default_concurrency_limit=8)
-    app = gr.mount_gradio_app(app, blocks, path="/")
-    token = token if token is not None else os.environ.get(api.TOKEN_ENV, "")
-    if token:
-        app.add_middleware(api.TokenGate, token=token)  # the tab as well as the API: it can render and read files
-    return app
+    return api.guard_standalone(gr.mount_gradio_app(app, blocks, path="/"), token)
 
 
 def launch_standalone(host: str = "127.0.0.1", port: int = 7870, outdir: str = "outputs",
                       models_dir: str | None = None) -> int:
-    """Serve the tab and the API with uvicorn until stopped; 127.0.0.1 unless told otherwise.
-
-    Anywhere but this machine only with $DEFORUM_WAN_API_TOKEN set: returns 2 without it.
-    """
+    """Serve the tab and the API with uvicorn until stopped; 127.0.0.1 unless told otherwise."""
     import uvicorn
 
-    from . import api
+    from .api import refuse_standalone
 
-    token = os.environ.get(api.TOKEN_ENV, "")
-    problem = api.standalone_problem(host, token)
-    if problem:
-        print(f"deforum-wan ui: {problem}", file=sys.stderr, flush=True)
+    if refuse_standalone(host):  # beyond this machine only with $DEFORUM_WAN_API_TOKEN (exit 2, says why)
         return 2
-    app = build_app(outdir, models_dir, token=token)
-    print(f"Deforum Wan on http://{host}:{port}/" + (f" (token required: {api.TOKEN_ENV})" if token else ""), flush=True)
+    app = build_app(outdir, models_dir)
+    print(f"Deforum Wan on http://{host}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0
