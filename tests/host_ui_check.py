@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SETTINGS = REPO.parent / "shared" / "deforum-settings" / "a1111-deforum-test-simple.txt"
 EXPECTED_IDS = ("deforum_wan_settings_path", "deforum_wan_plan_table", "deforum_wan_plot", "deforum_wan_generate",
                 "deforum_wan_interrupt", "deforum_wan_progress", "deforum_wan_video", "deforum_wan_resume_list",
-                "deforum_wan_model", "deforum_wan_enhance_preview")
+                "deforum_wan_model", "deforum_wan_enhance_preview", "deforum_wan_environment_check")
 
 
 def fake_host(root: Path) -> dict[str, list]:
@@ -94,8 +94,8 @@ def check(settings_path: Path) -> dict:
     for fn in registered["on_ui_settings"]:
         fn()
     opts = sys.modules["modules.shared"].opts
-    assert {"deforum_wan_models_dir", "deforum_wan_default_model", "deforum_wan_memory_profile",
-            "deforum_wan_api"} <= set(opts.data_labels), sorted(opts.data_labels)
+    assert {"deforum_wan_models_dir", "deforum_wan_default_model", "deforum_wan_memory_profile"} <= set(
+        opts.data_labels) and "deforum_wan_api" not in opts.data_labels, sorted(opts.data_labels)
 
     tabs = registered["on_ui_tabs"][0]()
     assert len(tabs) == 1, tabs
@@ -123,16 +123,19 @@ def check(settings_path: Path) -> dict:
     rows[0][6] = "a red fox in the snow"
     plan_dict, table, figure, note, state = _fn(blocks, "on_plan")(state, rows, plan_dict, *defaults)
     assert state.get("wan_prompts") and _value(table)[0][6] == "a red fox in the snow", state.get("wan_prompts")
-    # API wiring: the option turns the routes on without --api.
+    # API wiring: only the command-line flags add the routes (no settings option does).
     from fastapi import FastAPI
 
     from deforum_wan import api
 
     app = FastAPI()
-    opts.deforum_wan_api = True
     for fn in registered["on_app_started"]:
         fn(demo, app)
-    assert api.has_routes(app), "the deforum_wan_api option did not add the API routes"
+    assert not api.has_routes(app), "routes without --api or --deforum-wan-api"
+    sys.modules["modules.shared"].cmd_opts = types.SimpleNamespace(api=True, deforum_wan_api=False)
+    for fn in registered["on_app_started"]:
+        fn(demo, app)
+    assert api.has_routes(app), "--api did not add the API routes"
     latest = _fn(blocks, "on_latest")()
     assert latest[0] is None and "No Deforum settings" in latest[2], latest
     return {"gradio": gr.__version__, "components": len(config["components"]), "clips": len(rows),
