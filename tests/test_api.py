@@ -117,6 +117,10 @@ def test_every_sample_settings_file_renders_through_the_api(models, tmp_path):
                 record = poll(client, job_id, finished)
                 assert record["status"] == "SUCCEEDED", (path.name, record)
                 assert record["phase"] == "DONE" and record["error_type"] == "NONE" and record["phase_progress"] == 1
+                import torch  # the record names what the worker really ran on
+
+                assert record["worker"]["torch"] == torch.__version__ and record["worker"]["device"] == "cpu"
+                assert record["worker"]["diffusers"] and record["worker"]["executable"]
                 folder, ts = Path(record["outdir"]), record["timestring"]
                 assert folder.parent == (tmp_path / "out").resolve()
                 assert outputs.existing_frames(folder, ts) == list(range(5))

@@ -415,3 +415,24 @@ def test_a_cancelled_job_can_be_retried_and_resumes_its_frames(tmp_path, make_qu
     assert q.retry(running) is False and "already succeeded" in jobs.retry_refusal(q.get(running))
     with pytest.raises(KeyError):
         q.retry("batch-nope-0")
+
+
+def test_a_queue_file_from_before_the_worker_column_still_opens_and_records_it(tmp_path):
+    """Jobs record what the worker ran on; a queue file written by the previous version gains the column."""
+    import sqlite3
+
+    db = tmp_path / "jobs.sqlite3"
+    old = sqlite3.connect(db)
+    old.executescript(jobs._SCHEMA.replace(",\n    worker TEXT\n", "\n"))
+    old.close()
+    assert "worker" not in {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(jobs)")}
+    from deforum_wan.jobdata import event_values
+
+    values = event_values({"type": "environment", "torch": "2.13.0+cpu", "diffusers": "0.42.1", "device": "cpu",
+                           "errors": {}, "isolation": {"allowed": []}})
+    assert json.loads(values["worker"]) == {"torch": "2.13.0+cpu", "diffusers": "0.42.1", "device": "cpu"}
+    queue = jobs.JobQueue(db)
+    try:
+        assert "worker" in {r[1] for r in queue._db.execute("PRAGMA table_info(jobs)")}
+    finally:
+        queue.close()

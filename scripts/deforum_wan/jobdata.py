@@ -60,6 +60,7 @@ class JobRecord:
     warnings: tuple[str, ...]
     job: dict = field(repr=False)
     options_overrides: dict = field(repr=False)
+    worker: dict | None = None  # what the worker ran on: torch, diffusers, transformers, device
 
     @property
     def finished(self) -> bool:
@@ -102,6 +103,7 @@ class JobRecord:
                 "total_seconds": (self.finished_at - self.created_at) if self.finished_at is not None else None,
             },
             "options_overrides": self.options_overrides,
+            "worker": self.worker,
         }
         if include_settings:
             data["deforum_settings"] = self.job.get("settings")
@@ -119,6 +121,7 @@ def record_from_row(row: Mapping[str, Any]) -> JobRecord:
         updated_at=row["updated_at"], run_seconds=float(row["run_seconds"] or 0.0), attempts=int(row["attempts"] or 0),
         cancel_requested=bool(row["cancel_requested"]), warnings=tuple(json.loads(row["warnings"] or "[]")),
         job=json.loads(row["job"]), options_overrides=json.loads(row["overrides"] or "{}"),
+        worker=json.loads(row["worker"]) if "worker" in row.keys() and row["worker"] else None,
     )
 
 
@@ -182,6 +185,10 @@ def event_values(event: Mapping[str, Any], warnings_so_far: Sequence[str] = ()) 
             values["message"] = f"{where}: {event.get('mode', '')}".rstrip(": ")
         if kind == "frames" and event.get("preview"):
             values["preview"] = str(event["preview"])
+    elif kind == "environment":
+        keys = ("torch", "torch_path", "cuda", "hip", "diffusers", "transformers", "accelerate", "device", "python",
+                "executable")
+        values["worker"] = json.dumps({k: event.get(k) for k in keys if event.get(k) is not None})
     elif kind == "warning":
         warnings = list(warnings_so_far)[-(MAX_WARNINGS - 1):]
         warnings.append(str(event.get("message", "")))

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 Runner = Callable[..., Any]
 Subscriber = Callable[["JobRecord", "dict | None"], None]
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: the worker's environment (torch, libraries, device) per job
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     warnings TEXT NOT NULL DEFAULT '[]',
     job TEXT NOT NULL,
-    overrides TEXT NOT NULL DEFAULT '{}'
+    overrides TEXT NOT NULL DEFAULT '{}',
+    worker TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, phase);
@@ -105,6 +106,9 @@ class JobQueue:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "worker" not in columns:  # a queue file from before version 2
+            self._db.execute("ALTER TABLE jobs ADD COLUMN worker TEXT")
         self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         self._subscribers: list[Subscriber] = []
         self._wake = threading.Event()
