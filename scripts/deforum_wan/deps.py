@@ -477,9 +477,6 @@ def install_private_deps(
     if choice.mode == "unsupported":
         out(f"Deforum Wan: no torch can run the renderer here: {choice.reason}")
         return 1
-    if host_version("torch") is None and choice.mode == "host":
-        out(f"Deforum Wan: {sys.executable} has no torch; set {torchenv.ENV_TORCH} to the torch to install")
-        return 1
     started = time.perf_counter()
     folder.parent.mkdir(parents=True, exist_ok=True)
     with installing.InstallLock(folder) as lock:
