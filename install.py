@@ -42,7 +42,7 @@ def install_private_folder() -> int:
         print("Deforum Wan: DEFORUM_WAN_SKIP_DEPS is set; the private renderer libraries are not checked")
         return 0
     try:
-        from deforum_wan import deps
+        from deforum_wan.service import deps
 
         return deps.install_private_deps()
     except Exception as exc:  # the web UI must start anyway; the tab says renders cannot run yet

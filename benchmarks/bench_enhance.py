@@ -24,14 +24,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 try:
-    from deforum_wan import enhance
+    from deforum_wan.enhance import enhance
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from deforum_wan import enhance
+    from deforum_wan.enhance import enhance
 
-from deforum_wan.plan import PlanOptions, plan_clips
-from deforum_wan.settings import load_settings
-from deforum_wan.specs import MODEL_SPECS
+from deforum_wan.core.plan import PlanOptions, plan_clips
+from deforum_wan.core.settings import load_settings
+from deforum_wan.core.specs import MODEL_SPECS
 
 DEFAULT_SETTINGS = Path(__file__).resolve().parents[1].parent / "shared" / "deforum-settings" / "forge-deforum-default.txt"
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.qwen
         if folder is None:
-            from deforum_wan.tiny import make_tiny_models
+            from deforum_wan.renderer.tiny import make_tiny_models
 
             folder = str(make_tiny_models(tmp, ["qwen"])["qwen"])
         enhancer = enhance.QwenEnhancer(folder, device=args.device, max_new_tokens=args.max_new_tokens,

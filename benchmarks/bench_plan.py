@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def measure(frames: list[int], repeats: int) -> dict[int, tuple[float, float]]:
     """{frames: (median seconds, peak MB)} with whichever deforum_wan is importable."""
-    from deforum_wan.plan import PlanOptions, plan_clips
-    from deforum_wan.settings import settings_from_dict
-    from deforum_wan.specs import MODEL_SPECS
+    from deforum_wan.core.plan import PlanOptions, plan_clips
+    from deforum_wan.core.settings import settings_from_dict
+    from deforum_wan.core.specs import MODEL_SPECS
 
     results = {}
     for n in frames:

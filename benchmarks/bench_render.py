@@ -25,9 +25,9 @@ SETTINGS = REPO.parent / "shared" / "deforum-settings" / "a1111-deforum-default.
 
 
 def one(args: argparse.Namespace) -> None:
-    from deforum_wan.plan import PlanOptions
-    from deforum_wan.render import RenderJob, render
-    from deforum_wan.settings import load_settings
+    from deforum_wan.core.plan import PlanOptions
+    from deforum_wan.renderer.render import RenderJob, render
+    from deforum_wan.core.settings import load_settings
 
     job = RenderJob(settings=load_settings(args.settings), model=args.model_dir, outdir=args.outdir,
                     options=PlanOptions(steps=args.steps, width=args.size, height=args.size, seed=1))
@@ -57,7 +57,7 @@ def main() -> None:
         one(args)
         return
 
-    from deforum_wan.tiny import make_tiny_models
+    from deforum_wan.renderer.tiny import make_tiny_models
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_tiny_models(Path(tmp) / "models", [args.model])[args.model]

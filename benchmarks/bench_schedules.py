@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Callable
 
 try:
-    from deforum_wan import schedules
-    from deforum_wan.settings import CAMERA_KEYS as SETTINGS_CAMERA_KEYS
+    from deforum_wan.core import schedules
+    from deforum_wan.core.settings import CAMERA_KEYS as SETTINGS_CAMERA_KEYS
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from deforum_wan import schedules
-    from deforum_wan.settings import CAMERA_KEYS as SETTINGS_CAMERA_KEYS
+    from deforum_wan.core import schedules
+    from deforum_wan.core.settings import CAMERA_KEYS as SETTINGS_CAMERA_KEYS
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "deforum-settings"
 DEFAULT_FILE = "forge-deforum-default.txt"
@@ -163,7 +163,7 @@ def reduction_request() -> dict[str, str]:
 def budget_schedule(salt: int) -> str:
     """The costliest schedule accepted: distinct expressions up to the expression budget (`salt` makes
     them new to every cache)."""
-    from deforum_wan.expressions import EXPRESSION_BUDGET, check_expression
+    from deforum_wan.core.expressions import EXPRESSION_BUDGET, check_expression
 
     pieces, nodes = [], 0
     while True:

@@ -11,6 +11,6 @@ _SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _SCRIPTS_DIR not in sys.path:
     sys.path.insert(0, _SCRIPTS_DIR)
 
-from deforum_wan import webui  # noqa: E402
+from deforum_wan.webui import host  # noqa: E402
 
-webui.register()
+host.register()

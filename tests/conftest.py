@@ -23,6 +23,6 @@ def require_render_stack() -> None:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every tiny kind (all Wan kinds and "qwen"), built once per test session: kind -> folder."""
     require_render_stack()
-    from deforum_wan.tiny import make_tiny_models
+    from deforum_wan.renderer.tiny import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))

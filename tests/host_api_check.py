@@ -19,7 +19,7 @@ import pydantic
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from deforum_wan import api, jobs
+from deforum_wan.service import api, jobs
 
 SETTINGS = {"prompts": {"0": "a red fox", "3": "a blue bird"}, "max_frames": 6, "W": 32, "H": 32, "fps": 16,
             "seed": 1, "translation_x": "0:(2*sin(t/10))", "batch_name": "host_{timestring}"}

@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from deforum_wan import bridge, outputs
+from deforum_wan.service import bridge
+from deforum_wan.renderer import outputs
 
 
 def main(models: str, outdir: str) -> int:

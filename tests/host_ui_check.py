@@ -126,7 +126,7 @@ def check(settings_path: Path) -> dict:
     # API wiring: only the command-line flags add the routes (no settings option does).
     from fastapi import FastAPI
 
-    from deforum_wan import api
+    from deforum_wan.service import api
 
     app = FastAPI()
     for fn in registered["on_app_started"]:
@@ -146,7 +146,7 @@ def check_standalone() -> dict:
     """The standalone app serves its page (the same tab) through FastAPI."""
     from fastapi.testclient import TestClient
 
-    from deforum_wan.ui import build_app
+    from deforum_wan.webui.tab import build_app
 
     root = Path(tempfile.mkdtemp(prefix="deforum-wan-app-"))
     app = build_app(str(root / "outputs"), str(root / "models"))

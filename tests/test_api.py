@@ -17,9 +17,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from deforum_wan import api, jobs, outputs
-from deforum_wan.fetch import FetchPolicy
-from deforum_wan.jobs import JobQueue
+from deforum_wan.service import api, jobs
+from deforum_wan.renderer import outputs
+from deforum_wan.renderer.fetch import FetchPolicy
+from deforum_wan.service.jobs import JobQueue
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "deforum-settings"
@@ -77,7 +78,7 @@ def finished(record: dict) -> bool:
 
 
 def real_runner():
-    from deforum_wan.bridge import run_job
+    from deforum_wan.service.bridge import run_job
 
     return run_job
 
@@ -625,7 +626,7 @@ def test_without_api_auth_the_web_ui_takes_our_token_when_it_is_set(fake_webui, 
 
 
 def test_the_old_settings_option_no_longer_opens_the_api(fake_webui):
-    from deforum_wan import webui
+    from deforum_wan.webui import host as webui
 
     fake_webui.opts.deforum_wan_api = True  # saved in config.json by an older version
     app = FastAPI()
@@ -810,7 +811,7 @@ def test_findings_that_named_no_field_now_name_it(tmp_path, web):
 
 def test_a_parser_message_is_traced_to_the_key_the_user_wrote():
     """Planner messages that do not start with a key still name the field they mention."""
-    from deforum_wan import validation
+    from deforum_wan.service import validation
 
     data = {"animation_mode": "None", "wan_max_clip_frames": 5, "prompts": {"0": "a"}}
     loc = ("deforum_settings", 0)

@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deforum_wan import api
-from deforum_wan.jobs import JobQueue
+from deforum_wan.service import api
+from deforum_wan.service.jobs import JobQueue
 
 PWNED = "/tmp/deforum-wan-fuzz-pwned"  # a schedule that runs code would create this
 BASE = {"prompts": {"0": "a red fox", "3": "a blue bird"}, "max_frames": 6, "W": 32, "H": 32, "fps": 15, "seed": 7,

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deforum_wan import bridge, deps, outputs
-from deforum_wan.bridge import HostProgress, WorkerConfig, run_job, worker_command
+from deforum_wan.service import bridge, deps
+from deforum_wan.renderer import outputs
+from deforum_wan.service.bridge import HostProgress, WorkerConfig, run_job, worker_command
 
 NO_DEPS = WorkerConfig(deps_dir="")  # the test environment has the renderer libraries itself
 
@@ -400,7 +401,7 @@ def test_unload_host_model_never_raises(monkeypatch, caplog):
 
 
 def test_bridge_and_deps_import_nothing_heavy():
-    code = ("import sys, json; import deforum_wan.bridge, deforum_wan.deps; "
+    code = ("import sys, json; import deforum_wan.service.bridge, deforum_wan.service.deps; "
             "print(json.dumps([m for m in ('torch', 'diffusers', 'transformers', 'gradio', 'numpy') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []

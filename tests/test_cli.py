@@ -97,7 +97,7 @@ def test_render_into_an_unwritable_folder_is_a_one_line_error(tmp_path: Path):
     from conftest import require_render_stack
 
     require_render_stack()
-    from deforum_wan.tiny import make_tiny_models
+    from deforum_wan.renderer.tiny import make_tiny_models
 
     model = make_tiny_models(tmp_path / "models", ["t2v"])["t2v"]
     blocker = tmp_path / "not-a-folder"
@@ -119,7 +119,8 @@ def test_render_into_an_unwritable_folder_is_a_one_line_error(tmp_path: Path):
 def test_render_failures_are_one_line_errors(tmp_path: Path, monkeypatch, capsys, failure, words):
     import errno
 
-    from deforum_wan import cli, render
+    from deforum_wan import cli
+    from deforum_wan.renderer import render
 
     def failing_render(job, on_event=None):
         if failure == "disk-full":

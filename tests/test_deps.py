@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deforum_wan import deps
+from deforum_wan.service import deps
 
 
 def _item(name: str, version: str, *requires: str) -> dict:
@@ -173,7 +173,7 @@ def test_missing_folder_is_not_satisfied(tmp_path):
 
 def test_deps_dir_defaults_to_the_extension_folder_and_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv(deps.ENV_DEPS_DIR, raising=False)
-    assert deps.deps_dir() == Path(deps.__file__).resolve().parents[2] / ".deps"
+    assert deps.deps_dir() == Path(deps.__file__).resolve().parents[3] / ".deps"
     monkeypatch.setenv(deps.ENV_DEPS_DIR, str(tmp_path / "elsewhere"))
     assert deps.deps_dir() == tmp_path / "elsewhere"
 
@@ -300,7 +300,7 @@ def test_a_second_installer_waits_for_the_running_one(tmp_path):
 
 
 def test_the_install_says_which_torch_why_and_how_much_it_downloads(tmp_path):
-    from deforum_wan.torchenv import TorchChoice
+    from deforum_wan.service.torchenv import TorchChoice
 
     wheel = tmp_path / "torch-2.13.0-cp311-none-any.whl"
     wheel.write_bytes(b"x" * (3 * 2**20))
@@ -324,7 +324,7 @@ def test_the_install_says_which_torch_why_and_how_much_it_downloads(tmp_path):
 
 def test_a_torch_override_sticks_until_another_is_asked_for(tmp_path, monkeypatch):
     """A shell (or a doctor run) without DEFORUM_WAN_TORCH keeps the torch that was installed with it."""
-    from deforum_wan.torchenv import TorchChoice
+    from deforum_wan.service.torchenv import TorchChoice
 
     monkeypatch.setenv("DEFORUM_WAN_TORCH", "torch==2.13.0")
     choice = TorchChoice("private", "custom", "asked for", "torch==2.13.0")

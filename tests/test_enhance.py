@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from deforum_wan import enhance
-from deforum_wan.enhance import (
+from deforum_wan.enhance import enhance
+from deforum_wan.enhance.enhance import (
     EnhanceCache,
     EnhanceError,
     EnhanceOptions,
@@ -26,9 +26,9 @@ from deforum_wan.enhance import (
     resolve_qwen,
     select_qwen,
 )
-from deforum_wan.plan import PlanOptions, plan_clips
-from deforum_wan.settings import settings_from_dict
-from deforum_wan.specs import MODEL_SPECS
+from deforum_wan.core.plan import PlanOptions, plan_clips
+from deforum_wan.core.settings import settings_from_dict
+from deforum_wan.core.specs import MODEL_SPECS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "deforum-settings"
 FORGE_DEFAULT = SHARED / "forge-deforum-default.txt"
@@ -478,8 +478,8 @@ def test_enhancer_batch_api(qwen, spy):
 
 
 def test_render_with_enhance_records_enhanced_prompts_and_finishes(tiny_models, spy, tmp_path):
-    from deforum_wan import outputs
-    from deforum_wan.render import RenderJob, render
+    from deforum_wan.renderer import outputs
+    from deforum_wan.renderer.render import RenderJob, render
 
     settings = small_settings()
     spy["script"] = realistic
@@ -498,8 +498,8 @@ def test_render_with_enhance_records_enhanced_prompts_and_finishes(tiny_models, 
 
 
 def test_render_goes_on_when_the_enhancer_model_breaks(tiny_models, spy, tmp_path):
-    from deforum_wan import outputs
-    from deforum_wan.render import RenderJob, render
+    from deforum_wan.renderer import outputs
+    from deforum_wan.renderer.render import RenderJob, render
 
     settings = small_settings(max_frames=12)
     spy["fail"] = MemoryError("out of memory")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from deforum_wan import expressions
-from deforum_wan.expressions import (
+from deforum_wan.core import expressions
+from deforum_wan.core.expressions import (
     EXPRESSION_BUDGET,
     FUNCTIONS,
     MAX_EXPRESSION_CHARS,
@@ -21,10 +21,10 @@ from deforum_wan.expressions import (
     check_expression,
     evaluate,
 )
-from deforum_wan.prompts import prompt_at
-from deforum_wan.schedules import _parse_schedule_per_frame, evaluate_frame_key, parse_schedule
-from deforum_wan.seeds import frame_seeds
-from deforum_wan.settings import settings_from_dict
+from deforum_wan.core.prompts import prompt_at
+from deforum_wan.core.schedules import _parse_schedule_per_frame, evaluate_frame_key, parse_schedule
+from deforum_wan.core.seeds import frame_seeds
+from deforum_wan.core.settings import settings_from_dict
 
 PACKAGE = Path(expressions.__file__).resolve().parent
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "deforum-settings"

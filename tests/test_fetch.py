@@ -13,8 +13,8 @@ from types import ModuleType, SimpleNamespace
 import pytest
 from netfixtures import LocalServer, bomb_png, fake_dns, png_bytes, wav_bytes
 
-from deforum_wan import fetch
-from deforum_wan.fetch import AUDIO, IMAGE, FetchError, FetchPolicy
+from deforum_wan.renderer import fetch, outputs
+from deforum_wan.renderer.fetch import AUDIO, IMAGE, FetchError, FetchPolicy
 
 LOOPBACK_OK = FetchPolicy(allow_loopback=True, timeout=10)
 
@@ -152,9 +152,9 @@ def test_the_web_ui_options_apply(host_opts, server, monkeypatch):
 
 
 def test_fetch_to_file_keeps_one_file_per_content(server, tmp_path):
-    a = fetch.fetch_to_file(server.url("/fox.png"), IMAGE, tmp_path, LOOPBACK_OK)
+    a = outputs.fetch_to_file(server.url("/fox.png"), IMAGE, tmp_path, LOOPBACK_OK)
     server.routes.redirect("/again", "/fox.png")
-    b = fetch.fetch_to_file(server.url("/again"), IMAGE, tmp_path, LOOPBACK_OK)
+    b = outputs.fetch_to_file(server.url("/again"), IMAGE, tmp_path, LOOPBACK_OK)
     assert a == b and a.read_bytes() == png_bytes() and a.parent == tmp_path and a.suffix == ".png"
 
 

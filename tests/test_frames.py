@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deforum_wan.frames import fit_image, match_colors, resample
+from deforum_wan.renderer.frames import fit_image, match_colors, resample
 
 
 def test_resample_picks_and_blends():

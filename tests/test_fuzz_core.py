@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from deforum_wan.expressions import ScheduleError
-from deforum_wan.inspection import inspect_settings
-from deforum_wan.plan import PlanError, PlanOptions, plan_clips
-from deforum_wan.prompts import prompt_at
-from deforum_wan.schedules import evaluate_expression, evaluate_frame_key, parse_schedule, parse_string_schedule
-from deforum_wan.seeds import SeedError, resolve_seed
-from deforum_wan.settings import SettingsError, settings_from_dict
-from deforum_wan.specs import MODEL_SPECS
+from deforum_wan.core.expressions import ScheduleError
+from deforum_wan.core.inspection import inspect_settings
+from deforum_wan.core.plan import PlanError, PlanOptions, plan_clips
+from deforum_wan.core.prompts import prompt_at
+from deforum_wan.core.schedules import evaluate_expression, evaluate_frame_key, parse_schedule, parse_string_schedule
+from deforum_wan.core.seeds import SeedError, resolve_seed
+from deforum_wan.core.settings import SettingsError, settings_from_dict
+from deforum_wan.core.specs import MODEL_SPECS
 
 PROJECT_ERRORS = (ScheduleError, SettingsError, PlanError, SeedError)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "deforum-settings"

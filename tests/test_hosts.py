@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from deforum_wan import deps, isolation, torchenv
-from deforum_wan.torchenv import Gpu, HostTorch, choose_torch
+from deforum_wan.service import deps, isolation, torchenv
+from deforum_wan.service.torchenv import Gpu, HostTorch, choose_torch
 
 REPO = Path(__file__).resolve().parents[1]
 PRIVATE_TORCH = "torch==2.13.0"
@@ -74,7 +74,7 @@ def test_overrides_and_hosts_nothing_can_serve():
 
 
 def test_host_facts_are_read_without_importing_torch(tmp_path):
-    code = ("import sys; from deforum_wan import torchenv; h = torchenv.read_host_torch(); "
+    code = ("import sys; from deforum_wan.service import torchenv; h = torchenv.read_host_torch(); "
             "print(h.version, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     version, imported = out.stdout.split()
@@ -101,7 +101,7 @@ def test_the_worker_sees_its_private_folder_and_allowed_host_packages_only(tmp_p
     config = {"trusted": [str(private)], "allow": ["goodtorch"]}
     code = textwrap.dedent("""
         import importlib.metadata as md, importlib.util, json, sys
-        from deforum_wan import isolation
+        from deforum_wan.service import isolation
         isolation.install_from_environment()
         def version(name):
             try:
@@ -273,7 +273,7 @@ def test_a_host_with_a_current_torch_reuses_it(tmp_path):
 def test_the_tabs_environment_panel_says_what_is_missing_and_the_command_that_fixes_it(tmp_path, monkeypatch):
     from test_deps import SMALL_REPORT, FakePip
 
-    from deforum_wan import doctor
+    from deforum_wan.service import doctor
 
     monkeypatch.setenv(deps.ENV_DEPS_DIR, str(tmp_path / "deps"))
     text = doctor.summary_markdown()

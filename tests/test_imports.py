@@ -11,18 +11,18 @@ REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "diffusers", "transformers", "accelerate", "cv2")
 CORE = [
     "deforum_wan",
-    "deforum_wan.settings",
-    "deforum_wan.schedules",
-    "deforum_wan.prompts",
-    "deforum_wan.outputs",
-    "deforum_wan.inspection",
-    "deforum_wan.specs",
+    "deforum_wan.core.settings",
+    "deforum_wan.core.schedules",
+    "deforum_wan.core.prompts",
+    "deforum_wan.renderer.outputs",
+    "deforum_wan.core.inspection",
+    "deforum_wan.core.specs",
     "deforum_wan.cli",
 ]
-OPTIONAL = ["deforum_wan.movement", "deforum_wan.plan", "deforum_wan.models", "deforum_wan.pipelines", "deforum_wan.tiny",
-            "deforum_wan.render", "deforum_wan.enhance", "deforum_wan.bridge", "deforum_wan.deps", "deforum_wan.jobs",
-            "deforum_wan.api", "deforum_wan.ui", "deforum_wan.ui_data", "deforum_wan.webui", "deforum_wan.frames",
-            "deforum_wan.seeds", "deforum_wan.worker", "deforum_wan.progress"]
+OPTIONAL = ["deforum_wan.core.movement", "deforum_wan.core.plan", "deforum_wan.renderer.models", "deforum_wan.renderer.pipelines", "deforum_wan.renderer.tiny",
+            "deforum_wan.renderer.render", "deforum_wan.enhance.enhance", "deforum_wan.service.bridge", "deforum_wan.service.deps", "deforum_wan.service.jobs",
+            "deforum_wan.service.api", "deforum_wan.webui.tab", "deforum_wan.webui.tab_data", "deforum_wan.webui.host", "deforum_wan.renderer.frames",
+            "deforum_wan.core.seeds", "deforum_wan.service.worker", "deforum_wan.renderer.progress"]
 
 FAKE_HOST = textwrap.dedent(
     """

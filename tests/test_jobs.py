@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deforum_wan import jobs, outputs
-from deforum_wan.jobs import JobQueue
+from deforum_wan.service import jobs
+from deforum_wan.renderer import outputs
+from deforum_wan.service.jobs import JobQueue
 
 SETTINGS = {"prompts": {"0": "a red fox"}, "max_frames": 4, "W": 32, "H": 32, "fps": 16, "seed": 5,
             "batch_name": "q_{timestring}"}
@@ -286,7 +287,7 @@ def test_submit_maps_options_overrides_into_the_worker_job(tmp_path):
     assert job["options"] == {"steps": 3, "continuity": "vace"}  # seed -1: the render picks one
     assert job["make_video"] is False and job["vae_tiling"] is True and job["models_dir"] == "/m"
     assert job["enhance"] is True and job["enhance_options"]["style"] == "film noir"
-    from deforum_wan.worker import job_from_dict
+    from deforum_wan.service.worker import job_from_dict
 
     parsed = job_from_dict(json.loads(json.dumps(job)))  # the worker accepts what the queue writes
     assert parsed.options.steps == 3 and parsed.settings.max_frames == 4
@@ -426,7 +427,7 @@ def test_a_queue_file_from_before_the_worker_column_still_opens_and_records_it(t
     old.executescript(jobs._SCHEMA.replace(",\n    worker TEXT\n", "\n"))
     old.close()
     assert "worker" not in {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(jobs)")}
-    from deforum_wan.jobdata import event_values
+    from deforum_wan.service.jobdata import event_values
 
     values = event_values({"type": "environment", "torch": "2.13.0+cpu", "diffusers": "0.42.1", "device": "cpu",
                            "errors": {}, "isolation": {"allowed": []}})

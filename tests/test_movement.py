@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deforum_wan.movement import (
+from deforum_wan.core.movement import (
     LEVELS,
     SCHEDULE_KEYS,
     CameraPath,

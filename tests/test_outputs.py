@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deforum_wan.outputs import (
+from deforum_wan.renderer.outputs import (
     OutputError,
     batch_dir,
     batch_folder_name,
@@ -23,7 +23,7 @@ from deforum_wan.outputs import (
     stitch_video,
     write_frame,
 )
-from deforum_wan.settings import load_settings, settings_from_dict
+from deforum_wan.core.settings import load_settings, settings_from_dict
 
 TS = "20240102030405"
 
@@ -91,7 +91,7 @@ def test_mp4_has_every_frame_at_the_settings_fps(tmp_path: Path):
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
 def test_files_get_the_mode_the_umask_gives_like_deforum(tmp_path: Path, umask: int, mode: int):
-    from deforum_wan.outputs import atomic_write_bytes, plan_file, save_json
+    from deforum_wan.renderer.outputs import atomic_write_bytes, plan_file, save_json
 
     old = os.umask(umask)
     try:
@@ -114,7 +114,7 @@ def _spy_ffmpeg(monkeypatch) -> list[list[str]]:
     """Record every command stitch_video runs (and still run it)."""
     import subprocess
 
-    from deforum_wan import outputs
+    from deforum_wan.renderer import outputs
 
     calls: list[list[str]] = []
     real = subprocess.run
@@ -173,7 +173,7 @@ def test_a_local_soundtrack_is_muxed(tmp_path: Path):
 
     from netfixtures import wav_bytes
 
-    from deforum_wan.outputs import ffmpeg_exe
+    from deforum_wan.renderer.outputs import ffmpeg_exe
 
     for i in range(16):
         write_frame(tmp_path, TS, i, np.zeros((16, 16, 3), np.uint8))

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deforum_wan.pipelines import Interrupted, ModeError, to_uint8_frames, vace_conditioning
+from deforum_wan.renderer.pipelines import Interrupted, ModeError, to_uint8_frames, vace_conditioning
 
 W = H = 32
 BASE = dict(prompt="a red cat dances in the city", negative_prompt="blurry", width=W, height=H, steps=2, guidance=5.0)
@@ -58,7 +58,7 @@ def test_vace_conditioning_keeps_known_frames_and_masks_the_rest() -> None:
 @pytest.fixture(scope="module")
 def load(tiny_models: dict[str, Path]):
     """kind -> Pipelines, each loaded once for the module."""
-    from deforum_wan.models import classify_model, load_pipelines
+    from deforum_wan.renderer.models import classify_model, load_pipelines
 
     cache: dict[Any, Any] = {}
 

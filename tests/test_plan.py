@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from deforum_wan.plan import ClipPlan, PlanError, PlanOptions, format_plan, plan_clips, split_segment
-from deforum_wan.prompts import prompt_keyframes
-from deforum_wan.schedules import parse_schedule
-from deforum_wan.settings import load_settings, settings_from_dict
-from deforum_wan.specs import MODEL_SPECS
+from deforum_wan.core.plan import ClipPlan, PlanError, PlanOptions, format_plan, plan_clips, split_segment
+from deforum_wan.core.prompts import prompt_keyframes
+from deforum_wan.core.schedules import parse_schedule
+from deforum_wan.core.settings import load_settings, settings_from_dict
+from deforum_wan.core.specs import MODEL_SPECS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "deforum-settings"
 

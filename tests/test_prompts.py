@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from deforum_wan.prompts import prompt_at, prompt_keyframes, split_negative
-from deforum_wan.schedules import ScheduleError
-from deforum_wan.settings import SettingsError, load_settings, settings_from_dict
+from deforum_wan.core.prompts import prompt_at, prompt_keyframes, split_negative
+from deforum_wan.core.schedules import ScheduleError
+from deforum_wan.core.settings import SettingsError, load_settings, settings_from_dict
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "deforum-settings"
 
@@ -79,7 +79,7 @@ def test_no_prompt_inside_timeline():
 
 
 def test_wan_prompts_over_the_limit_are_named():
-    from deforum_wan.settings import MAX_PROMPT_CHARS
+    from deforum_wan.core.settings import MAX_PROMPT_CHARS
 
     s = _s({"0": "a"}, wan_prompts={"0": "ok", "30": "w" * (MAX_PROMPT_CHARS + 1)})
     with pytest.raises(SettingsError, match=r"wan_prompts\['30'\]: at most \d+ characters per prompt"):

@@ -14,13 +14,13 @@ import pytest
 from PIL import Image
 
 from conftest import require_render_stack
-from deforum_wan import outputs
-from deforum_wan.plan import PlanOptions
-from deforum_wan.settings import load_settings, settings_from_dict
+from deforum_wan.renderer import outputs
+from deforum_wan.core.plan import PlanOptions
+from deforum_wan.core.settings import load_settings, settings_from_dict
 
 require_render_stack()
 
-from deforum_wan.render import RenderJob, render  # noqa: E402
+from deforum_wan.renderer.render import RenderJob, render  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "deforum-settings"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -103,7 +103,7 @@ class Recorder:
 
 
 def test_seam_drops_the_duplicated_frame(tiny_models, tmp_path):
-    from deforum_wan.models import classify_model, load_pipelines
+    from deforum_wan.renderer.models import classify_model, load_pipelines
 
     s = small_settings(max_frames=20)
     pipes = Recorder(load_pipelines(classify_model(tiny_models["t2v"]), i2v_info=classify_model(tiny_models["i2v"])))
@@ -159,7 +159,7 @@ def test_interrupt_keeps_frames_and_resume_finishes(tiny_models, tmp_path):
 
 
 def test_resume_refuses_changed_settings(tiny_models, tmp_path):
-    from deforum_wan.render import RenderError
+    from deforum_wan.renderer.render import RenderError
 
     s = small_settings(max_frames=10)
     r = render(RenderJob(settings=s, model=str(tiny_models["t2v"]), outdir=str(tmp_path),
@@ -289,7 +289,7 @@ def test_a_finished_render_leaves_only_deforum_files(tiny_models, tmp_path):
 def test_a_render_that_fails_before_its_first_frame_removes_its_folder(tiny_models, tmp_path):
     from netfixtures import LocalServer, png_bytes
 
-    from deforum_wan.render import RenderError
+    from deforum_wan.renderer.render import RenderError
 
     with LocalServer() as server:
         server.routes.add("/init.png", png_bytes((64, 48)), "image/png")
@@ -298,7 +298,7 @@ def test_a_render_that_fails_before_its_first_frame_removes_its_folder(tiny_mode
         with pytest.raises(RenderError, match="init_image .* loopback"):
             render(RenderJob(settings=s, model=str(tiny_models["i2v"]), outdir=str(tmp_path),
                              options=PlanOptions(steps=1, max_clip_frames=9)), on_event=events.append)
-        assert server.routes.seen == []  # refused before connecting: the render fetches through deforum_wan.fetch
+        assert server.routes.seen == []  # refused before connecting: the render fetches through deforum_wan.renderer.fetch
     assert list(tmp_path.iterdir()) == []
     assert any(e["type"] == "warning" and "failed before its first frame" in e["message"] for e in events)
     # A shared batch folder (a fixed batch_name) keeps what other renders wrote there.
@@ -315,8 +315,8 @@ def test_a_render_that_fails_before_its_first_frame_removes_its_folder(tiny_mode
 def test_a_full_disk_is_named_and_the_render_resumes_once_space_is_free(tiny_models, tmp_path, monkeypatch):
     import errno
 
-    from deforum_wan import render as render_module
-    from deforum_wan.render import DiskFullError
+    from deforum_wan.renderer import render as render_module
+    from deforum_wan.renderer.render import DiskFullError
 
     s = small_settings(max_frames=20)
     base = dict(settings=s, model=str(tiny_models["vace"]), outdir=str(tmp_path),
@@ -345,8 +345,8 @@ def test_a_full_disk_is_named_and_the_render_resumes_once_space_is_free(tiny_mod
 def test_a_url_soundtrack_is_fetched_by_the_render_not_by_ffmpeg(tiny_models, tmp_path, monkeypatch):
     from netfixtures import LocalServer, wav_bytes
 
-    from deforum_wan import fetch
-    from deforum_wan import render as render_module
+    from deforum_wan.renderer import fetch
+    from deforum_wan.renderer import render as render_module
 
     with LocalServer() as server:
         server.routes.add("/song.wav", wav_bytes(2.0), "audio/wav")

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
-from deforum_wan import settings as settings_module
-from deforum_wan.schedules import (
+from deforum_wan.core import settings as settings_module
+from deforum_wan.core.schedules import (
     MAX_FRAME_KEY,
     STRING_SCHEDULE_KEYS,
     ScheduleError,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deforum_wan.settings import (
+from deforum_wan.core.settings import (
     MAX_PROMPT_CHARS,
     DeforumSettings,
     SettingsError,

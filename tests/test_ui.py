@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deforum_wan import outputs, ui_data
-from deforum_wan.plan import ClipPlan, plan_clips
-from deforum_wan.prompts import prompt_at
-from deforum_wan.settings import load_settings
-from deforum_wan.specs import MODEL_SPECS
+from deforum_wan.renderer import outputs
+from deforum_wan.webui import tab_data as ui_data
+from deforum_wan.core.plan import ClipPlan, plan_clips
+from deforum_wan.core.prompts import prompt_at
+from deforum_wan.core.settings import load_settings
+from deforum_wan.core.specs import MODEL_SPECS
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "deforum-settings"
@@ -28,7 +29,7 @@ def _settings(**changes):
 
 
 def _plan(settings, kind: str = "vace") -> ClipPlan:
-    from deforum_wan.plan import PlanOptions
+    from deforum_wan.core.plan import PlanOptions
 
     return plan_clips(settings, MODEL_SPECS[kind], PlanOptions(width=32, height=32, max_clip_frames=21))
 
@@ -198,8 +199,8 @@ def test_enhance_rows_reads_several_shapes():
 
 
 def test_controls_give_the_job_queue_its_override_keys():
-    from deforum_wan import jobs
-    from deforum_wan.ui import Controls
+    from deforum_wan.service import jobs
+    from deforum_wan.webui.tab import Controls
 
     overrides = Controls(model_path="/m/vace", width=64, height=0, steps=2, guidance=0, continuity="vace", overlap=3,
                          color_match=False, enhance=True, style="noir").overrides()

@@ -11,13 +11,13 @@ from . import __version__
 
 
 def _load(path: str):
-    from .settings import load_settings
+    from .core.settings import load_settings
 
     return load_settings(path)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspection import format_inspection, inspect_settings
+    from .core.inspection import format_inspection, inspect_settings
 
     ins = inspect_settings(_load(args.settings))
     print(json.dumps(ins.to_dict(), indent=2, ensure_ascii=False) if args.json else format_inspection(ins))
@@ -43,7 +43,7 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
 
 
 def plan_options(args: argparse.Namespace, seed: int, extra_modes: tuple[str, ...] = ()):
-    from .plan import PlanOptions
+    from .core.plan import PlanOptions
 
     return PlanOptions(
         continuity=args.continuity, overlap=args.overlap, extra_modes=extra_modes, width=args.width,
@@ -55,20 +55,20 @@ def plan_options(args: argparse.Namespace, seed: int, extra_modes: tuple[str, ..
 
 def model_spec_for(name: str):
     """A kind name gives its spec; a folder is classified from its files."""
-    from .specs import MODEL_SPECS
+    from .core.specs import MODEL_SPECS
 
     if name in MODEL_SPECS:
         return MODEL_SPECS[name]
     if not Path(name).expanduser().is_dir():
         raise ValueError(f"--model: {name!r} is neither a model kind ({', '.join(MODEL_SPECS)}) nor a model folder")
-    from .models import classify_model
+    from .renderer.models import classify_model
 
     return classify_model(name).spec
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .plan import format_plan, plan_clips
-    from .seeds import resolve_seed
+    from .core.plan import format_plan, plan_clips
+    from .core.seeds import resolve_seed
 
     settings = _load(args.settings)
     seed = resolve_seed(args.seed if args.seed is not None else settings.seed)
@@ -100,7 +100,7 @@ def add_render_options(p: argparse.ArgumentParser) -> None:
 def render_job(args: argparse.Namespace):
     from dataclasses import replace
 
-    from .render import RenderJob
+    from .renderer.render import RenderJob
 
     settings = _load(args.settings)
     options = replace(plan_options(args, args.seed), color_match=not args.no_color_match)
@@ -116,8 +116,8 @@ def render_job(args: argparse.Namespace):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .progress import ConsoleProgress
-    from .render import render
+    from .renderer.progress import ConsoleProgress
+    from .renderer.render import render
 
     job = render_job(args)
     with ConsoleProgress() as progress:
@@ -131,7 +131,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import default_models_dir, format_models_table, scan_models
+    from .core.specs import default_models_dir
+    from .renderer.models import format_models_table, scan_models
 
     root = Path(args.dir) if args.dir else default_models_dir()
     infos, problems = scan_models(root)
@@ -143,7 +144,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny_models(args: argparse.Namespace) -> int:
-    from .tiny import make_tiny_models
+    from .renderer.tiny import make_tiny_models
 
     for kind, folder in make_tiny_models(args.dir, args.kinds or None).items():
         print(f"{kind:10} {folder}")
@@ -151,13 +152,13 @@ def cmd_make_tiny_models(args: argparse.Namespace) -> int:
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
-    from .enhance import run_enhance_command
+    from .enhance.enhance import run_enhance_command
 
     return run_enhance_command(args)
 
 
 def cmd_qwen(args: argparse.Namespace) -> int:
-    from .enhance import download_qwen, find_qwen_models
+    from .enhance.enhance import download_qwen, find_qwen_models
 
     if args.action == "download":
         print(download_qwen(args.repo_id, args.target))
@@ -171,19 +172,19 @@ def cmd_qwen(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from .ui import launch_standalone
+    from .webui.tab import launch_standalone
 
     return launch_standalone(host=args.host, port=args.port, outdir=args.outdir, models_dir=args.models_dir)
 
 
 def cmd_install_deps(args: argparse.Namespace) -> int:
-    from .deps import install_private_deps
+    from .service.deps import install_private_deps
 
     return install_private_deps(args.target, dry_run=args.dry_run)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .worker import run_probe, run_worker
+    from .service.worker import run_probe, run_worker
 
     if args.probe:
         return run_probe()
@@ -193,7 +194,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import diagnose, format_report
+    from .service.doctor import diagnose, format_report
 
     report = diagnose(models_dir=args.models_dir, probe=not args.no_worker)
     print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
@@ -284,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .models import ModelError
+    from .renderer.models import ModelError
 
     args = build_parser().parse_args(argv)
     handler = COMMANDS[args.command][0]
@@ -309,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_render_error(exc: BaseException) -> bool:
     """A RenderError, checked without importing the renderer (it cannot be raised unless it was imported)."""
-    render = sys.modules.get(f"{__package__}.render")
+    render = sys.modules.get(f"{__package__}.renderer.render")
     return render is not None and isinstance(exc, render.RenderError)
 
 

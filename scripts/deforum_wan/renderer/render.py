@@ -27,13 +27,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import fetch, outputs
+from . import fetch
+from . import outputs
 from .frames import fit_image, match_colors, resample
 from .pipelines import Interrupted
-from .plan import Clip, ClipPlan, PlanOptions, plan_clips
-from .seeds import resolve_seed
-from .settings import DeforumSettings
-from .specs import I2V, T2V, VACE, ModelSpec
+from ..core.plan import Clip, ClipPlan, PlanOptions, plan_clips
+from ..core.seeds import resolve_seed
+from ..core.settings import DeforumSettings
+from ..core.specs import I2V, T2V, VACE, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def load_tail(folder: Path, timestring: str, clip: int, count: int) -> np.ndarra
 
 
 def load_image(source: str, policy: fetch.FetchPolicy | None = None) -> np.ndarray:
-    """An init image from a local path or an http(s) URL (fetched with the SSRF checks of deforum_wan.fetch)."""
+    """An init image from a local path or an http(s) URL (fetched with the SSRF checks of deforum_wan.service.fetch)."""
     import io
 
     from PIL import Image
@@ -263,7 +264,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
     outputs.remove_stale_temp_files(folder)
 
     if job.enhance and not resumed:
-        from .enhance import enhance_plan  # frees its model before the video model loads
+        from ..enhance.enhance import enhance_plan  # frees its model before the video model loads
 
         emit({"type": "status", "phase": "enhancing", "message": "enhancing prompts"})
         plan = enhance_plan(plan, settings, job.enhance_options, emit)

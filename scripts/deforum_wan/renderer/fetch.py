@@ -16,7 +16,6 @@ The web UI's own options apply as they do to its /sdapi routes:
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import io
 import ipaddress
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from . import __version__
+from .. import __version__
 
 IMAGE, AUDIO = "image", "audio"
 MAX_BYTES = {IMAGE: 32 * 1024 * 1024, AUDIO: 256 * 1024 * 1024}
@@ -313,14 +312,3 @@ def check_audio(data: bytes) -> str:
         if head.startswith(magic):
             return suffix
     raise FetchError("not an audio or video file (mp3, wav, ogg, flac, aac, m4a/mp4, webm, aiff)")
-
-
-def fetch_to_file(url: str, kind: str, folder: str | Path, policy: FetchPolicy | None = None) -> Path:
-    """`fetch` and keep the bytes in `folder` under a name made from their hash (same content, same file)."""
-    from . import outputs
-
-    fetched = fetch(url, kind, policy)
-    path = Path(folder) / f"{hashlib.sha256(fetched.data).hexdigest()[:24]}{fetched.suffix}"
-    if not path.is_file():
-        outputs.atomic_write_bytes(path, fetched.data)
-    return path

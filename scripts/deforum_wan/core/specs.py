@@ -6,7 +6,9 @@ maps a folder on disk to one of these specs.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 T2V = "t2v"
 I2V = "i2v"
@@ -56,3 +58,13 @@ def model_spec(kind: str) -> ModelSpec:
     except KeyError:
         known = ", ".join(sorted(MODEL_SPECS))
         raise ValueError(f"unknown model kind {kind!r}; known kinds: {known}") from None
+
+
+def default_models_dir() -> Path:
+    """Where Wan models live unless told otherwise: $DEFORUM_WAN_MODELS, else ./models/wan.
+
+    Here rather than beside the model loader because the enhancer and the web UI
+    look for models too, and neither should import the renderer for a path.
+    """
+    env = os.environ.get("DEFORUM_WAN_MODELS")
+    return Path(env).expanduser() if env else Path("models") / "wan"

@@ -1,6 +1,6 @@
 """Pure helpers behind the Wan tab: table rows, prompt edits, resume list, settings finder, plot data.
 
-Kept apart from `ui.py` so they are unit-tested without gradio, and so the tab's
+Kept apart from `tab.py` so they are unit-tested without gradio, and so the tab's
 code is the same in Automatic1111 (gradio 3.41) and Forge (gradio 4.40): gradio
 only sees the plain lists and strings these return. Nothing here imports torch.
 """
@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from . import outputs
+from ..renderer import outputs
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from .models import ModelInfo
-    from .plan import ClipPlan
-    from .settings import DeforumSettings
+    from ..renderer.models import ModelInfo
+    from ..core.plan import ClipPlan
+    from ..core.settings import DeforumSettings
 
 PLAN_HEADERS = ["clip", "output frames", "seconds", "Wan frames", "mode", "seed", "prompt", "movement"]
 PLAN_DATATYPES = ["number", "str", "str", "number", "str", "number", "str", "str"]
@@ -44,7 +44,7 @@ def keyframe_text(raw: str) -> tuple[str, str]:
 
 def plan_rows(plan: "ClipPlan", settings: "DeforumSettings") -> list[list[Any]]:
     """One row per clip; the prompt cell is the clip's keyframe text, so an edit maps back to that keyframe."""
-    from .prompts import prompt_items
+    from ..core.prompts import prompt_items
 
     _, items = prompt_items(settings)
     raw = dict(items)
@@ -80,7 +80,7 @@ def edited_prompts(plan: "ClipPlan", settings: "DeforumSettings", rows: Sequence
     is set), a keyframe's `--neg` part survives an edit of its positive text, and when
     two clips of one keyframe are edited differently the first edited clip wins.
     """
-    from .prompts import prompt_items
+    from ..core.prompts import prompt_items
 
     _, items = prompt_items(settings)
     prompts = {k: v for k, v in items}
@@ -254,7 +254,7 @@ def camera_series(settings: "DeforumSettings", *, only_moving: bool = True) -> l
     """
     import numpy as np
 
-    from .plan import camera_path
+    from ..core.plan import camera_path
 
     path = camera_path(settings)
     keys = _AXES_3D if path.animation_mode == "3D" else _AXES_2D if path.animation_mode == "2D" else ()
@@ -270,7 +270,7 @@ def camera_series(settings: "DeforumSettings", *, only_moving: bool = True) -> l
 
 def plot_marks(plan: "ClipPlan | None", settings: "DeforumSettings") -> tuple[list[int], list[tuple[int, str]]]:
     """Clip starts (after the first) and prompt keyframes (frame, key) to mark on the plot."""
-    from .prompts import prompt_keyframes
+    from ..core.prompts import prompt_keyframes
 
     clips = [c.output_start for c in plan.clips[1:]] if plan is not None else []
     keys = [(kf.frame, kf.key) for kf in prompt_keyframes(settings)]

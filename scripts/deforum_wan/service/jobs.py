@@ -199,7 +199,7 @@ class JobQueue:
         if self.default_model:
             return self.default_model
         if self.models_dir:
-            from .models import discover_models
+            from ..renderer.models import discover_models
 
             infos = discover_models(self.models_dir)
             for kind in DEFAULT_KIND_ORDER:
@@ -457,7 +457,7 @@ def default_db_path() -> Path:
     env = os.environ.get("DEFORUM_WAN_JOBS_DB")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / ".jobs" / "jobs.sqlite3"
+    return Path(__file__).resolve().parents[3] / ".jobs" / "jobs.sqlite3"
 
 
 def get_queue(db_path: str | os.PathLike[str] | None = None, **kwargs: Any) -> JobQueue:

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .plan import ClipPlan
-    from .settings import DeforumSettings
+    from ..core.plan import ClipPlan
+    from ..core.settings import DeforumSettings
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ def default_hub_cache() -> Path:
 
 def qwen_search_dirs(models_dir: str | Path | None = None) -> list[Path]:
     """Folders that hold Qwen model folders: <models>/wan/qwen and <models>/LLM."""
-    from .models import default_models_dir
+    from ..core.specs import default_models_dir
 
     wan = Path(models_dir).expanduser() if models_dir else default_models_dir()
     return [wan / "qwen", wan.parent / "LLM", wan / "LLM"]
@@ -385,7 +385,7 @@ def resolve_qwen(choice: str | None, models_dir: str | Path | None, device: str,
     if not models:
         raise EnhanceError(
             f"no Qwen instruct model found (looked in {where}); put one there, e.g. with "
-            f"`python -m deforum_wan.enhance download {QWEN_REPOS[0]}`, or pass --qwen FOLDER"
+            f"`python -m deforum_wan.enhance.enhance download {QWEN_REPOS[0]}`, or pass --qwen FOLDER"
         )
     free = free_memory_bytes(device)
     chosen = select_qwen(models, free, device)
@@ -936,10 +936,10 @@ def format_results(plan: ClipPlan, results: Sequence[EnhanceResult], width: int 
 
 def run_enhance_command(args: argparse.Namespace) -> int:
     """`deforum-wan enhance SETTINGS`: plan the clips, rewrite their prompts, show before and after."""
-    from .cli import model_spec_for, plan_options
-    from .plan import plan_clips
-    from .seeds import resolve_seed
-    from .settings import load_settings
+    from ..cli import model_spec_for, plan_options
+    from ..core.plan import plan_clips
+    from ..core.seeds import resolve_seed
+    from ..core.settings import load_settings
 
     settings = load_settings(args.settings)
     seed = resolve_seed(args.seed if args.seed is not None else settings.seed)
@@ -978,7 +978,7 @@ def download_qwen(repo_id: str, target: str | Path | None = None) -> Path:
     if not isinstance(repo_id, str) or not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", repo_id):
         raise EnhanceError(f"give the exact Hugging Face repo id, such as {QWEN_REPOS[2]} "
                            f"(known: {', '.join(QWEN_REPOS)}); got {repo_id!r}")
-    from .models import default_models_dir
+    from ..core.specs import default_models_dir
 
     root = Path(target).expanduser() if target else default_models_dir() / "qwen"
     dest = root / repo_id.split("/", 1)[1]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .specs import MODEL_SPECS, ModelSpec
+from ..core.specs import MODEL_SPECS, ModelSpec, default_models_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -55,12 +55,6 @@ class ModelInfo:
 
 # ---------------------------------------------------------------------------
 # Discovery and classification (pure JSON, no torch)
-
-
-def default_models_dir() -> Path:
-    """Where Wan models live unless told otherwise: $DEFORUM_WAN_MODELS, else ./models/wan."""
-    env = os.environ.get("DEFORUM_WAN_MODELS")
-    return Path(env).expanduser() if env else Path("models") / "wan"
 
 
 def _read_json(path: Path, folder: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ Who may call it: in the web UI, exactly who may call the web UI's own /sdapi
 routes (`--api-auth user:pass,...`, HTTP Basic); with no --api-auth but
 `DEFORUM_WAN_API_TOKEN` set, that token as a Bearer token. The standalone app
 requires the token for everything it serves (API and tab) and will not listen
-beyond this machine without one (ui.py). Routes exist in the web UI only with
+beyond this machine without one (webui/tab.py). Routes exist in the web UI only with
 `--api`, `--nowebui` (the host's API-only mode) or `--deforum-wan-api` (preload.py).
 """
 from __future__ import annotations
@@ -32,7 +32,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from . import fetch, jobs
+from ..renderer import fetch
+from . import jobs
 from .validation import (  # noqa: F401 - re-exported for clients of the API module
     MAX_BODY_BYTES,
     MAX_DEFORUM_STEPS,
@@ -222,7 +223,8 @@ def _not_found(kind: str, ident: str) -> JSONResponse:
 
 def models_payload(queue: jobs.JobQueue) -> dict[str, Any]:
     """Wan models found in the models folder, and Qwen models when the enhancer can list them."""
-    from .models import default_models_dir, scan_models
+    from ..core.specs import default_models_dir
+    from ..renderer.models import scan_models
 
     root = Path(queue.models_dir) if queue.models_dir else default_models_dir()
     infos, problems = scan_models(root)
@@ -235,7 +237,7 @@ def models_payload(queue: jobs.JobQueue) -> dict[str, Any]:
         "qwen_models": [],
     }
     try:
-        from .enhance import find_qwen_models
+        from ..enhance.enhance import find_qwen_models
 
         payload["qwen_models"] = [
             {"name": q.name, "path": str(q.path), "params": q.params, "label": q.label, "source": q.source}

@@ -12,6 +12,7 @@ usually), as Deforum's own do.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,10 +22,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import fetch
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from .settings import DeforumSettings
+    from ..core.settings import DeforumSettings
 
 TIMESTRING_FORMAT = "%Y%m%d%H%M%S"
 _TIMESTRING = re.compile(r"^\d{14}$")
@@ -259,7 +262,7 @@ def _fps_arg(fps: float) -> str:
 
 def _soundtrack_input(soundtrack: str | None, warnings: list[str]) -> str | None:
     """A readable local file, or None with a warning. ffmpeg never gets a URL: the render fetches
-    a URL soundtrack itself (deforum_wan.fetch) and passes the file it saved."""
+    a URL soundtrack itself (deforum_wan.service.fetch) and passes the file it saved."""
     if not soundtrack or soundtrack.strip().lower() in ("", "none"):
         return None
     if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", soundtrack.strip()) or soundtrack.strip().lower().startswith("data:"):
@@ -270,12 +273,10 @@ def _soundtrack_input(soundtrack: str | None, warnings: list[str]) -> str | None
     if not (path.is_file() and os.access(path, os.R_OK)):
         warnings.append(f"soundtrack_path {soundtrack!r} is not a readable file; video saved without sound")
         return None
-    from .fetch import FetchError, check_audio
-
     try:
         with open(path, "rb") as f:
-            check_audio(f.read(16))  # a playlist or other text could make ffmpeg open further files or URLs
-    except (OSError, FetchError) as exc:
+            fetch.check_audio(f.read(16))  # a playlist or other text could make ffmpeg open further files or URLs
+    except (OSError, fetch.FetchError) as exc:
         warnings.append(f"soundtrack_path {soundtrack!r}: {exc}; video saved without sound")
         return None
     return str(path)
@@ -293,3 +294,18 @@ def remove_stale_temp_files(folder: Path) -> None:
     for entry in os.scandir(folder):
         if entry.name.startswith(".") and entry.name.endswith((".tmp", ".tmp.mp4")):
             Path(entry.path).unlink(missing_ok=True)
+
+
+def save_input(data: bytes, suffix: str, folder: str | Path) -> Path:
+    """Keep an input (a downloaded or data: URL image or soundtrack) under a name made from its hash:
+    the same content is one file, however often it is sent."""
+    path = Path(folder) / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
+    if not path.is_file():
+        atomic_write_bytes(path, data)
+    return path
+
+
+def fetch_to_file(url: str, kind: str, folder: str | Path, policy: fetch.FetchPolicy | None = None) -> Path:
+    """`fetch.fetch` the URL and keep it with save_input."""
+    fetched = fetch.fetch(url, kind, policy)
+    return save_input(fetched.data, fetched.suffix, folder)

@@ -7,7 +7,7 @@ gradio-4-only keywords. Everything host-specific (folders, options, the host's
 Interrupt) comes in through `TabContext`. Gradio is imported inside functions and
 torch never: renders, and the enhancer preview, run in worker processes.
 
-Renders go through the JobQueue the API shares (deforum_wan.jobs). Progress is a generator on the Generate click (both gradio versions stream it
+Renders go through the JobQueue the API shares (deforum_wan.service.jobs). Progress is a generator on the Generate click (both gradio versions stream it
 through their queue); Interrupt runs outside the queue so it is never stuck behind it.
 """
 from __future__ import annotations
@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import bridge, doctor, ui_data
+from ..service import bridge, doctor
+from . import tab_data
 
-SCRIPTS_DIR = Path(__file__).resolve().parents[1]
+SCRIPTS_DIR = Path(__file__).resolve().parents[2]
 EXTENSION_DIR = SCRIPTS_DIR.parent
 POLL_SECONDS = 0.5
 FALLBACK_KIND = "vace"
@@ -75,7 +76,7 @@ def _memo(fn: Callable[[], Any]) -> Callable[[], Any]:
 
 
 class Jobs:
-    """What the tab needs from the shared JobQueue (deforum_wan.jobs), with the ETA of step events kept."""
+    """What the tab needs from the shared JobQueue (deforum_wan.service.jobs), with the ETA of step events kept."""
 
     def __init__(self, queue: Any):
         self.queue = queue
@@ -85,7 +86,7 @@ class Jobs:
 
     def _on_change(self, record: Any, event: dict | None) -> None:
         if event and event.get("type") == "step" and isinstance(event.get("eta_seconds"), (int, float)):
-            self.eta[str(ui_data.record_field(record, "id"))] = float(event["eta_seconds"])
+            self.eta[str(tab_data.record_field(record, "id"))] = float(event["eta_seconds"])
 
     def submit(self, settings: dict, overrides: dict) -> str:
         _batch, job_ids = self.queue.submit([settings], overrides)
@@ -96,7 +97,7 @@ class Jobs:
         if record is None:
             return None
         data = record.to_dict() if hasattr(record, "to_dict") else dict(record)
-        data["video"] = ui_data.record_field(record, "video")
+        data["video"] = tab_data.record_field(record, "video")
         data["eta_seconds"] = self.eta.get(job_id)
         return data
 
@@ -108,7 +109,7 @@ class Jobs:
 
 def shared_jobs(outdir: str, models_dir: str) -> Jobs:
     """The process-wide JobQueue (jobs.get_queue), which the API shares; its folders follow the host's options."""
-    from . import jobs
+    from ..service import jobs
 
     return Jobs(jobs.get_queue(outdir=outdir, models_dir=models_dir))
 
@@ -118,7 +119,7 @@ def shared_jobs(outdir: str, models_dir: str) -> Jobs:
 
 
 def _settings_from_state(state: Any):
-    from .settings import load_settings
+    from ..core.settings import load_settings
 
     if not state:
         raise ValueError("import a Deforum settings file first")
@@ -127,8 +128,8 @@ def _settings_from_state(state: Any):
 
 def load_settings_file(path: str | None) -> tuple[dict | None, str, str]:
     """(settings as a dict, inspect summary, status line) for a settings path."""
-    from .inspection import format_inspection, inspect_settings
-    from .settings import load_settings
+    from ..core.inspection import format_inspection, inspect_settings
+    from ..core.settings import load_settings
 
     if not path or not str(path).strip():
         return None, "", "Give a settings file."
@@ -142,8 +143,8 @@ def load_settings_file(path: str | None) -> tuple[dict | None, str, str]:
 
 def model_spec_and_note(model_path: str | None):
     """The spec of the chosen model folder, or the fallback kind's, with a note for the user."""
-    from .models import ModelError, classify_model
-    from .specs import MODEL_SPECS
+    from ..renderer.models import ModelError, classify_model
+    from ..core.specs import MODEL_SPECS
 
     if model_path:
         try:
@@ -180,7 +181,7 @@ class Controls:
     extra: dict = field(default_factory=dict)
 
     def plan_options(self, seed: int | None = None):
-        from .plan import PlanOptions
+        from ..core.plan import PlanOptions
 
         return PlanOptions(continuity=self.continuity or "auto", overlap=_none_if_zero(self.overlap),
                            width=_none_if_zero(self.width), height=_none_if_zero(self.height),
@@ -201,12 +202,12 @@ class Controls:
 
 def make_plan(settings_state: Any, rows: Any, plan_state: Any, controls: Controls):
     """Settings with table edits applied, the new plan, and a note; raises ValueError for the user."""
-    from .plan import ClipPlan, plan_clips
-    from .seeds import resolve_seed
+    from ..core.plan import ClipPlan, plan_clips
+    from ..core.seeds import resolve_seed
 
     settings = _settings_from_state(settings_state)
     if plan_state and rows is not None:
-        settings = ui_data.apply_prompt_edits(ClipPlan.from_dict(plan_state), settings, rows)
+        settings = tab_data.apply_prompt_edits(ClipPlan.from_dict(plan_state), settings, rows)
     spec, note = model_spec_and_note(controls.model_path)
     plan = plan_clips(settings, spec, controls.plan_options(seed=resolve_seed(settings.seed)))
     notes = [note] if note else []
@@ -225,10 +226,10 @@ def plan_summary(plan: Any, notes: list[str]) -> str:
 
 
 def scan_model_choices(models_dir: str) -> dict[str, str]:
-    from .models import scan_models
+    from ..renderer.models import scan_models
 
     infos, _problems = scan_models(models_dir)
-    return ui_data.model_choices(infos)
+    return tab_data.model_choices(infos)
 
 
 def run_enhance_preview(settings: Any, controls: Controls, models_dir: str, timeout: float = 900) -> list[list[Any]]:
@@ -253,11 +254,11 @@ def run_enhance_preview(settings: Any, controls: Controls, models_dir: str, time
     if result.returncode != 0:
         tail = [ln for ln in (result.stderr or result.stdout).splitlines() if ln.strip()][-2:]
         raise ValueError(" | ".join(tail) or f"enhance exited with {result.returncode}")
-    return ui_data.enhance_rows(json.loads(result.stdout))
+    return tab_data.enhance_rows(json.loads(result.stdout))
 
 
-def resume_choices(outdir: str) -> dict[str, ui_data.UnfinishedRender]:
-    return {r.label: r for r in ui_data.unfinished_renders(outdir)}
+def resume_choices(outdir: str) -> dict[str, tab_data.UnfinishedRender]:
+    return {r.label: r for r in tab_data.unfinished_renders(outdir)}
 
 
 # ---------------------------------------------------------------------------
@@ -275,11 +276,11 @@ def build_tab(ctx: TabContext):
     """The Wan tab as a gr.Blocks; gradio 3.41 and 4.40 alike."""
     import gradio as gr
 
-    from .models import MEMORY_PROFILES
-    from .plan import CONTINUITY
+    from ..renderer.models import MEMORY_PROFILES
+    from ..core.plan import CONTINUITY
 
     choices = scan_model_choices(ctx.models_dir())
-    default_model = ui_data.pick_default_model(choices, ctx.default_model())
+    default_model = tab_data.pick_default_model(choices, ctx.default_model())
     model_paths: dict[str, str] = dict(choices)
 
     blocks_kwargs: dict[str, Any] = {"analytics_enabled": False}
@@ -344,7 +345,7 @@ def build_tab(ctx: TabContext):
                                           max_lines=1)
                         enhance_btn = gr.Button("Preview enhanced prompts", elem_id="deforum_wan_enhance_preview")
                         enhance_status = gr.Markdown("")
-                        enhance_table = gr.Dataframe(headers=ui_data.ENHANCE_HEADERS, datatype=["number", "str", "str"],
+                        enhance_table = gr.Dataframe(headers=tab_data.ENHANCE_HEADERS, datatype=["number", "str", "str"],
                                                      col_count=(3, "fixed"), interactive=False, wrap=True,
                                                      elem_id="deforum_wan_enhance_table", type="array")
                     with gr.Accordion("Environment", open=False, elem_id="deforum_wan_environment"):
@@ -354,8 +355,8 @@ def build_tab(ctx: TabContext):
 
             gr.Markdown("### Plan")
             plan_note = gr.Markdown("", elem_id="deforum_wan_plan_note")
-            plan_table = gr.Dataframe(headers=ui_data.PLAN_HEADERS, datatype=ui_data.PLAN_DATATYPES,
-                                      col_count=(len(ui_data.PLAN_HEADERS), "fixed"), interactive=True, wrap=True,
+            plan_table = gr.Dataframe(headers=tab_data.PLAN_HEADERS, datatype=tab_data.PLAN_DATATYPES,
+                                      col_count=(len(tab_data.PLAN_HEADERS), "fixed"), interactive=True, wrap=True,
                                       elem_id="deforum_wan_plan_table", type="array")
             update_plan_btn = gr.Button("Update plan (keeps prompt edits)", elem_id="deforum_wan_update_plan")
             plot = gr.Plot(label="Camera path", elem_id="deforum_wan_plot")
@@ -364,7 +365,7 @@ def build_tab(ctx: TabContext):
             with gr.Row():
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="deforum_wan_generate")
                 interrupt_btn = gr.Button("Interrupt", elem_id="deforum_wan_interrupt")
-            progress = gr.HTML(ui_data.progress_html(None), elem_id="deforum_wan_progress")
+            progress = gr.HTML(tab_data.progress_html(None), elem_id="deforum_wan_progress")
             with gr.Row():
                 preview = gr.Image(label="Latest frame", type="filepath", interactive=False, height=360,
                                    elem_id="deforum_wan_preview")
@@ -393,7 +394,7 @@ def build_tab(ctx: TabContext):
             return state, text, status, None  # a new file drops the old plan (and its edits)
 
         def on_latest():
-            path = ui_data.newest_settings(ctx.output_roots(), ctx.webui_root)
+            path = tab_data.newest_settings(ctx.output_roots(), ctx.webui_root)
             if path is None:
                 where = ", ".join(str(p) for p in ctx.output_roots() if p) or "no output folders"
                 return (None, "", f"No Deforum settings found (looked for `*_settings.txt` in the batch folders of "
@@ -406,10 +407,10 @@ def build_tab(ctx: TabContext):
                 return None, gr.update(value=[]), None, "Import a settings file to see its plan.", state
             try:
                 settings, plan, notes = make_plan(state, rows, plan_dict, controls_of(values))
-                figure = ui_data.camera_figure(settings, plan)
+                figure = tab_data.camera_figure(settings, plan)
             except (ValueError, OSError) as exc:
                 return None, gr.update(value=[]), None, f"**Cannot plan:** {exc}", state
-            return (plan.to_dict(), gr.update(value=ui_data.plan_rows(plan, settings)), figure,
+            return (plan.to_dict(), gr.update(value=tab_data.plan_rows(plan, settings)), figure,
                     plan_summary(plan, notes), settings.to_dict())
 
         plan_outputs = [plan_state, plan_table, plot, plan_note, settings_state]
@@ -432,7 +433,7 @@ def build_tab(ctx: TabContext):
             new = scan_model_choices(ctx.models_dir())
             model_paths.clear()
             model_paths.update(new)
-            value = current if current in new else ui_data.pick_default_model(new, ctx.default_model())
+            value = current if current in new else tab_data.pick_default_model(new, ctx.default_model())
             note = f"Models folder: `{ctx.models_dir()}`" + ("" if new else " — no Wan models found there")
             return gr.update(choices=list(new), value=value), note
 
@@ -462,26 +463,26 @@ def build_tab(ctx: TabContext):
             try:
                 while True:
                     record = jobs.get(job_id)
-                    if ctx.host_interrupted() and not ui_data.is_terminal(record):
+                    if ctx.host_interrupted() and not tab_data.is_terminal(record):
                         jobs.cancel(job_id)
-                    new_preview = ui_data.record_field(record, "preview")
+                    new_preview = tab_data.record_field(record, "preview")
                     preview_update = gr.update()
                     if new_preview and new_preview != shown_preview and os.path.isfile(new_preview):
                         preview_update, shown_preview = gr.update(value=new_preview), new_preview
-                    folder = ui_data.record_field(record, "outdir") or ""
-                    if ui_data.is_terminal(record):
+                    folder = tab_data.record_field(record, "outdir") or ""
+                    if tab_data.is_terminal(record):
                         break
-                    yield (ui_data.progress_html(record), preview_update, gr.update(), gr.update(value=folder),
+                    yield (tab_data.progress_html(record), preview_update, gr.update(), gr.update(value=folder),
                            job_id, gr.update())
                     time.sleep(POLL_SECONDS)
             finally:
                 ctx.on_job_end()
-            video_path = ui_data.record_field(record, "video")
+            video_path = tab_data.record_field(record, "video")
             video_update = gr.update(value=video_path) if video_path and os.path.isfile(video_path) else gr.update()
             last = _last_frame(record)
             preview_update = gr.update(value=last) if last and last != shown_preview else gr.update()
-            yield (ui_data.progress_html(record), preview_update, video_update,
-                   gr.update(value=ui_data.record_field(record, "outdir") or ""), job_id,
+            yield (tab_data.progress_html(record), preview_update, video_update,
+                   gr.update(value=tab_data.record_field(record, "outdir") or ""), job_id,
                    gr.update(choices=list(resume_choices(ctx.outdir())), value=None))
 
         run_outputs = [progress, preview, video, out_folder, job_state, resume_dd]
@@ -498,7 +499,7 @@ def build_tab(ctx: TabContext):
             except (ValueError, OSError) as exc:
                 yield (_error_html(exc), gr.update(), gr.update(), gr.update(), None, gr.update())
                 return
-            yield (ui_data.progress_html({"status": "ACCEPTED", "message": "submitted"}), gr.update(value=None),
+            yield (tab_data.progress_html({"status": "ACCEPTED", "message": "submitted"}), gr.update(value=None),
                    gr.update(value=None), gr.update(value=""), job_id, gr.update())
             yield from watch(job_id, jobs)
 
@@ -510,7 +511,7 @@ def build_tab(ctx: TabContext):
                     raise ValueError("choose an unfinished render (Refresh updates the list)")
                 if not controls.model_path:
                     raise ValueError("no Wan model chosen")
-                from .settings import load_settings
+                from ..core.settings import load_settings
 
                 # Deforum's own resume keys: the render continues this timestring's frames.
                 settings = load_settings(entry.settings_path).to_dict()
@@ -521,7 +522,7 @@ def build_tab(ctx: TabContext):
             except (ValueError, OSError) as exc:
                 yield (_error_html(exc), gr.update(), gr.update(), gr.update(), None, gr.update())
                 return
-            yield (ui_data.progress_html({"status": "ACCEPTED", "message": f"resuming {entry.timestring}"}),
+            yield (tab_data.progress_html({"status": "ACCEPTED", "message": f"resuming {entry.timestring}"}),
                    gr.update(), gr.update(value=None), gr.update(value=str(entry.folder)), job_id, gr.update())
             yield from watch(job_id, jobs)
 
@@ -538,12 +539,12 @@ def build_tab(ctx: TabContext):
 
 def _last_frame(record: Any) -> str | None:
     """The newest frame of a finished or stopped job, for the preview."""
-    preview = ui_data.record_field(record, "preview")
+    preview = tab_data.record_field(record, "preview")
     if preview and os.path.isfile(preview):
         return preview
-    folder, ts = ui_data.record_field(record, "outdir"), ui_data.record_field(record, "timestring")
+    folder, ts = tab_data.record_field(record, "outdir"), tab_data.record_field(record, "timestring")
     if folder and ts:
-        from . import outputs
+        from ..renderer import outputs
 
         n = outputs.contiguous_frames(folder, ts)
         if n:
@@ -562,7 +563,7 @@ def _error_html(exc: BaseException) -> str:
 
 
 def standalone_context(outdir: str, models_dir: str | None) -> TabContext:
-    from .models import default_models_dir
+    from ..core.specs import default_models_dir
 
     out = str(Path(outdir).expanduser().resolve())
     models = str(Path(models_dir).expanduser().resolve()) if models_dir else str(default_models_dir().resolve())
@@ -578,7 +579,7 @@ def build_app(outdir: str = "outputs", models_dir: str | None = None, token: str
 
     ctx = standalone_context(outdir, models_dir)
     app = FastAPI(title="Deforum Wan")
-    from . import api
+    from ..service import api
 
     api.add_routes(app, ctx.get_jobs().queue, allowed_roots=[ctx.outdir(), os.getcwd()], model_roots=[ctx.models_dir()])
     blocks = build_tab(ctx)
@@ -594,7 +595,7 @@ def launch_standalone(host: str = "127.0.0.1", port: int = 7870, outdir: str = "
     """Serve the tab and the API with uvicorn until stopped; 127.0.0.1 unless told otherwise."""
     import uvicorn
 
-    from .api import refuse_standalone
+    from ..service.api import refuse_standalone
 
     if refuse_standalone(host):  # beyond this machine only with $DEFORUM_WAN_API_TOKEN (exit 2, says why)
         return 2

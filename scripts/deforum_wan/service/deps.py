@@ -83,7 +83,7 @@ def normalize(name: str) -> str:
 
 
 def extension_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[3]
 
 
 def install_command() -> str:
@@ -104,8 +104,8 @@ def deps_dir() -> Path:
     if env:
         return Path(env).expanduser()
     here = Path(__file__).resolve()
-    if here.parents[1].name == "scripts":
-        return here.parents[2] / ".deps"
+    if here.parents[2].name == "scripts":
+        return here.parents[3] / ".deps"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "deforum-wan" / f"deps-py{sys.version_info[0]}{sys.version_info[1]}"
 

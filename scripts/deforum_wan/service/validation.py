@@ -5,7 +5,7 @@ field named, e.g. `deforum_settings[0].translation_x: cannot evaluate "sin(t"
 at frame 12: ...`. The settings go through the same parsers the renderer uses,
 so what is accepted here also renders. URLs the render will use (`init_image`
 with `use_init`, `soundtrack_path` with `add_soundtrack: File`) are fetched here,
-through deforum_wan.fetch, and replaced by the saved file: the worker and
+through deforum_wan.service.fetch, and replaced by the saved file: the worker and
 ffmpeg only ever read local files, and a URL we refuse is a 422 naming its field.
 
 The request and response shapes are pydantic models written with what pydantic
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import math
@@ -27,7 +26,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from pydantic import BaseModel, ValidationError
 
-from . import fetch, jobs
+from ..renderer import fetch, outputs
+from . import jobs
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +189,8 @@ def _device(value: Any) -> str:
 
 
 def _override_checks() -> dict[str, Callable[[Any], Any]]:
-    from .models import ATTENTION_CHOICES, MEMORY_PROFILES
-    from .plan import CONTINUITY
+    from ..renderer.models import ATTENTION_CHOICES, MEMORY_PROFILES
+    from ..core.plan import CONTINUITY
 
     return {
         "model": _text_option(1000),
@@ -328,7 +328,7 @@ class Validator:
         return out, spec_info
 
     def _model_info(self, name: str, key: str) -> Any:
-        from .models import ModelError, find_model
+        from ..renderer.models import ModelError, find_model
 
         loc = ("options_overrides", key)
         if "\x00" in name or ".." in re.split(r"[\\/]", name):
@@ -346,7 +346,7 @@ class Validator:
 
     def models(self, overrides: dict[str, Any]) -> tuple[Any, tuple[str, ...]]:
         """The ModelSpec to plan with and the extra modes an I2V model adds."""
-        from .specs import I2V, MODEL_SPECS
+        from ..core.specs import I2V, MODEL_SPECS
 
         spec = None
         try:
@@ -374,10 +374,10 @@ class Validator:
     def settings(self, item: Any, overrides: Mapping[str, Any], spec_info: tuple[Any, tuple[str, ...]],
                  loc: tuple[Any, ...]) -> tuple[dict[str, Any], Any]:
         """The settings object as the queue stores it, and the parsed DeforumSettings."""
-        from .plan import PlanOptions, plan_clips
-        from .prompts import prompt_keyframes
-        from .schedules import ScheduleError, parse_schedule
-        from .settings import CAMERA_KEYS, SettingsError, settings_from_dict
+        from ..core.plan import PlanOptions, plan_clips
+        from ..core.prompts import prompt_keyframes
+        from ..core.schedules import ScheduleError, parse_schedule
+        from ..core.settings import CAMERA_KEYS, SettingsError, settings_from_dict
 
         if not isinstance(item, dict):
             raise ApiError(422, [(loc, f"expected a settings object, got {type(item).__name__}")])
@@ -437,7 +437,7 @@ class Validator:
                 if len(fetched) >= MAX_URLS_PER_REQUEST:
                     raise ApiError(422, [(where, f"at most {MAX_URLS_PER_REQUEST} different URLs per request")])
                 try:
-                    fetched[(url, kind)] = str(fetch.fetch_to_file(url.strip(), kind, self.inputs_folder, self.policy()))
+                    fetched[(url, kind)] = str(outputs.fetch_to_file(url.strip(), kind, self.inputs_folder, self.policy()))
                 except fetch.FetchError as exc:
                     raise ApiError(422, [(where, f"cannot use {_short(url)}: {exc}")]) from None
             data[key] = fetched[(url, kind)]
@@ -510,12 +510,7 @@ class Validator:
             suffix = fetch.check_image(data) if kind == fetch.IMAGE else fetch.check_audio(data)
         except fetch.FetchError as exc:
             raise ApiError(422, [(loc, f"the data: URL is {exc}" if str(exc).startswith("not ") else str(exc))]) from None
-        from . import outputs
-
-        path = self.inputs_folder / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
-        if not path.is_file():
-            outputs.atomic_write_bytes(path, data)
-        return str(path)
+        return str(outputs.save_input(data, suffix, self.inputs_folder))
 
 
 # ---------------------------------------------------------------- naming the field

@@ -29,7 +29,7 @@ from . import deps
 
 log = logging.getLogger(__name__)
 
-SCRIPTS_DIR = Path(__file__).resolve().parents[1]
+SCRIPTS_DIR = Path(__file__).resolve().parents[2]
 ENV_WORKER_PYTHON = "DEFORUM_WAN_WORKER_PYTHON"
 ISOLATE_ENV = "DEFORUM_WAN_ISOLATE"  # isolation.ENV (isolation.py is the worker's side)
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130  # as in worker.py (not imported: it pulls in the renderer)
@@ -239,7 +239,7 @@ class _Tracker:
         if self.final and self.final.get("type") in ("done", "interrupted") and "frames_on_disk" in self.final:
             return int(self.final["frames_on_disk"])
         if self.folder and self.timestring:
-            from . import outputs  # light: stdlib only at import
+            from ..renderer import outputs  # light: stdlib only at import
 
             try:
                 return outputs.contiguous_frames(self.folder, self.timestring)

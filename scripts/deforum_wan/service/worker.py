@@ -21,9 +21,9 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, TextIO
 
-from .plan import PlanOptions
-from .render import RenderJob
-from .settings import load_settings
+from ..core.plan import PlanOptions
+from ..renderer.render import RenderJob
+from ..core.settings import load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -128,7 +128,7 @@ def run_probe(out: TextIO | None = None) -> int:
 
 
 def run_worker(job_path: str, out: TextIO | None = None) -> int:
-    from .render import render
+    from ..renderer.render import render
 
     out = out or sys.stdout
     lock = threading.Lock()

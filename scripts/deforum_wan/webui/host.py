@@ -113,7 +113,7 @@ def on_job_end() -> None:
 
 def mirror_host_progress(queue: Any) -> None:
     """Every job, from the tab or the API, shows in the host's progress; the host's Interrupt stops it."""
-    from . import bridge
+    from ..service import bridge
 
     state = _state()
     if state is None:
@@ -132,7 +132,7 @@ def mirror_host_progress(queue: Any) -> None:
 
 
 def tab_context():
-    from .ui import TabContext
+    from .tab import TabContext
 
     return TabContext(
         outdir=outdir, models_dir=models_dir, default_model=lambda: _opt("deforum_wan_default_model") or None,
@@ -142,7 +142,7 @@ def tab_context():
 
 
 def on_ui_tabs() -> list[tuple[Any, str, str]]:
-    from .ui import build_tab
+    from .tab import build_tab
 
     return [(build_tab(tab_context()), TAB_TITLE, TAB_ID)]
 
@@ -151,7 +151,7 @@ def on_ui_settings() -> None:
     import gradio as gr
     from modules import shared
 
-    from .models import MEMORY_PROFILES
+    from ..renderer.models import MEMORY_PROFILES
 
     for key, (default, label) in OPTIONS.items():
         if key == "deforum_wan_memory_profile":
@@ -167,7 +167,7 @@ def on_app_started(demo: Any, app: Any) -> None:
     There is deliberately no settings option that turns the API on: the routes are
     reachable exactly when the web UI's own API is, behind the same --api-auth.
     """
-    from . import api, jobs
+    from ..service import api, jobs
 
     mirror_host_progress(jobs.webui_queue())
     if _opt("deforum_wan_api") and not api.api_enabled(getattr(_shared(), "cmd_opts", None)):

@@ -1,0 +1,1 @@
+"""Running renders for others: the job queue, the HTTP API, the worker process and its environment."""
