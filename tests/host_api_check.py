@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from deforum_wan.service import api, jobs
+from deforum_wan.webui import host
 
 SETTINGS = {"prompts": {"0": "a red fox", "3": "a blue bird"}, "max_frames": 6, "W": 32, "H": 32, "fps": 16,
             "seed": 1, "translation_x": "0:(2*sin(t/10))", "batch_name": "host_{timestring}"}
@@ -153,10 +154,10 @@ def _flag_gates_routes(tmp: Path) -> bool:
     sys.modules["modules"], sys.modules["modules.shared"] = modules, shared
     shared.cmd_opts = SimpleNamespace(api=False, deforum_wan_api=False)
     off = FastAPI()
-    api.on_app_started(None, off)
+    host.mount_api(None, off)
     shared.cmd_opts = SimpleNamespace(api=False, deforum_wan_api=True)
     on = FastAPI()
-    api.on_app_started(None, on)
+    host.mount_api(None, on)
     return not api.has_routes(off) and api.has_routes(on) and TestClient(on).get("/deforum_wan/jobs").status_code == 200
 
 
@@ -172,7 +173,7 @@ def _check_auth(tmp: Path) -> None:
     shared.cmd_opts = SimpleNamespace(api=True, deforum_wan_api=False, api_auth="alice:s3cret,bob:hunter2")
     jobs.close_queue()
     app = FastAPI()
-    api.on_app_started(None, app)
+    host.mount_api(None, app)
     client = TestClient(app)
     for method, path in (("get", "/deforum_wan/jobs"), ("post", "/deforum_wan/txt2vid"),
                          ("delete", "/deforum_wan/jobs/x"), ("post", "/deforum_wan/jobs/x/retry")):

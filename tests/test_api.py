@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from deforum_wan.service import api, jobs
+from deforum_wan.webui import host
 from deforum_wan.renderer import outputs
 from deforum_wan.renderer.fetch import FetchPolicy
 from deforum_wan.service.jobs import JobQueue
@@ -494,7 +495,7 @@ def fake_webui(tmp_path, monkeypatch):
 
 def test_routes_are_absent_in_the_web_ui_without_the_flag(fake_webui):
     app = FastAPI()
-    api.on_app_started(None, app)
+    host.mount_api(None, app)
     assert not [p for p in api.route_paths(app) if p.startswith("/deforum_wan")]
     assert api.api_enabled(fake_webui.cmd_opts) is False
 
@@ -504,8 +505,8 @@ def test_routes_are_absent_in_the_web_ui_without_the_flag(fake_webui):
 def test_routes_are_present_with_api_or_our_flag(fake_webui, flags, tmp_path):
     fake_webui.cmd_opts = SimpleNamespace(**flags)
     app = FastAPI()
-    api.on_app_started(None, app)
-    api.on_app_started(None, app)  # a second call adds nothing
+    host.mount_api(None, app)
+    host.mount_api(None, app)  # a second call adds nothing
     paths = [p for p in api.route_paths(app) if p.startswith("/deforum_wan")]
     assert "/deforum_wan/txt2vid" in paths and "/deforum_wan/jobs/{id}" in paths
     assert paths.count("/deforum_wan/txt2vid") == 1
@@ -588,7 +589,7 @@ def _route_calls() -> list[tuple[str, str]]:
 def _webui_app(fake_webui, **cmd) -> FastAPI:
     fake_webui.cmd_opts = SimpleNamespace(**{"api": True, "deforum_wan_api": False, **cmd})
     app = FastAPI()
-    api.on_app_started(None, app)
+    host.mount_api(None, app)
     return app
 
 

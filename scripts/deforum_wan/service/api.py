@@ -412,19 +412,3 @@ def route_paths(app: Any) -> list[str]:
 def has_routes(app: Any) -> bool:
     """Whether our routes are mounted on `app`."""
     return any(p.startswith(PREFIX + "/") for p in route_paths(app))
-
-
-def on_app_started(demo: Any, app: Any) -> None:
-    """Web-UI callback: add the routes when the flag is on (once per app), behind the host's own auth."""
-    from modules import shared
-
-    cmd_opts = getattr(shared, "cmd_opts", None)
-    if not api_enabled(cmd_opts) or has_routes(app):
-        return
-    paths = jobs.webui_paths()
-    queue = jobs.get_queue(outdir=paths["outdir"], models_dir=paths["models_dir"])
-    dependencies = webui_dependencies(cmd_opts)
-    add_routes(app, queue, allowed_roots=paths["allowed_roots"], model_roots=[paths["models_dir"]],
-               dependencies=dependencies, fetch_policy=fetch.host_policy)
-    how = "--api-auth" if host_credentials(cmd_opts) else TOKEN_ENV if dependencies else "no authentication"
-    log.info("Deforum Wan API: routes under %s/ (%s)", PREFIX, how)

@@ -483,38 +483,3 @@ def close_queue(timeout: float | None = 60.0) -> None:
         queue, _QUEUE = _QUEUE, None
     if queue is not None:
         queue.close(timeout)
-
-
-def webui_paths() -> dict[str, Any]:
-    """Output folder, models folder and allowed input roots from the host web UI's options."""
-    from modules import shared
-
-    opts = shared.opts
-    outdir = getattr(opts, "outdir_samples", "") or getattr(opts, "outdir_img2img_samples", "") or "outputs"
-    models_dir = getattr(opts, "deforum_wan_models_dir", "") or ""
-    if not models_dir:
-        try:
-            from modules import paths
-
-            models_dir = str(Path(paths.models_path) / "wan")
-        except Exception:  # an unusual host: fall back to the CLI's default
-            models_dir = str(Path("models") / "wan")
-    roots = [outdir]
-    data = getattr(opts, "data", None)
-    if isinstance(data, dict):
-        roots += [v for k, v in data.items() if k.startswith("outdir_") and isinstance(v, str) and v.strip()]
-    for name in ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples", "outdir_extras_samples",
-                 "outdir_grids", "outdir_save", "outdir_init_images"):
-        value = getattr(opts, name, "")
-        if isinstance(value, str) and value.strip():
-            roots.append(value)
-    extra = getattr(opts, "deforum_wan_api_allowed_roots", "") or os.environ.get("DEFORUM_WAN_ALLOWED_ROOTS", "")
-    roots += [p for p in str(extra).split(os.pathsep) if p.strip()]
-    roots += ["outputs", "inputs"]
-    return {"outdir": outdir, "models_dir": models_dir, "allowed_roots": list(dict.fromkeys(roots))}
-
-
-def webui_queue() -> JobQueue:
-    """The shared queue configured from the web UI's options (the tab and the API both use this)."""
-    paths = webui_paths()
-    return get_queue(outdir=paths["outdir"], models_dir=paths["models_dir"])

@@ -76,6 +76,32 @@ def output_roots() -> list[str]:
     return seen
 
 
+def allowed_roots() -> list[str]:
+    """Folders the API may read init images and soundtracks from: every output folder the host names,
+    its inputs, and DEFORUM_WAN_ALLOWED_ROOTS."""
+    opts = getattr(_shared(), "opts", None)
+    roots = [outdir()]
+    data = getattr(opts, "data", None)
+    if isinstance(data, dict):
+        roots += [v for k, v in data.items() if k.startswith("outdir_") and isinstance(v, str) and v.strip()]
+    for name in ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples", "outdir_extras_samples",
+                 "outdir_grids", "outdir_save", "outdir_init_images"):
+        value = getattr(opts, name, "")
+        if isinstance(value, str) and value.strip():
+            roots.append(value)
+    extra = getattr(opts, "deforum_wan_api_allowed_roots", "") or os.environ.get("DEFORUM_WAN_ALLOWED_ROOTS", "")
+    roots += [p for p in str(extra).split(os.pathsep) if p.strip()]
+    roots += ["outputs", "inputs"]
+    return list(dict.fromkeys(roots))
+
+
+def queue() -> Any:
+    """The process's job queue, writing where the host's options say (the tab and the API share it)."""
+    from ..service import jobs
+
+    return jobs.get_queue(outdir=outdir(), models_dir=models_dir())
+
+
 def _shared() -> Any:
     from modules import shared
 
@@ -167,13 +193,28 @@ def on_app_started(demo: Any, app: Any) -> None:
     There is deliberately no settings option that turns the API on: the routes are
     reachable exactly when the web UI's own API is, behind the same --api-auth.
     """
-    from ..service import api, jobs
+    from ..service import api
 
-    mirror_host_progress(jobs.webui_queue())
+    mirror_host_progress(queue())
     if _opt("deforum_wan_api") and not api.api_enabled(getattr(_shared(), "cmd_opts", None)):
         log.warning("Deforum Wan: the old deforum_wan_api setting no longer turns the API on; "
                     "start the web UI with --api or --deforum-wan-api")
-    api.on_app_started(demo, app)
+    mount_api(demo, app)
+
+
+def mount_api(demo: Any, app: Any) -> None:
+    """Add the routes when --api/--nowebui/--deforum-wan-api is on (once per app), behind the host's own auth."""
+    from ..renderer import fetch
+    from ..service import api
+
+    cmd_opts = getattr(_shared(), "cmd_opts", None)
+    if not api.api_enabled(cmd_opts) or api.has_routes(app):
+        return
+    dependencies = api.webui_dependencies(cmd_opts)
+    api.add_routes(app, queue(), allowed_roots=allowed_roots(), model_roots=[models_dir()],
+                   dependencies=dependencies, fetch_policy=fetch.host_policy)
+    how = "--api-auth" if api.host_credentials(cmd_opts) else api.TOKEN_ENV if dependencies else "no authentication"
+    log.info("Deforum Wan API: routes under %s/ (%s)", api.PREFIX, how)
 
 
 def register() -> None:
