@@ -146,7 +146,7 @@ def check_standalone() -> dict:
     """The standalone app serves its page (the same tab) through FastAPI."""
     from fastapi.testclient import TestClient
 
-    from deforum_wan.webui.tab import build_app
+    from deforum_wan.webui.standalone import build_app
 
     root = Path(tempfile.mkdtemp(prefix="deforum-wan-app-"))
     app = build_app(str(root / "outputs"), str(root / "models"))

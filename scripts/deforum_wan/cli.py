@@ -172,7 +172,7 @@ def cmd_qwen(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from .webui.tab import launch_standalone
+    from .webui.standalone import launch_standalone
 
     return launch_standalone(host=args.host, port=args.port, outdir=args.outdir, models_dir=args.models_dir)
 

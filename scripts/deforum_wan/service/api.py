@@ -32,7 +32,6 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from ..renderer import fetch
 from . import jobs
 from .validation import (  # noqa: F401 - re-exported for clients of the API module
     MAX_BODY_BYTES,
