@@ -368,18 +368,49 @@ def _fake_modules(monkeypatch, **mods):
         monkeypatch.setitem(sys.modules, name, module)
 
 
-def test_unload_host_model_in_a1111(monkeypatch):
+class FakeA1111Models:
+    """A1111 1.10's sd_models as far as unloading goes: `shared.sd_model` loads a checkpoint when none is loaded."""
+
+    def __init__(self, loaded: object | None):
+        self.model_data = types.SimpleNamespace(sd_model=loaded)
+        self.loads: list[str] = []
+        self.moved: list[object] = []
+
+    def shared_sd_model(self):  # the property A1111's shared module exposes
+        if self.model_data.sd_model is None:
+            self.loads.append("load_model")  # "Stable diffusion model failed to load" without a checkpoint
+            self.model_data.sd_model = object()
+        return self.model_data.sd_model
+
+    def unload_model_weights(self, sd_model=None, info=None):
+        self.moved.append(sd_model or self.shared_sd_model())
+        return sd_model
+
+
+def _fake_a1111(monkeypatch, loaded):
     calls = []
+    sd_models = FakeA1111Models(loaded)
     modules = types.ModuleType("modules")
-    sd_models = types.SimpleNamespace(unload_model_weights=lambda: calls.append("unload"))
     devices = types.SimpleNamespace(torch_gc=lambda: calls.append("gc"))
     modules.sd_models = sd_models
     monkeypatch.delitem(sys.modules, "backend.memory_management", raising=False)
     monkeypatch.delitem(sys.modules, "modules_forge", raising=False)
     _fake_modules(monkeypatch, modules=modules, **{"modules.shared": types.ModuleType("modules.shared"),
                                                    "modules.sd_models": sd_models, "modules.devices": devices})
-    assert bridge.unload_host_model() == "unloaded the SD checkpoint"
-    assert calls == ["unload", "gc"]
+    return sd_models, calls
+
+
+def test_unload_host_model_in_a1111_moves_the_loaded_checkpoint(monkeypatch):
+    checkpoint = object()
+    sd_models, calls = _fake_a1111(monkeypatch, checkpoint)
+    assert bridge.unload_host_model() == "moved the SD checkpoint off the GPU"
+    assert sd_models.moved == [checkpoint] and calls == ["gc"] and sd_models.loads == []
+
+
+def test_unload_host_model_in_a1111_never_loads_a_checkpoint_to_unload_it(monkeypatch):
+    sd_models, calls = _fake_a1111(monkeypatch, None)
+    assert bridge.unload_host_model() is None  # nothing loaded: nothing to free, nothing said
+    assert sd_models.loads == [] and sd_models.moved == [] and calls == []
 
 
 def test_unload_host_model_in_forge(monkeypatch):

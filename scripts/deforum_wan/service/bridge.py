@@ -166,7 +166,8 @@ def in_web_ui() -> bool:
 
 
 def unload_host_model() -> str | None:
-    """Ask the host to free its SD checkpoint before the worker loads Wan; None outside a web UI. Never raises."""
+    """Ask the host to free its SD checkpoint before the worker loads Wan; None when there was nothing to free
+    or outside a web UI. Never raises, and never loads a checkpoint to unload it."""
     if not in_web_ui():
         return None
     try:
@@ -182,11 +183,17 @@ def unload_host_model() -> str | None:
             return "Forge: unloaded all models"
         from modules import sd_models  # type: ignore[import-not-found]
 
-        sd_models.unload_model_weights()
+        # Read the loaded model from model_data: `shared.sd_model` (which unload_model_weights() reads
+        # when given nothing) loads a checkpoint when none is loaded yet.
+        data = getattr(sd_models, "model_data", None)
+        loaded = getattr(data, "sd_model", None) if data is not None else None
+        if loaded is None:
+            return None
+        sd_models.unload_model_weights(loaded)
         devices = sys.modules.get("modules.devices")
         if devices is not None and hasattr(devices, "torch_gc"):
             devices.torch_gc()
-        return "unloaded the SD checkpoint"
+        return "moved the SD checkpoint off the GPU"
     except Exception as exc:  # the render can still run; it may just have less memory
         log.warning("Deforum Wan: could not unload the web UI's model: %s", exc)
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -112,49 +113,88 @@ def _state() -> Any:
     return getattr(_shared(), "state", None)
 
 
-def host_interrupted() -> bool:
-    """The host's Interrupt button sets shared.state.interrupted."""
-    state = _state()
-    return bool(getattr(state, "interrupted", False))
+class HostMirror:
+    """Every queue job, from the tab or the API, runs as the host's own jobs do in `shared.state`.
+
+    A1111 and Forge begin a job with `state.begin()` (which clears an Interrupt
+    pressed earlier and sets the start time `/sdapi/v1/progress` divides by) and
+    end it with `state.end()` (job_count back to 0). Between the two, worker events
+    become job_count/job_no/sampling steps (bridge.HostProgress), and the host's
+    Interrupt, noticed within half a second even while the worker is silent,
+    cancels that job once. An Interrupt pressed while no job of ours runs stops
+    nothing of ours.
+    """
+
+    def __init__(self, queue: Any, state: Any, poll_seconds: float = 0.5) -> None:
+        self.queue, self.state, self.poll_seconds = queue, state, poll_seconds
+        self._lock = threading.Lock()
+        self._job: str | None = None
+        self._progress: Any = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def __call__(self, record: Any, event: dict | None) -> None:
+        kind = (event or {}).get("type")
+        if kind == "running":
+            self._begin(record.id)
+        elif kind in ("finished", "requeued"):
+            self._end(record.id)
+        elif event is not None and kind != "cancel" and record.id == self._job:
+            self._progress(event)  # HostProgress never raises
+
+    def _call(self, name: str, **kwargs: Any) -> None:
+        method = getattr(self.state, name, None)
+        if callable(method):
+            try:
+                method(**kwargs)
+            except Exception:  # a host's state API we do not know must not stop the render
+                log.debug("shared.state.%s failed", name, exc_info=True)
+
+    def _begin(self, job_id: str) -> None:
+        from ..service import bridge
+
+        self._end(self._job)  # a job that vanished without finishing (never expected)
+        with self._lock:
+            self._call("begin", job="Deforum Wan")
+            self._job = job_id
+            self._progress = bridge.HostProgress(self.state)
+            self._stop = threading.Event()
+            self._watcher = threading.Thread(target=self._watch, args=(job_id, self._progress, self._stop),
+                                             name="deforum-wan-host-interrupt", daemon=True)
+            self._watcher.start()
+
+    def _end(self, job_id: str | None) -> None:
+        with self._lock:
+            if job_id is None or job_id != self._job:
+                return
+            self._stop.set()
+            watcher, self._job, self._watcher = self._watcher, None, None
+            self._call("end")
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout=5)
+
+    def _watch(self, job_id: str, progress: Any, stop: threading.Event) -> None:
+        while not stop.wait(self.poll_seconds):
+            if progress.check_interrupt():
+                try:
+                    self.queue.cancel(job_id)
+                except KeyError:
+                    pass
+                return
 
 
-def on_job_start() -> None:
-    """Reset a stale interrupted flag and show the host busy; the bridge frees the host's checkpoint itself."""
-    state = _state()
-    if state is not None and hasattr(state, "begin"):
-        try:
-            state.begin(job="Deforum Wan")
-        except Exception:  # a host's state API we do not know must not stop the render
-            log.debug("shared.state.begin failed", exc_info=True)
-
-
-def on_job_end() -> None:
-    state = _state()
-    if state is not None and hasattr(state, "end"):
-        try:
-            state.end()
-        except Exception:
-            log.debug("shared.state.end failed", exc_info=True)
-
-
-def mirror_host_progress(queue: Any) -> None:
-    """Every job, from the tab or the API, shows in the host's progress; the host's Interrupt stops it."""
-    from ..service import bridge
-
+def mirror_host_progress(queue: Any) -> HostMirror | None:
+    """Subscribe a HostMirror to the queue (once per queue); None outside a web UI."""
     state = _state()
     if state is None:
-        return
-    progress = bridge.HostProgress(state)
-
-    def on_change(record: Any, event: dict | None) -> None:
-        if event is None:
-            return
-        progress(event)
-        if progress.cancel.is_set():
-            progress.cancel.clear()
-            queue.cancel(record.id)
-
-    queue.subscribe(on_change)
+        return None
+    existing = getattr(queue, "_host_mirror", None)
+    if existing is not None:
+        return existing
+    mirror = HostMirror(queue, state)
+    queue._host_mirror = mirror
+    queue.subscribe(mirror)
+    return mirror
 
 
 def tab_context():
@@ -163,7 +203,7 @@ def tab_context():
     return TabContext(
         outdir=outdir, models_dir=models_dir, default_model=lambda: _opt("deforum_wan_default_model") or None,
         memory_profile=lambda: _opt("deforum_wan_memory_profile") or "auto", output_roots=output_roots,
-        webui_root=_webui_root(), host_interrupted=host_interrupted, on_job_start=on_job_start, on_job_end=on_job_end,
+        webui_root=_webui_root(),
     )
 
 
@@ -177,7 +217,7 @@ def on_ui_settings() -> None:
     import gradio as gr
     from modules import shared
 
-    from ..renderer.models import MEMORY_PROFILES
+    from ..renderer.memory import MEMORY_PROFILES
 
     for key, (default, label) in OPTIONS.items():
         if key == "deforum_wan_memory_profile":

@@ -38,7 +38,11 @@ FALLBACK_KIND = "vace"
 
 @dataclass
 class TabContext:
-    """Host hooks: where outputs and models go, defaults, and the host's Interrupt."""
+    """Host hooks: where outputs and models go, and defaults.
+
+    The host's progress and Interrupt are handled for every job, the tab's and the
+    API's alike, by webui/host.py's HostMirror, not here.
+    """
 
     outdir: Callable[[], str]
     models_dir: Callable[[], str]
@@ -47,9 +51,6 @@ class TabContext:
     output_roots: Callable[[], list[str]] = lambda: []
     webui_root: str | None = None
     jobs: Callable[[], "Jobs"] | None = None
-    host_interrupted: Callable[[], bool] = lambda: False
-    on_job_start: Callable[[], None] = lambda: None
-    on_job_end: Callable[[], None] = lambda: None
     standalone: bool = False
 
     def get_jobs(self) -> "Jobs":
@@ -460,23 +461,18 @@ def build_tab(ctx: TabContext):
         def watch(job_id: str, jobs: Jobs) -> Iterator[tuple]:
             shown_preview = None
             record = None
-            try:
-                while True:
-                    record = jobs.get(job_id)
-                    if ctx.host_interrupted() and not tab_data.is_terminal(record):
-                        jobs.cancel(job_id)
-                    new_preview = tab_data.record_field(record, "preview")
-                    preview_update = gr.update()
-                    if new_preview and new_preview != shown_preview and os.path.isfile(new_preview):
-                        preview_update, shown_preview = gr.update(value=new_preview), new_preview
-                    folder = tab_data.record_field(record, "outdir") or ""
-                    if tab_data.is_terminal(record):
-                        break
-                    yield (tab_data.progress_html(record), preview_update, gr.update(), gr.update(value=folder),
-                           job_id, gr.update())
-                    time.sleep(POLL_SECONDS)
-            finally:
-                ctx.on_job_end()
+            while True:
+                record = jobs.get(job_id)
+                new_preview = tab_data.record_field(record, "preview")
+                preview_update = gr.update()
+                if new_preview and new_preview != shown_preview and os.path.isfile(new_preview):
+                    preview_update, shown_preview = gr.update(value=new_preview), new_preview
+                folder = tab_data.record_field(record, "outdir") or ""
+                if tab_data.is_terminal(record):
+                    break
+                yield (tab_data.progress_html(record), preview_update, gr.update(), gr.update(value=folder),
+                       job_id, gr.update())
+                time.sleep(POLL_SECONDS)
             video_path = tab_data.record_field(record, "video")
             video_update = gr.update(value=video_path) if video_path and os.path.isfile(video_path) else gr.update()
             last = _last_frame(record)
@@ -494,7 +490,6 @@ def build_tab(ctx: TabContext):
                 if not controls.model_path:
                     raise ValueError(f"no Wan model chosen; put one in {ctx.models_dir()} and press Refresh")
                 jobs = ctx.get_jobs()
-                ctx.on_job_start()
                 job_id = jobs.submit(settings.to_dict(), controls.overrides())
             except (ValueError, OSError) as exc:
                 yield (_error_html(exc), gr.update(), gr.update(), gr.update(), None, gr.update())
@@ -517,7 +512,6 @@ def build_tab(ctx: TabContext):
                 settings = load_settings(entry.settings_path).to_dict()
                 settings.update(resume_from_timestring=True, resume_timestring=entry.timestring)
                 jobs = ctx.get_jobs()
-                ctx.on_job_start()
                 job_id = jobs.submit(settings, controls.overrides())
             except (ValueError, OSError) as exc:
                 yield (_error_html(exc), gr.update(), gr.update(), gr.update(), None, gr.update())
