@@ -24,10 +24,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 try:
-    from deforum_wan.enhance import enhance
+    from deforum_wan.enhance import options, rewrite
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from deforum_wan.enhance import enhance
+    from deforum_wan.enhance import options, rewrite
 
 from deforum_wan.core.plan import PlanOptions, plan_clips
 from deforum_wan.core.settings import load_settings
@@ -36,11 +36,11 @@ from deforum_wan.core.specs import MODEL_SPECS
 DEFAULT_SETTINGS = Path(__file__).resolve().parents[1].parent / "shared" / "deforum-settings" / "forge-deforum-default.txt"
 
 
-def requests_for(settings_path: Path) -> list[enhance.EnhanceRequest]:
+def requests_for(settings_path: Path) -> list[options.EnhanceRequest]:
     """One request per clip of the plan, as enhance_plan builds them."""
     settings = load_settings(settings_path)
     plan = plan_clips(settings, MODEL_SPECS["t2v"], PlanOptions(seed=1))
-    return [enhance.EnhanceRequest(prompt=c.prompt, movement=c.movement) for c in plan.clips if c.prompt.strip()]
+    return [options.EnhanceRequest(prompt=c.prompt, movement=c.movement) for c in plan.clips if c.prompt.strip()]
 
 
 def median_seconds(run, repeats: int) -> float:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             from deforum_wan.renderer.tiny import make_tiny_models
 
             folder = str(make_tiny_models(tmp, ["qwen"])["qwen"])
-        enhancer = enhance.QwenEnhancer(folder, device=args.device, max_new_tokens=args.max_new_tokens,
+        enhancer = rewrite.QwenEnhancer(folder, device=args.device, max_new_tokens=args.max_new_tokens,
                                         timeout_seconds=None)
         enhancer.load()
         try:

@@ -10,22 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from deforum_wan.enhance import enhance
-from deforum_wan.enhance.enhance import (
-    EnhanceCache,
-    EnhanceError,
-    EnhanceOptions,
-    EnhanceRequest,
-    QwenEnhancer,
-    clean_output,
-    clean_text,
-    download_qwen,
-    enhance_plan,
-    estimate_params,
-    find_qwen_models,
-    resolve_qwen,
-    select_qwen,
-)
+from deforum_wan.enhance import cleaning, prompting
+from deforum_wan.enhance import qwen as qwen_models
+from deforum_wan.enhance.cache import EnhanceCache
+from deforum_wan.enhance.cleaning import clean_output, clean_text
+from deforum_wan.enhance.options import EnhanceError, EnhanceOptions, EnhanceRequest
+from deforum_wan.enhance.qwen import download_qwen, estimate_params, find_qwen_models, resolve_qwen, select_qwen
+from deforum_wan.enhance.rewrite import QwenEnhancer, enhance_plan
 from deforum_wan.core.plan import PlanOptions, plan_clips
 from deforum_wan.core.settings import settings_from_dict
 from deforum_wan.core.specs import MODEL_SPECS
@@ -129,14 +120,14 @@ def test_finds_models_in_models_folders_and_hub_cache(tmp_path):
 
 
 def test_auto_select_takes_the_largest_model_that_fits(tmp_path):
-    models = [enhance.inspect_qwen_folder(fake_qwen(tmp_path / s, s)) for s in QWEN_CONFIGS]
+    models = [qwen_models.inspect_qwen_folder(fake_qwen(tmp_path / s, s)) for s in QWEN_CONFIGS]
     small, _, three, seven = models
     for device in ("cpu", "cuda"):
         assert select_qwen(models, seven.memory_bytes(device), device) is seven
         assert select_qwen(models, seven.memory_bytes(device) - 1, device) is three
         assert select_qwen(models, small.memory_bytes(device) - 1, device) is None
     # fp32 on CPU needs about twice the memory of bf16 on a GPU
-    assert seven.memory_bytes("cpu") > 1.8 * seven.memory_bytes("cuda") - enhance.GIB
+    assert seven.memory_bytes("cpu") > 1.8 * seven.memory_bytes("cuda") - qwen_models.GIB
     assert select_qwen(models, None, "cpu") is small  # unknown free memory: the smallest
 
 
@@ -144,14 +135,14 @@ def test_resolve_qwen_by_folder_name_or_auto(tmp_path, monkeypatch):
     wan = tmp_path / "models" / "wan"
     fake_qwen(wan / "qwen" / "Qwen2.5-0.5B-Instruct", "0.5B")
     fake_qwen(wan / "qwen" / "Qwen2.5-7B-Instruct", "7B")
-    monkeypatch.setattr(enhance, "free_memory_bytes", lambda device: 20 * enhance.GIB)
+    monkeypatch.setattr(qwen_models, "free_memory_bytes", lambda device: 20 * qwen_models.GIB)
     assert resolve_qwen(None, None, "cuda").name == "Qwen2.5-7B-Instruct"
     assert resolve_qwen(None, None, "cpu").name == "Qwen2.5-0.5B-Instruct"  # 7B in fp32 does not fit 20 GiB
     assert resolve_qwen("7B", None, "cpu").name == "Qwen2.5-7B-Instruct"  # an override is obeyed
     assert resolve_qwen(str(wan / "qwen" / "Qwen2.5-0.5B-Instruct"), None, "cuda").params < 1e9
     with pytest.raises(EnhanceError, match="no single found model"):
         resolve_qwen("Qwen2.5-14B", None, "cpu")
-    monkeypatch.setattr(enhance, "free_memory_bytes", lambda device: enhance.GIB // 4)
+    monkeypatch.setattr(qwen_models, "free_memory_bytes", lambda device: qwen_models.GIB // 4)
     with pytest.raises(EnhanceError, match="fits"):
         resolve_qwen(None, None, "cpu")
 
@@ -222,7 +213,7 @@ def test_long_output_is_cut_at_a_sentence_boundary_and_keeps_the_camera_words():
     text, reason = clean_output(BODY_NO_MOVE + " " + extra, MOVE, ORIGINAL)
     assert reason is None
     words = text.split()
-    assert len(words) <= enhance.MAX_WORDS + len(MOVE.split())
+    assert len(words) <= cleaning.MAX_WORDS + len(MOVE.split())
     before_camera = text[: -len(MOVE) - 3]
     assert before_camera.endswith(("clouds", "leaf", "grain")) and "hill number 5" not in text
     assert text.endswith(f", {MOVE}.")
@@ -249,7 +240,7 @@ def test_chinese_output_is_cleaned_and_keeps_chinese_camera_words():
                    "草地尽头有一座古老的木屋，烟囱里升起袅袅炊烟，窗户透出温暖的灯光。")
     text, reason = clean_output(long, move, "白色小兔")
     assert reason is None and len(text) < len(long) and text.endswith(move + "。")
-    assert enhance._units(text) <= enhance.MAX_WORDS + enhance._units(move) + 1
+    assert cleaning._units(text) <= cleaning.MAX_WORDS + cleaning._units(move) + 1
 
 
 @pytest.mark.parametrize(("raw", "reason"), [
@@ -271,13 +262,13 @@ def test_garbage_falls_back_to_the_original_with_a_reason(raw, reason):
 
 
 def test_user_message_carries_prompt_camera_words_and_style():
-    msg = enhance.user_message(EnhanceRequest("a fox", "slow pan left", "oil painting", 0.9))
+    msg = prompting.user_message(EnhanceRequest("a fox", "slow pan left", "oil painting", 0.9))
     assert "a fox" in msg and "slow pan left" in msg and "oil painting" in msg and "strongly" in msg
-    assert "oil painting" not in enhance.user_message(EnhanceRequest("a fox", "slow pan left", "oil painting", 0.0))
-    zh = enhance.chat_messages(EnhanceRequest("一只狐狸", "镜头缓慢左摇", language="zh"))
-    assert zh[0]["content"] == enhance.SYSTEM_PROMPTS["zh"] and "镜头缓慢左摇" in zh[1]["content"]
-    assert "word for word" in enhance.SYSTEM_PROMPTS["en"] and "60 to 100 words" in enhance.SYSTEM_PROMPTS["en"]
-    assert "一字不差" in enhance.SYSTEM_PROMPTS["zh"]
+    assert "oil painting" not in prompting.user_message(EnhanceRequest("a fox", "slow pan left", "oil painting", 0.0))
+    zh = prompting.chat_messages(EnhanceRequest("一只狐狸", "镜头缓慢左摇", language="zh"))
+    assert zh[0]["content"] == prompting.SYSTEM_PROMPTS["zh"] and "镜头缓慢左摇" in zh[1]["content"]
+    assert "word for word" in prompting.SYSTEM_PROMPTS["en"] and "60 to 100 words" in prompting.SYSTEM_PROMPTS["en"]
+    assert "一字不差" in prompting.SYSTEM_PROMPTS["zh"]
 
 
 @pytest.mark.parametrize("bad", [{"target_language": "fr"}, {"style_strength": 1.5}, {"style_strength": "lots"},
@@ -309,7 +300,7 @@ def test_cache_key_covers_every_input_and_the_system_prompt_version(monkeypatch)
     for change in ({"prompt": "a cat"}, {"movement": "pan right"}, {"style": "oil"}, {"style_strength": 0.6},
                    {"language": "zh"}):
         variants.append(EnhanceCache.key("model-a", EnhanceRequest(**{**base.__dict__, **change}), 256))
-    monkeypatch.setattr(enhance, "SYSTEM_PROMPT_VERSION", "999")
+    monkeypatch.setattr(prompting, "SYSTEM_PROMPT_VERSION", "999")
     variants.append(EnhanceCache.key("model-a", base, 256))
     assert key not in variants and len(set(variants)) == len(variants)
 

@@ -20,7 +20,7 @@ CORE = [
     "deforum_wan.cli",
 ]
 OPTIONAL = ["deforum_wan.core.movement", "deforum_wan.core.plan", "deforum_wan.renderer.models", "deforum_wan.renderer.pipelines", "deforum_wan.renderer.tiny",
-            "deforum_wan.renderer.render", "deforum_wan.enhance.enhance", "deforum_wan.service.bridge", "deforum_wan.service.deps", "deforum_wan.service.jobs",
+            "deforum_wan.renderer.render", "deforum_wan.enhance.qwen", "deforum_wan.enhance.rewrite", "deforum_wan.enhance.command", "deforum_wan.service.bridge", "deforum_wan.service.deps", "deforum_wan.service.jobs",
             "deforum_wan.service.api", "deforum_wan.webui.tab", "deforum_wan.webui.tab_data", "deforum_wan.webui.host", "deforum_wan.renderer.frames",
             "deforum_wan.core.seeds", "deforum_wan.service.worker", "deforum_wan.renderer.progress"]
 

@@ -152,13 +152,17 @@ def cmd_make_tiny_models(args: argparse.Namespace) -> int:
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
-    from .enhance.enhance import run_enhance_command
+    from .core.plan import plan_clips
+    from .core.seeds import resolve_seed
+    from .enhance.command import run_enhance_command
 
-    return run_enhance_command(args)
+    settings = _load(args.settings)
+    seed = resolve_seed(args.seed if args.seed is not None else settings.seed)
+    return run_enhance_command(args, plan_clips(settings, model_spec_for(args.model), plan_options(args, seed)))
 
 
 def cmd_qwen(args: argparse.Namespace) -> int:
-    from .enhance.enhance import download_qwen, find_qwen_models
+    from .enhance.qwen import download_qwen, find_qwen_models
 
     if args.action == "download":
         print(download_qwen(args.repo_id, args.target))

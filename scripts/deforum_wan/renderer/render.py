@@ -264,7 +264,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
     outputs.remove_stale_temp_files(folder)
 
     if job.enhance and not resumed:
-        from ..enhance.enhance import enhance_plan  # frees its model before the video model loads
+        from ..enhance.rewrite import enhance_plan  # frees its model before the video model loads
 
         emit({"type": "status", "phase": "enhancing", "message": "enhancing prompts"})
         plan = enhance_plan(plan, settings, job.enhance_options, emit)

@@ -236,7 +236,7 @@ def models_payload(queue: jobs.JobQueue) -> dict[str, Any]:
         "qwen_models": [],
     }
     try:
-        from ..enhance.enhance import find_qwen_models
+        from ..enhance.qwen import find_qwen_models
 
         payload["qwen_models"] = [
             {"name": q.name, "path": str(q.path), "params": q.params, "label": q.label, "source": q.source}

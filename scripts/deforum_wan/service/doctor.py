@@ -21,7 +21,7 @@ WAN_SUGGESTION = "Wan-AI/Wan2.1-VACE-1.3B-diffusers"
 def diagnose(models_dir: str | Path | None = None, probe: bool = True, config: Any = None) -> dict[str, Any]:
     """Facts about host, private folder, worker and models, plus `fixes`: one command per missing piece."""
     from .bridge import WorkerConfig, probe_worker, resolve_deps_dir
-    from ..enhance.enhance import find_qwen_models
+    from ..enhance.qwen import find_qwen_models
     from ..core.specs import default_models_dir
     from ..renderer.models import scan_models
 
