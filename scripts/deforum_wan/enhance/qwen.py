@@ -262,7 +262,7 @@ def resolve_qwen(choice: str | None, models_dir: str | Path | None, device: str,
     if not models:
         raise EnhanceError(
             f"no Qwen instruct model found (looked in {where}); put one there, e.g. with "
-            f"`python -m deforum_wan.enhance.enhance download {QWEN_REPOS[0]}`, or pass --qwen FOLDER"
+            f"`deforum-wan qwen download {QWEN_REPOS[0]}`, or pass --qwen FOLDER"
         )
     free = free_memory_bytes(device)
     chosen = select_qwen(models, free, device)
