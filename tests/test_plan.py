@@ -1,6 +1,8 @@
 """The clip plan keeps Deforum's timeline exact: frame count, keyframes, seeds, 4n+1 clips."""
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from deforum_wan.core.prompts import prompt_keyframes
 from deforum_wan.core.schedules import parse_schedule
 from deforum_wan.core.settings import load_settings, settings_from_dict
 from deforum_wan.core.specs import MODEL_SPECS
+from deforum_wan.core.timeline import MIN_CLIP_FRAMES, ClipGapError, Segment, SegmentFrames, map_segment, wan_rate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "deforum-settings"
 
@@ -322,3 +325,135 @@ def test_zoom_at_or_below_zero_is_named_in_2d_and_ignored_where_deforum_ignores_
         plan_clips(settings_from_dict({**flat, "animation_mode": "2D"}), MODEL_SPECS["t2v"], PlanOptions(seed=1))
     plan = plan_clips(settings_from_dict({**flat, "animation_mode": "3D"}), MODEL_SPECS["t2v"], PlanOptions(seed=1))
     assert [c.movement for c in plan.clips] == ["static camera"]
+
+
+# ---------------------------------------------------------------- output frames onto Wan frames
+
+
+def shown_positions(frames: SegmentFrames) -> list[tuple[int, Fraction | float, int, int]]:
+    """(output frame, fresh Wan position shown, local frame, clip frames) for every source, in clip order.
+
+    A clip's local frame x is fresh frame (fresh before the clip) + x - overlap: its repeated frames are
+    copies of the fresh frames just before it.
+    """
+    shown = []
+    fresh_before = 0
+    for c in frames.clips:
+        for i, (lo, hi, w) in enumerate(c.sources):
+            g_lo, g_hi = fresh_before + lo - c.overlap, fresh_before + hi - c.overlap
+            shown.append((c.output_start + i, g_lo + w * (g_hi - g_lo), lo, c.num_frames))
+        fresh_before += c.num_frames - c.overlap
+    return shown
+
+
+def test_wan_rate_is_exact():
+    assert wan_rate(16, 16) == 1 and wan_rate(16, 60) == Fraction(4, 15) and wan_rate(24, 12) == 2
+    assert wan_rate(16, 29.97) == Fraction(1600, 2997)
+
+
+def test_mapping_16fps_onto_a_16fps_model_is_one_to_one():
+    frames = map_segment(Segment(0, 81, wan_rate(16, 16), max_clip=81))
+    (clip,) = frames.clips
+    assert (clip.num_frames, clip.overlap, clip.output_start, clip.output_end) == (81, 0, 0, 81)
+    assert clip.sources == tuple((i, i, 0.0) for i in range(81))
+    assert (frames.needed, frames.surplus) == (81, 0)
+
+
+def test_mapping_60fps_onto_16fps_shows_every_output_frame_once_at_its_time():
+    frames = map_segment(Segment(100, 700, wan_rate(16, 60), max_clip=81, overlap=5))
+    assert len(frames.clips) > 1
+    shown = shown_positions(frames)
+    assert [frame for frame, *_ in shown] == list(range(100, 700))  # each output frame once, in order
+    for frame, position, _, _ in shown:
+        assert position == pytest.approx((frame - 100) * 16 / 60, abs=1e-6)
+    # 600 frames at 60 fps are 10 s: 160 Wan intervals at 16 fps, so 161 frames, the last a blend partner.
+    assert frames.needed == 161
+
+
+def test_mapping_without_blend_shows_the_nearest_wan_frame():
+    frames = map_segment(Segment(0, 240, wan_rate(16, 60), max_clip=81, blend=False))
+    for frame, position, _, _ in shown_positions(frames):
+        assert position == math.floor(Fraction(frame * 16, 60) + Fraction(1, 2))
+    assert all(w == 0.0 and lo == hi for c in frames.clips for lo, hi, w in c.sources)
+
+
+def test_mapping_a_chained_boundary_blends_through_the_repeated_frames():
+    """A pair whose second frame opens the next clip is shown there, from its copy of the first."""
+    frames = map_segment(Segment(0, 600, wan_rate(16, 60), max_clip=81, overlap=5))
+    first, second = frames.clips[:2]
+    assert second.overlap == 5 and first.output_end == second.output_start == 211
+    # output 210 is Wan position 56: the first clip's last frame; output 211 is 56.27, between clips
+    assert first.sources[-1] == (first.num_frames - 1, first.num_frames - 1, 0.0)
+    assert second.sources[0] == (4, 5, 0.266667)  # local 4 repeats fresh frame 56; local 5 is fresh 57
+
+
+def test_mapping_a_chained_boundary_at_16fps_starts_on_the_first_fresh_frame():
+    frames = map_segment(Segment(0, 200, wan_rate(16, 16), max_clip=81, overlap=5))
+    assert [c.overlap for c in frames.clips] == [0, 5, 5]
+    for before, after in zip(frames.clips, frames.clips[1:]):
+        assert before.output_end == after.output_start
+        assert before.sources[-1] == (before.num_frames - 1,) * 2 + (0.0,)
+        assert after.sources[0] == (after.overlap, after.overlap, 0.0)
+
+
+def test_mapping_independent_clips_share_no_blend_pair():
+    frames = map_segment(Segment(0, 600, wan_rate(16, 60), max_clip=81))
+    first, second = frames.clips
+    assert second.overlap == 0
+    # output 303 is Wan position 80.8: its partner opens the next clip, so it shows frame 80 alone
+    assert first.output_end == 304 and first.sources[-1] == (80, 80, 0.0)
+    assert second.sources[0] == (0, 1, pytest.approx(304 * 4 / 15 - 81, abs=1e-6))
+
+
+@pytest.mark.parametrize("blend, last, needed", [(True, (63, 64, 0.733333), 65), (False, (64, 64, 0.0), 65)])
+def test_mapping_the_last_frame(blend, last, needed):
+    """Output 239 at 60 fps is Wan position 63.73: blended with 64, or its nearest, 64; both need 65 frames."""
+    frames = map_segment(Segment(0, 240, wan_rate(16, 60), max_clip=81, blend=blend))
+    (clip,) = frames.clips
+    assert clip.output_end == 240 and clip.sources[-1] == last
+    assert frames.needed == needed and clip.num_frames == 65 and frames.surplus == 0
+
+
+def test_mapping_refuses_a_chained_clip_that_shows_nothing_and_drops_an_independent_one():
+    segment = Segment(0, 6, wan_rate(16, 1), max_clip=5, overlap=1)  # 16 Wan frames apart, 4 fresh per clip
+    with pytest.raises(ClipGapError, match="16 Wan frames apart, more than a 5-frame clip adds after its 1"):
+        map_segment(segment)
+    frames = map_segment(Segment(0, 6, wan_rate(16, 1), max_clip=5))
+    assert len(frames.clips) == 6 and [c.output_start for c in frames.clips] == list(range(6))
+    # the dropped clips' frames are not needed: five whole clips up to the next shown frame, then one frame
+    assert frames.needed == 5 * 5 + 1 and frames.surplus == 4
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(
+    start=st.integers(0, 50),
+    length=st.integers(1, 700),
+    native=st.sampled_from([16, 24]),
+    fps=st.one_of(st.integers(6, 120), st.sampled_from([23.976, 29.97, 59.94])),
+    max_clip=st.sampled_from([5, 9, 17, 33, 81, 121]),
+    first_overlap=st.integers(0, 5),
+    overlap=st.integers(0, 9),
+    blend=st.booleans(),
+)
+def test_mapping_properties(start, length, native, fps, max_clip, first_overlap, overlap, blend):
+    """Clips of 4n+1 frames within the limit; every output frame once, at its own time; the frames add up."""
+    overlap = min(overlap, max_clip - 4)
+    first_overlap = min(first_overlap, max_clip - 4)
+    rate = wan_rate(native, fps)
+    frames = map_segment(Segment(start, start + length, rate, max_clip, first_overlap, overlap, blend))
+    for i, c in enumerate(frames.clips):
+        assert (c.num_frames - 1) % 4 == 0 and max(MIN_CLIP_FRAMES, overlap) <= c.num_frames <= max_clip
+        assert c.overlap == (first_overlap if i == 0 else overlap) and len(c.sources) == c.output_end - c.output_start > 0
+        assert all(c.overlap - 1 <= lo <= hi < c.num_frames and 0 <= w < 1 for lo, hi, w in c.sources)
+    shown = shown_positions(frames)
+    assert [frame for frame, *_ in shown] == list(range(start, start + length))
+    for frame, position, lo, n in shown:
+        exact = (frame - start) * rate
+        if not blend:
+            assert position == math.floor(exact + Fraction(1, 2))
+        elif overlap == 0 and lo == n - 1 and position != pytest.approx(float(exact), abs=1e-6):
+            assert position == math.floor(exact)  # its partner opens the next, independent clip
+        else:
+            assert position == pytest.approx(float(exact), abs=1e-6)
+    fresh = sum(c.num_frames - c.overlap for c in frames.clips)
+    assert fresh - frames.surplus == frames.needed and 0 <= frames.surplus

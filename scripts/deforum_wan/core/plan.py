@@ -4,7 +4,8 @@ Deforum's timeline has `max_frames` frames at the settings' `fps`. Wan renders c
 of 4n+1 frames at its own native rate (16 fps for Wan 2.1, 24 for Wan 2.2 TI2V-5B).
 The plan maps every output frame to the Wan frame it shows (or a blend of two
 neighbours), so a 60 fps file takes its real wall-clock length and a 16 fps file
-maps 1:1.
+maps 1:1; that arithmetic is `timeline.py`'s, and this module gives the clips it
+cuts their modes, prompts, camera words and seeds.
 
 Segments run between prompt keyframes, so each prompt change lands exactly on its
 keyframe. A segment longer than the model's largest clip becomes several chained
@@ -35,17 +36,21 @@ from .schedules import parse_schedule
 from .seeds import frame_seeds
 from .settings import MAX_FPS, MIN_FPS, DeforumSettings
 from .specs import I2V, T2V, VACE, ModelSpec
+from .timeline import (
+    MIN_CLIP_FRAMES, ClipFrames, ClipGapError, PlanError, Segment, SegmentFrames, map_segment, split_segment, wan_rate,
+)
+
+# PlanError, MIN_CLIP_FRAMES and split_segment live in timeline.py (the frame arithmetic) and are part of this API.
+__all__ = [
+    "CONTINUITY", "DEFAULT_VACE_OVERLAP", "MIN_CLIP_FRAMES", "PLAN_VERSION", "Clip", "ClipPlan", "PlanError",
+    "PlanMetrics", "PlanOptions", "camera_path", "format_plan", "plan_clips", "round_to_multiple", "split_segment",
+]
 
 PLAN_VERSION = 1
 CONTINUITY = ("auto", "i2v", "vace", "none")
-MIN_CLIP_FRAMES = 5
 MIN_SIDE, MAX_SIDE = 16, 4096  # Wan render size, per side
 _RESOLUTION = re.compile(r"(\d+)\s*[x×]\s*(\d+)(?:\s*\(.*\))?")  # "864x480", "864x480 (Landscape)"
 DEFAULT_VACE_OVERLAP = 5  # about a third of a second at 16 fps: enough to carry motion on
-
-
-class PlanError(ValueError):
-    """The settings and options cannot be planned; the message says which one and why."""
 
 
 @dataclass(frozen=True)
@@ -271,134 +276,65 @@ def _continuity(options: PlanOptions, modes: set[str]) -> tuple[str, list[str]]:
     return options.continuity, []
 
 
-def _fit(fresh: int, repeated: int, min_frames: int, max_frames: int) -> int:
-    """Smallest 4n+1 count that holds `repeated` + `fresh` frames, within the clip limits."""
-    n = max(repeated + fresh, min_frames)
-    return min(n + (-(n - 1)) % 4, max_frames)
-
-
-def split_segment(needed: int, first_overlap: int, overlap: int, max_frames: int, min_frames: int = MIN_CLIP_FRAMES) -> list[int]:
-    """Wan frame counts (4n+1) for a segment that needs `needed` fresh frames.
-
-    The first clip repeats `first_overlap` frames of what came before, later ones
-    `overlap`. Fresh frames are balanced across clips so none is needlessly tiny;
-    only the 4n+1 rounding adds surplus.
-    """
-    if max_frames - max(first_overlap, overlap) < 4:
-        raise PlanError(f"overlap {max(first_overlap, overlap)} leaves no room for new frames in a {max_frames}-frame clip")
-    capacity_first, capacity = max_frames - first_overlap, max_frames - overlap
-    total = 1 if needed <= capacity_first else 1 + math.ceil((needed - capacity_first) / capacity)
-    counts: list[int] = []
-    remaining = needed
-    while remaining > 0:
-        repeated = first_overlap if not counts else overlap
-        share = math.ceil(remaining / max(total - len(counts), 1))
-        n = _fit(share, repeated, min_frames, max_frames)
-        counts.append(n)
-        remaining -= n - repeated
-    return counts
-
-
 # ---------------------------------------------------------------- planning
 
 
-def _segment_clips(
-    start: int,
-    end: int,
-    rate: Fraction,
-    first_k: int,
-    overlap: int,
-    max_clip: int,
-    blend: bool,
-    culprit: str,
-    fps: float,
-) -> tuple[list[tuple[int, int, list[tuple[int, int, int, float]]]], int, int]:
-    """The clips of one segment (output frames `start`..`end`-1): (Wan frames, repeated frames, rows) each,
-    plus the Wan frames the segment needs and the surplus generated.
+@dataclass(frozen=True)
+class _Choices:
+    """The options resolved against the settings and the model: what every clip is planned with."""
 
-    A row is (output frame, Wan frame, next Wan frame, weight of the next one). Output frames map to Wan
-    frames in order, so one pointer walks the clips and exact integer arithmetic replaces fractions: the
-    work is linear in the segment's frames. A clip that would show no output frame is dropped when clips
-    are independent (it only held a blend partner that independent clips cannot share); in a chain it
-    would be needed to carry the motion on, so the plan is refused with what to change.
-    """
-    num, den = rate.numerator, rate.denominator
-
-    def source(offset: int) -> tuple[int, int]:
-        """Wan frame (from the segment's first fresh frame) and the blend weight's numerator."""
-        lo, rest = divmod(offset * num, den)
-        if not blend:
-            return (lo + 1, 0) if 2 * rest >= den else (lo, 0)
-        return lo, rest
-
-    last, rest = source(end - 1 - start)
-    needed = last + (2 if rest else 1)
-    counts = split_segment(needed, first_k, overlap, max_clip, max(MIN_CLIP_FRAMES, overlap))
-    fresh = []  # (first fresh position, one past last, repeated frames, Wan frames) per clip
-    at = 0
-    for i, n in enumerate(counts):
-        k = first_k if i == 0 else overlap
-        fresh.append((at, at + n - k, k, n))
-        at += n - k
-    rows: list[list[tuple[int, int, int, float]]] = [[] for _ in counts]
-    j = 0
-    for offset in range(end - start):
-        lo, rest = source(offset)
-        while lo >= fresh[j][1]:
-            j += 1
-        a, _, k, n = fresh[j]
-        local = k + lo - a
-        target, nxt, weight = j, local + (1 if rest else 0), rest / den
-        if nxt >= n:  # the next fresh frame opens the next clip: express the pair there
-            nk = fresh[j + 1][2]
-            if nk >= 1:
-                target, local, nxt = j + 1, nk - 1, nk
-            else:
-                nxt, weight = local, 0.0
-        rows[target].append((start + offset, local, nxt, weight))
-
-    pieces = []
-    unshown = 0  # needed frames inside dropped clips: no output frame shows them
-    for j, (a, b, k, n) in enumerate(fresh):
-        if rows[j]:
-            pieces.append((n, k, rows[j]))
-        elif overlap == 0:
-            unshown += max(0, min(b, needed) - a)
-        else:
-            raise PlanError(
-                f"{culprit}: at {fps:g} fps output frames are {float(rate):.3g} Wan frames apart, more than a "
-                f"{n}-frame clip adds after its {k} repeated frame(s), so a clip of the segment at frame {start} "
-                f"would show none; allow longer clips (max_clip_frames), fewer overlap frames or continuity none"
-            )
-    needed -= unshown
-    surplus = sum(n - k for n, k, _ in pieces) - needed
-    return pieces, needed, surplus
+    continuity: str  # i2v | vace | none
+    width: int
+    height: int
+    max_clip: int  # largest clip, 4n+1
+    overlap: int  # frames each chained clip repeats: VACE's K, I2V's 1, 0 for independent clips
+    steps: int
+    guidance: float
+    flow_shift: float
+    sensitivity: float
+    language: str
+    init_mode: str | None  # how the first clip starts from the init image, if it does
+    culprit: str  # the option to name when clips are too short to reach the next output frame
+    warnings: tuple[str, ...]
 
 
-def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions = PlanOptions()) -> ClipPlan:
-    """Cut the settings' timeline into Wan clips for `model`."""
-    warnings: list[str] = []
-    modes = set(model.modes) | set(options.extra_modes)
-    continuity, notes = _continuity(options, modes)
-    warnings += notes
-    width, height, notes = _size(settings, options, model)
-    warnings += notes
-
+def _clip_limit(settings: DeforumSettings, options: PlanOptions, model: ModelSpec) -> int:
+    """Largest clip: the option, else `wan_max_clip_frames`, else the model's; rounded down to 4n+1."""
     max_clip = model.max_frames
     wan_max = _wan_option(settings, "max_clip_frames")
     if options.max_clip_frames is not None or wan_max is not None:
         max_clip = _number("max_clip_frames", _first(options.max_clip_frames, wan_max), int, MIN_CLIP_FRAMES,
                            model.max_frames)
-    max_clip -= (max_clip - 1) % 4
+    return max_clip - (max_clip - 1) % 4
 
-    overlap = 1
+
+def _overlap(settings: DeforumSettings, options: PlanOptions, continuity: str, max_clip: int) -> int:
+    """Frames each chained clip repeats: VACE's K (option, `wan_overlap`, else the default), I2V 1, none 0."""
     if continuity == VACE:
-        raw_overlap = _first(options.overlap, _wan_option(settings, "overlap", "frame_overlap"),
-                             min(DEFAULT_VACE_OVERLAP, max_clip - 4))
-        overlap = _number("overlap", raw_overlap, int, 1, max_clip - 4)
-    elif continuity == "none":
-        overlap = 0
+        raw = _first(options.overlap, _wan_option(settings, "overlap", "frame_overlap"),
+                     min(DEFAULT_VACE_OVERLAP, max_clip - 4))
+        return _number("overlap", raw, int, 1, max_clip - 4)
+    return 0 if continuity == "none" else 1
 
+
+def _init_mode(settings: DeforumSettings, modes: set[str]) -> tuple[str | None, list[str]]:
+    """I2V (else VACE) when the settings start from an init image the model can take, else None."""
+    init = settings.init_image
+    if not (settings.use_init and init and str(init).strip().lower() not in ("", "none")):
+        return None, []
+    mode = I2V if I2V in modes else VACE if VACE in modes else None
+    if mode is None:
+        return None, ["init_image is set but this model cannot start from an image: the first clip is T2V"]
+    return mode, []
+
+
+def _choices(settings: DeforumSettings, model: ModelSpec, options: PlanOptions) -> _Choices:
+    """Check and resolve every option, in a fixed order so the first bad one is the one named."""
+    modes = set(model.modes) | set(options.extra_modes)
+    continuity, warnings = _continuity(options, modes)
+    width, height, notes = _size(settings, options, model)
+    max_clip = _clip_limit(settings, options, model)
+    overlap = _overlap(settings, options, continuity, max_clip)
     steps = _number("steps", _first(options.steps, _wan_option(settings, "steps", "inference_steps"),
                                      model.default_steps), int, 1, 200)
     guidance = _number("guidance", _first(options.guidance, _wan_option(settings, "guidance", "guidance_scale"),
@@ -406,73 +342,97 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
     flow_shift = _number("flow_shift", _first(options.flow_shift, _wan_option(settings, "flow_shift"),
                                               model.default_flow_shift), float, 0.01, 50)
     sensitivity = _number("sensitivity", options.sensitivity, float, 0.01, 100)
+    init_mode, init_notes = _init_mode(settings, modes)
+    culprit = "max_clip_frames" if max_clip < model.max_frames else "overlap" if continuity == VACE else "fps"
+    return _Choices(continuity, width, height, max_clip, overlap, steps, guidance, flow_shift, sensitivity,
+                    options.language, init_mode, culprit, tuple(warnings + notes + init_notes))
 
-    seed = options.seed if options.seed is not None else settings.seed
-    seeds = frame_seeds(settings, seed)
-    keyframes = prompt_keyframes(settings)
-    path = camera_path(settings)
+
+def _rate(settings: DeforumSettings, model: ModelSpec) -> Fraction:
     if not MIN_FPS <= settings.fps <= MAX_FPS:  # settings_from_dict checks this; a hand-built one may not
         raise PlanError(f"fps: must be between {MIN_FPS} and {MAX_FPS}, got {settings.fps!r}")
-    rate = Fraction(model.native_fps) / Fraction(settings.fps).limit_denominator(1001)
+    return wan_rate(model.native_fps, settings.fps)
 
-    init_mode = None
-    if settings.use_init and settings.init_image and str(settings.init_image).strip().lower() not in ("", "none"):
-        init_mode = I2V if I2V in modes else VACE if VACE in modes else None
-        if init_mode is None:
-            warnings.append("init_image is set but this model cannot start from an image: the first clip is T2V")
 
+def _map_segment(segment: Segment, choices: _Choices, fps: float) -> SegmentFrames:
+    """`map_segment`, with a clip too short to reach the next output frame named by the option behind it."""
+    try:
+        return map_segment(segment)
+    except ClipGapError as gap:
+        raise PlanError(f"{choices.culprit}: at {fps:g} fps {gap}; allow longer clips (max_clip_frames), "
+                        "fewer overlap frames or continuity none") from None
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    """Per-frame data the clips read: parsed once from the settings."""
+
+    settings: DeforumSettings
+    seeds: Any  # Deforum's seed at every frame
+    keyframes: list  # prompt keyframes, in frame order
+    path: CameraPath
+
+    def segments(self) -> list[tuple[int, int, int]]:
+        """(keyframe index, first output frame, one past the last) for each prompt that shows a frame."""
+        bounds = [0] + [kf.frame for kf in self.keyframes[1:]] + [self.settings.max_frames]
+        return [(seg, a, b) for seg, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a]
+
+
+def _clip(index: int, segment: int, frames: ClipFrames, mode: str, choices: _Choices, timeline: _Timeline) -> Clip:
+    """A clip of the plan: its frames, with the prompt, camera words and seed of its first output frame."""
+    settings, start, end = timeline.settings, frames.output_start, frames.output_end
+    text = prompt_at(settings, start, timeline.keyframes)
+    movement = describe_movement(timeline.path, start, end, settings.fps, sensitivity=choices.sensitivity,
+                                 language=choices.language)
+    return Clip(
+        index=index,
+        segment=segment,
+        mode=mode,
+        num_frames=frames.num_frames,
+        overlap=frames.overlap,
+        output_start=start,
+        output_end=end,
+        sources=frames.sources,
+        prompt=text.positive,
+        negative_prompt=text.negative,
+        prompt_key=timeline.keyframes[segment].key,
+        movement=movement.text,
+        seed=timeline.seeds[start],
+        steps=choices.steps,
+        guidance=choices.guidance,
+        flow_shift=choices.flow_shift,
+    )
+
+
+def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions = PlanOptions()) -> ClipPlan:
+    """Cut the settings' timeline into Wan clips for `model`.
+
+    Resolve the options; parse seeds, prompt keyframes and the camera path once; map each
+    prompt segment's output frames onto a chain of Wan clips (`timeline.map_segment`); give
+    each clip the prompt, camera words and seed of its first output frame. The first clip
+    starts fresh (or from the init image); every later one continues the one before.
+    """
+    choices = _choices(settings, model, options)
+    seed = options.seed if options.seed is not None else settings.seed
+    timeline = _Timeline(settings, frame_seeds(settings, seed), prompt_keyframes(settings), camera_path(settings))
+    rate = _rate(settings, model)
+    chained = T2V if choices.continuity == "none" else choices.continuity
     clips: list[Clip] = []
-    needed_total = 0
-    surplus_total = 0
-    culprit = "max_clip_frames" if max_clip < model.max_frames else "overlap" if continuity == VACE else "fps"
-    bounds = [0] + [kf.frame for kf in keyframes[1:]] + [settings.max_frames]
-    for seg, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
-        if end <= start:
-            continue
-        first_k = overlap if clips else (1 if init_mode else 0)
-        pieces, needed, surplus = _segment_clips(
-            start, end, rate, first_k, overlap, max_clip, options.blend, culprit, settings.fps
-        )
-        needed_total += needed
-        surplus_total += surplus
+    needed = surplus = 0
+    for seg, start, end in timeline.segments():
+        first_overlap = choices.overlap if clips else (1 if choices.init_mode else 0)
+        segment = Segment(start, end, rate, choices.max_clip, first_overlap, choices.overlap, options.blend)
+        frames = _map_segment(segment, choices, settings.fps)
+        needed, surplus = needed + frames.needed, surplus + frames.surplus
+        for piece in frames.clips:
+            mode = chained if clips else choices.init_mode or T2V
+            clips.append(_clip(len(clips), seg, piece, mode, choices, timeline))
 
-        kf = keyframes[seg]
-        for n, k, rows in pieces:
-            out_start, out_end = rows[0][0], rows[-1][0] + 1
-            first_clip = not clips
-            mode = (init_mode or T2V) if first_clip else (T2V if continuity == "none" else continuity)
-            if first_clip and init_mode is None:
-                k = 0
-            text = prompt_at(settings, out_start, keyframes)
-            movement = describe_movement(path, out_start, out_end, settings.fps, sensitivity=sensitivity,
-                                         language=options.language)
-            clips.append(
-                Clip(
-                    index=len(clips),
-                    segment=seg,
-                    mode=mode,
-                    num_frames=n,
-                    overlap=k,
-                    output_start=out_start,
-                    output_end=out_end,
-                    sources=tuple((lo_, hi_, round(w_, 6)) for _, lo_, hi_, w_ in rows),
-                    prompt=text.positive,
-                    negative_prompt=text.negative,
-                    prompt_key=kf.key,
-                    movement=movement.text,
-                    seed=seeds[out_start],
-                    steps=steps,
-                    guidance=guidance,
-                    flow_shift=flow_shift,
-                )
-            )
-
-    generated = sum(c.num_frames for c in clips)
     metrics = PlanMetrics(
         output_frames=settings.max_frames,
-        generated_frames=generated,
-        needed_frames=needed_total,
-        surplus_frames=surplus_total,
+        generated_frames=sum(c.num_frames for c in clips),
+        needed_frames=needed,
+        surplus_frames=surplus,
         overlap_frames=sum(c.overlap for c in clips),
         clip_count=len(clips),
         seconds=settings.max_frames / settings.fps,
@@ -483,14 +443,14 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
         native_fps=model.native_fps,
         fps=settings.fps,
         max_frames=settings.max_frames,
-        width=width,
-        height=height,
+        width=choices.width,
+        height=choices.height,
         seed=seed,
-        continuity=continuity,
-        color_match=options.color_match and continuity != "none",
+        continuity=choices.continuity,
+        color_match=options.color_match and choices.continuity != "none",
         clips=tuple(clips),
         metrics=metrics,
-        warnings=tuple(warnings),
+        warnings=choices.warnings,
     )
 
 
