@@ -29,7 +29,6 @@ class ModelSpec:
     default_guidance: float = 5.0
     default_flow_shift: float = 3.0
     default_steps: int = 30
-    default_size: tuple[int, int] = (832, 480)
 
     def supports(self, mode: str) -> bool:
         return mode in self.modes
@@ -40,11 +39,9 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("t2v", "Wan2.1 T2V", 16, 81, 16, (T2V,)),
         ModelSpec("i2v", "Wan2.1 I2V", 16, 81, 16, (I2V,), default_flow_shift=3.0),
-        ModelSpec("flf2v", "Wan2.1 FLF2V", 16, 81, 16, (I2V,), default_flow_shift=16.0, default_size=(1280, 720)),
+        ModelSpec("flf2v", "Wan2.1 FLF2V", 16, 81, 16, (I2V,), default_flow_shift=16.0),
         ModelSpec("vace", "Wan2.1 VACE", 16, 81, 16, (T2V, VACE)),
-        ModelSpec(
-            "ti2v-5b", "Wan2.2 TI2V-5B", 24, 121, 32, (T2V, I2V), default_flow_shift=5.0, default_size=(1280, 704)
-        ),
+        ModelSpec("ti2v-5b", "Wan2.2 TI2V-5B", 24, 121, 32, (T2V, I2V), default_flow_shift=5.0),
         ModelSpec("a14b-t2v", "Wan2.2 T2V-A14B", 16, 81, 16, (T2V,), default_guidance=4.0, default_steps=40),
         ModelSpec("a14b-i2v", "Wan2.2 I2V-A14B", 16, 81, 16, (I2V,), default_guidance=3.5, default_steps=40),
     )
