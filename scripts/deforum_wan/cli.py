@@ -26,7 +26,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def add_plan_options(p: argparse.ArgumentParser) -> None:
     """Flags shared by `plan` and `render`: they become PlanOptions."""
-    p.add_argument("--model", default="t2v", help="model kind (t2v, i2v, vace, ti2v-5b, a14b-t2v, ...) or a model folder")
+    from .core.specs import DEFAULT_MODEL_KIND
+
+    p.add_argument("--model", default=DEFAULT_MODEL_KIND,
+                   help="model kind (t2v, i2v, vace, ti2v-5b, a14b-t2v, ...) or a model folder (default: %(default)s)")
     p.add_argument("--continuity", choices=["auto", "i2v", "vace", "none"], default="auto",
                    help="how each clip continues the previous one")
     p.add_argument("--overlap", type=int, help="VACE: frames carried into the next clip")

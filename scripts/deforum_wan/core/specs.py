@@ -15,6 +15,12 @@ I2V = "i2v"
 VACE = "vace"
 MODES = (T2V, I2V, VACE)
 
+# The model kind used when none is named: the CLI's --model default and the job queue's first
+# choice. VACE because chained clips continue each other by design: VACE carries the previous
+# clip's last frames into the next (and renders the first clip as T2V), so one model gives the
+# continuous render the plan is built for; a T2V-only model renders independent clips.
+DEFAULT_MODEL_KIND = VACE
+
 
 @dataclass(frozen=True)
 class ModelSpec:
