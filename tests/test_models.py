@@ -327,7 +327,7 @@ def t2v_info(tiny_models: dict[str, Path]):
 def test_load_on_cpu_is_fp32_and_resident(t2v_info) -> None:
     import torch
 
-    from deforum_wan.renderer.models import load_pipelines
+    from deforum_wan.renderer.loading import load_pipelines
 
     pipes = load_pipelines(t2v_info, device="cpu")
     assert pipes.device == "cpu" and pipes.dtype == torch.float32
@@ -342,9 +342,9 @@ def test_load_on_cpu_is_fp32_and_resident(t2v_info) -> None:
 
 @pytest.mark.parametrize("profile", ["model", "sequential", "group"])
 def test_offload_profiles_fall_back_on_cpu(t2v_info, profile: str, caplog: pytest.LogCaptureFixture) -> None:
-    from deforum_wan.renderer.models import load_pipelines
+    from deforum_wan.renderer.loading import load_pipelines
 
-    with caplog.at_level(logging.INFO, logger="deforum_wan.renderer.models"):
+    with caplog.at_level(logging.INFO, logger="deforum_wan.renderer.loading"):
         pipes = load_pipelines(t2v_info, device="cpu", memory_profile=profile, vae_tiling=True)
     assert pipes.memory_profile == "none"
     assert pipes.vae_tiling and pipes.main.vae.use_tiling
@@ -353,16 +353,16 @@ def test_offload_profiles_fall_back_on_cpu(t2v_info, profile: str, caplog: pytes
 
 
 def test_flash_attention_request_falls_back_to_native_on_cpu(t2v_info, caplog: pytest.LogCaptureFixture) -> None:
-    from deforum_wan.renderer.models import load_pipelines
+    from deforum_wan.renderer.loading import load_pipelines
 
-    with caplog.at_level(logging.INFO, logger="deforum_wan.renderer.models"):
+    with caplog.at_level(logging.INFO, logger="deforum_wan.renderer.loading"):
         pipes = load_pipelines(t2v_info, device="cpu", attention="flash")
     assert pipes.attention == "native"
     assert any("flash attention requested but unavailable" in r.getMessage() for r in caplog.records)
 
 
 def test_bad_load_options(t2v_info) -> None:
-    from deforum_wan.renderer.models import load_pipelines
+    from deforum_wan.renderer.loading import load_pipelines
 
     with pytest.raises(ValueError, match="memory profile"):
         load_pipelines(t2v_info, memory_profile="turbo")

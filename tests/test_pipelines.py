@@ -58,7 +58,8 @@ def test_vace_conditioning_keeps_known_frames_and_masks_the_rest() -> None:
 @pytest.fixture(scope="module")
 def load(tiny_models: dict[str, Path]):
     """kind -> Pipelines, each loaded once for the module."""
-    from deforum_wan.renderer.models import classify_model, load_pipelines
+    from deforum_wan.renderer.loading import load_pipelines
+    from deforum_wan.renderer.models import classify_model
 
     cache: dict[Any, Any] = {}
 

@@ -103,7 +103,8 @@ class Recorder:
 
 
 def test_seam_drops_the_duplicated_frame(tiny_models, tmp_path):
-    from deforum_wan.renderer.models import classify_model, load_pipelines
+    from deforum_wan.renderer.loading import load_pipelines
+    from deforum_wan.renderer.models import classify_model
 
     s = small_settings(max_frames=20)
     pipes = Recorder(load_pipelines(classify_model(tiny_models["t2v"]), i2v_info=classify_model(tiny_models["i2v"])))

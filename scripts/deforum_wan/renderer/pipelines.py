@@ -1,6 +1,6 @@
 """The thin layer between the renderer and diffusers: one call renders one clip.
 
-`Pipelines` holds the diffusers pipelines loaded once by `models.load_pipelines`
+`Pipelines` holds the diffusers pipelines loaded once by `loading.load_pipelines`
 and is reused for every clip of a job. Each method takes plain values (prompt,
 size, frame count, seed, ...) and returns the clip as one uint8 array
 [F, H, W, 3], so nothing above this layer touches torch or diffusers.
@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
+
+from .memory import apply_memory_profile
 
 if TYPE_CHECKING:  # pragma: no cover
     import PIL.Image
@@ -119,7 +121,7 @@ def vace_conditioning(
 
 @dataclass(eq=False)
 class Pipelines:
-    """Loaded diffusers pipelines for one job, built by `models.load_pipelines`.
+    """Loaded diffusers pipelines for one job, built by `loading.load_pipelines`.
 
     `main` is the pipeline of the chosen model folder. `image` is the pipeline for
     I2V clips when that is not `main`: for TI2V-5B it is a WanImageToVideoPipeline
@@ -308,8 +310,6 @@ class Pipelines:
         if self._active is pipe:
             return
         if self.memory_profile in ("model", "sequential") and self._active is not None:
-            from .models import apply_memory_profile
-
             with contextlib.suppress(Exception):
                 self._active.remove_all_hooks()
             apply_memory_profile(pipe, self.memory_profile, self.device)

@@ -301,7 +301,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
     steps_done = 0
     try:
         if pending and pipelines is None:
-            from .models import load_pipelines
+            from .loading import load_pipelines
 
             emit({"type": "status", "phase": "loading", "message": f"loading {info.name}"})
             load_start = time.perf_counter()

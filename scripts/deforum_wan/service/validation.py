@@ -189,7 +189,8 @@ def _device(value: Any) -> str:
 
 
 def _override_checks() -> dict[str, Callable[[Any], Any]]:
-    from ..renderer.models import ATTENTION_CHOICES, MEMORY_PROFILES
+    from ..renderer.loading import ATTENTION_CHOICES
+    from ..renderer.memory import MEMORY_PROFILES
     from ..core.plan import CONTINUITY
 
     return {
