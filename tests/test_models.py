@@ -24,6 +24,7 @@ from deforum_wan.renderer.models import (
     scan_models,
 )
 from deforum_wan.core.specs import MODEL_SPECS
+from deforum_wan.renderer.pipelines import ClipRequest
 
 # --- folders shaped like the real downloads --------------------------------------
 
@@ -337,7 +338,7 @@ def test_load_on_cpu_is_fp32_and_resident(t2v_info) -> None:
     pipes.free()
     assert pipes.main is None
     with pytest.raises(RuntimeError, match="freed"):
-        pipes.t2v("a cat", "", 5, 32, 32, 1, 5.0, 0)
+        pipes.t2v(ClipRequest("a cat", "", 5, 32, 32, 1, 5.0, 0))
 
 
 @pytest.mark.parametrize("profile", ["model", "sequential", "group"])
@@ -349,7 +350,7 @@ def test_offload_profiles_fall_back_on_cpu(t2v_info, profile: str, caplog: pytes
     assert pipes.memory_profile == "none"
     assert pipes.vae_tiling and pipes.main.vae.use_tiling
     assert any("needs a GPU" in r.getMessage() for r in caplog.records)
-    assert pipes.t2v("a cat", "", 5, 32, 32, 1, 5.0, 0).shape == (5, 32, 32, 3)
+    assert pipes.t2v(ClipRequest("a cat", "", 5, 32, 32, 1, 5.0, 0)).shape == (5, 32, 32, 3)
 
 
 def test_flash_attention_request_falls_back_to_native_on_cpu(t2v_info, caplog: pytest.LogCaptureFixture) -> None:

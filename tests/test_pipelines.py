@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deforum_wan.renderer.pipelines import Interrupted, ModeError, to_uint8_frames, vace_conditioning
+from deforum_wan.renderer.pipelines import ClipRequest, Interrupted, ModeError, to_uint8_frames, vace_conditioning
 
 W = H = 32
 BASE = dict(prompt="a red cat dances in the city", negative_prompt="blurry", width=W, height=H, steps=2, guidance=5.0)
@@ -83,12 +83,12 @@ def render(pipes, mode: str, **overrides: Any) -> np.ndarray:
     kwargs: dict[str, Any] = dict(BASE, num_frames=9, seed=7)
     kwargs.update(overrides)
     if mode == "t2v":
-        return pipes.t2v(**kwargs)
+        return pipes.t2v(ClipRequest(**kwargs))
     if mode == "i2v":
         image = kwargs.pop("image", gradient_image())
-        return pipes.i2v(image, **kwargs)
+        return pipes.i2v(ClipRequest(image=image, **kwargs))
     known = kwargs.pop("known", np.stack([gradient_image(i) for i in range(3)]))
-    return pipes.vace(known, **kwargs)
+    return pipes.vace(ClipRequest(known_frames=known, **kwargs))
 
 
 @pytest.mark.parametrize("kind,mode", CLIP_CASES)

@@ -94,8 +94,8 @@ class Recorder:
         if name not in ("t2v", "i2v", "vace"):
             return attr
 
-        def call(**kw):
-            frames = attr(**kw)
+        def call(request):
+            frames = attr(request)
             self.clips.append(frames)
             return frames
 

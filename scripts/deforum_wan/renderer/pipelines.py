@@ -1,8 +1,9 @@
 """The thin layer between the renderer and diffusers: one call renders one clip.
 
 `Pipelines` holds the diffusers pipelines loaded once by `loading.load_pipelines`
-and is reused for every clip of a job. Each method takes plain values (prompt,
-size, frame count, seed, ...) and returns the clip as one uint8 array
+and is reused for every clip of a job. Each per-mode method (t2v / i2v / vace)
+takes one `ClipRequest` of plain values (prompt, size, frame count, seed, the
+start image or known frames, ...) and returns the clip as one uint8 array
 [F, H, W, 3], so nothing above this layer touches torch or diffusers.
 
 Interrupts: `on_step(step, total)` is called after every denoising step. When it
@@ -46,6 +47,33 @@ class Interrupted(Exception):
 
 class ModeError(ValueError):
     """The loaded model cannot render the requested clip mode (e.g. VACE on a T2V model)."""
+
+
+@dataclass(frozen=True, eq=False)
+class ClipRequest:
+    """Everything one clip's pipeline call needs, in plain values.
+
+    The first eight fields apply to every mode. The conditioning fields are read
+    by the mode that uses them: `image` (required) and `last_image` by i2v,
+    `known_frames` (the frames the clip continues from; may be empty) by vace.
+    `guidance_2` is the low-noise expert's guidance scale; models with one
+    expert ignore it.
+    """
+
+    prompt: str
+    negative_prompt: str | None
+    num_frames: int
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+    flow_shift: float | None = None
+    on_step: StepCallback | None = None
+    guidance_2: float | None = None
+    image: np.ndarray | PIL.Image.Image | None = None
+    last_image: np.ndarray | PIL.Image.Image | None = None
+    known_frames: np.ndarray | Sequence[Any] | None = None
 
 
 def patch_prompt_cleaning() -> None:
@@ -166,81 +194,32 @@ class Pipelines:
 
     # -- one clip per call --------------------------------------------------------
 
-    def t2v(
-        self,
-        prompt: str,
-        negative_prompt: str | None,
-        num_frames: int,
-        width: int,
-        height: int,
-        steps: int,
-        guidance: float,
-        seed: int,
-        flow_shift: float | None = None,
-        on_step: StepCallback | None = None,
-        guidance_2: float | None = None,
-    ) -> np.ndarray:
+    def t2v(self, request: ClipRequest) -> np.ndarray:
         """Text to video: a uint8 array [num_frames, height, width, 3]."""
-        pipe = self._t2v_pipe()
-        return self._run(
-            pipe, {}, prompt, negative_prompt, num_frames, width, height, steps, guidance, seed,
-            flow_shift, on_step, guidance_2,
-        )
+        return self._run(self._t2v_pipe(), {}, request)
 
-    def i2v(
-        self,
-        image: np.ndarray | PIL.Image.Image,
-        prompt: str,
-        negative_prompt: str | None,
-        num_frames: int,
-        width: int,
-        height: int,
-        steps: int,
-        guidance: float,
-        seed: int,
-        flow_shift: float | None = None,
-        on_step: StepCallback | None = None,
-        guidance_2: float | None = None,
-        last_image: np.ndarray | PIL.Image.Image | None = None,
-    ) -> np.ndarray:
-        """Image to video: the clip starts from `image` (usually the previous clip's last frame)."""
+    def i2v(self, request: ClipRequest) -> np.ndarray:
+        """Image to video: the clip starts from `request.image` (usually the previous clip's last frame)."""
         pipe = self._i2v_pipe()
-        extra: dict[str, Any] = {"image": to_pil(image, width, height)}
-        if last_image is not None:
-            extra["last_image"] = to_pil(last_image, width, height)
-        with self._flf2v_single_image(pipe, last_image is None):
-            return self._run(
-                pipe, extra, prompt, negative_prompt, num_frames, width, height, steps, guidance, seed,
-                flow_shift, on_step, guidance_2,
-            )
+        if request.image is None:
+            raise ValueError("an i2v clip needs a start image")
+        extra: dict[str, Any] = {"image": to_pil(request.image, request.width, request.height)}
+        if request.last_image is not None:
+            extra["last_image"] = to_pil(request.last_image, request.width, request.height)
+        with self._flf2v_single_image(pipe, request.last_image is None):
+            return self._run(pipe, extra, request)
 
-    def vace(
-        self,
-        known_frames: np.ndarray | Sequence[Any],
-        prompt: str,
-        negative_prompt: str | None,
-        num_frames: int,
-        width: int,
-        height: int,
-        steps: int,
-        guidance: float,
-        seed: int,
-        flow_shift: float | None = None,
-        on_step: StepCallback | None = None,
-        guidance_2: float | None = None,
-    ) -> np.ndarray:
-        """VACE continuation: the first len(known_frames) frames are given, the rest generated.
+    def vace(self, request: ClipRequest) -> np.ndarray:
+        """VACE continuation: the first len(request.known_frames) frames are given, the rest generated.
 
         The returned clip has num_frames frames and includes (the model's version of)
         the known frames at its start; the caller drops that overlap when joining.
         """
         if not _is_vace(self.main):
             raise ModeError(f"{self.info.name} ({self.info.kind}) is not a VACE model; it cannot continue clips")
-        video, mask = vace_conditioning(known_frames, num_frames, width, height)
-        return self._run(
-            self.main, {"video": video, "mask": mask}, prompt, negative_prompt, num_frames, width, height,
-            steps, guidance, seed, flow_shift, on_step, guidance_2,
-        )
+        known = request.known_frames if request.known_frames is not None else []
+        video, mask = vace_conditioning(known, request.num_frames, request.width, request.height)
+        return self._run(self.main, {"video": video, "mask": mask}, request)
 
     # -- housekeeping -------------------------------------------------------------
 
@@ -353,47 +332,33 @@ class Pipelines:
         finally:
             del pipe.encode_image  # back to the class method
 
-    def _run(
-        self,
-        pipe: Any,
-        extra: dict[str, Any],
-        prompt: str,
-        negative_prompt: str | None,
-        num_frames: int,
-        width: int,
-        height: int,
-        steps: int,
-        guidance: float,
-        seed: int,
-        flow_shift: float | None,
-        on_step: StepCallback | None,
-        guidance_2: float | None,
-    ) -> np.ndarray:
+    def _run(self, pipe: Any, extra: dict[str, Any], request: ClipRequest) -> np.ndarray:
         import torch
 
-        self._check_sizes(pipe, num_frames, width, height, steps)
+        r = request
+        self._check_sizes(pipe, r.num_frames, r.width, r.height, r.steps)
         self._activate(pipe)
         kwargs: dict[str, Any] = dict(
-            prompt=prompt,
-            negative_prompt=negative_prompt or None,
-            num_frames=int(num_frames),
-            width=int(width),
-            height=int(height),
-            num_inference_steps=int(steps),
-            guidance_scale=float(guidance),
+            prompt=r.prompt,
+            negative_prompt=r.negative_prompt or None,
+            num_frames=int(r.num_frames),
+            width=int(r.width),
+            height=int(r.height),
+            num_inference_steps=int(r.steps),
+            guidance_scale=float(r.guidance),
             # CPU generator: the same seed gives the same noise on any device.
-            generator=torch.Generator(device="cpu").manual_seed(int(seed) % 2**64),
+            generator=torch.Generator(device="cpu").manual_seed(int(r.seed) % 2**64),
             output_type="np",
             return_dict=True,
             max_sequence_length=int(self.max_sequence_length),
         )
-        if guidance_2 is not None and getattr(pipe.config, "boundary_ratio", None) is not None:
-            kwargs["guidance_scale_2"] = float(guidance_2)
-        if on_step is not None:
-            kwargs["callback_on_step_end"] = _step_callback(on_step, int(steps))
+        if r.guidance_2 is not None and getattr(pipe.config, "boundary_ratio", None) is not None:
+            kwargs["guidance_scale_2"] = float(r.guidance_2)
+        if r.on_step is not None:
+            kwargs["callback_on_step_end"] = _step_callback(r.on_step, int(r.steps))
             kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
         kwargs.update(extra)
-        with self._flow_shift(pipe, flow_shift):
+        with self._flow_shift(pipe, r.flow_shift):
             try:
                 output = pipe(**kwargs)
             except Interrupted:
@@ -401,8 +366,8 @@ class Pipelines:
                     pipe.maybe_free_model_hooks()
                 raise
         frames = to_uint8_frames(output.frames)
-        if frames.shape[0] != num_frames:  # diffusers rounds bad counts with only a warning
-            raise RuntimeError(f"asked for {num_frames} frames, the pipeline returned {frames.shape[0]}")
+        if frames.shape[0] != r.num_frames:  # diffusers rounds bad counts with only a warning
+            raise RuntimeError(f"asked for {r.num_frames} frames, the pipeline returned {frames.shape[0]}")
         return frames
 
     def _check_sizes(self, pipe: Any, num_frames: int, width: int, height: int, steps: int) -> None:

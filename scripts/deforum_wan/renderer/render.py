@@ -30,7 +30,7 @@ import numpy as np
 from . import fetch
 from . import outputs
 from .frames import fit_image, match_colors, resample
-from .pipelines import Interrupted
+from .pipelines import ClipRequest, Interrupted
 from ..core.plan import Clip, ClipPlan, PlanOptions, plan_clips
 from ..core.seeds import resolve_seed
 from ..core.settings import DeforumSettings
@@ -419,19 +419,19 @@ def _resume_tail(plan: ClipPlan, clip: Clip, folder: Path, timestring: str, emit
 
 def _render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | None,
                  settings: DeforumSettings, on_step: Callable[[int, int], bool]) -> np.ndarray:
-    common = dict(
+    request = ClipRequest(
         prompt=clip.render_prompt, negative_prompt=clip.negative_prompt, num_frames=clip.num_frames,
         width=plan.width, height=plan.height, steps=clip.steps, guidance=clip.guidance, seed=clip.seed,
         flow_shift=clip.flow_shift, on_step=on_step,
     )
     if clip.mode == T2V:
-        return pipelines.t2v(**common)
+        return pipelines.t2v(request)
     if tail is None:  # the first clip, started from the settings' init image
         tail = fit_image(load_image(str(settings.init_image)), plan.width, plan.height)[None]
     if clip.mode == I2V:
-        return pipelines.i2v(image=tail[-1], **common)
+        return pipelines.i2v(replace(request, image=tail[-1]))
     if clip.mode == VACE:
-        return pipelines.vace(known_frames=list(tail[-clip.overlap:]), **common)
+        return pipelines.vace(replace(request, known_frames=list(tail[-clip.overlap:])))
     raise RenderError(f"clip {clip.index}: unknown mode {clip.mode!r}")
 
 
