@@ -20,6 +20,9 @@ MODES = (T2V, I2V, VACE)
 # clip's last frames into the next (and renders the first clip as T2V), so one model gives the
 # continuous render the plan is built for; a T2V-only model renders independent clips.
 DEFAULT_MODEL_KIND = VACE
+# Which model a job or the tab takes when none is named: the default first, then the best continuity.
+DEFAULT_KIND_ORDER = (DEFAULT_MODEL_KIND,) + tuple(
+    k for k in ("vace", "ti2v-5b", "t2v", "a14b-t2v", "i2v", "a14b-i2v", "flf2v") if k != DEFAULT_MODEL_KIND)
 
 
 @dataclass(frozen=True)

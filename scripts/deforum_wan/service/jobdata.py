@@ -14,8 +14,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ..core.specs import DEFAULT_MODEL_KIND
-
 ACCEPTED, SUCCEEDED, FAILED, CANCELLED = "ACCEPTED", "SUCCEEDED", "FAILED", "CANCELLED"
 QUEUED, PREPARING, GENERATING, POST_PROCESSING, DONE = "QUEUED", "PREPARING", "GENERATING", "POST_PROCESSING", "DONE"
 NONE, RETRYABLE, TERMINAL = "NONE", "RETRYABLE", "TERMINAL"
@@ -27,10 +25,6 @@ JOB_OVERRIDES = ("model", "i2v_model", "device", "memory_profile", "attention", 
                  "enhance")
 ENHANCE_OVERRIDES = ("enhance_style", "enhance_style_strength", "enhance_target_language")
 OVERRIDE_KEYS = PLAN_OVERRIDES + JOB_OVERRIDES + ENHANCE_OVERRIDES
-
-# Preferred default model kinds: the product's default first, then best continuity first.
-DEFAULT_KIND_ORDER = (DEFAULT_MODEL_KIND,) + tuple(
-    k for k in ("vace", "ti2v-5b", "t2v", "a14b-t2v", "i2v", "a14b-i2v", "flf2v") if k != DEFAULT_MODEL_KIND)
 
 MAX_WARNINGS = 20
 

@@ -25,8 +25,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..core.specs import DEFAULT_KIND_ORDER
 from .jobdata import (  # noqa: F401 - re-exported: jobs.SUCCEEDED, jobs.build_job, ...
-    ACCEPTED, CANCELLED, DEFAULT_KIND_ORDER, DONE, ENHANCE_OVERRIDES, FAILED, GENERATING, JOB_OVERRIDES, NONE,
+    ACCEPTED, CANCELLED, DONE, ENHANCE_OVERRIDES, FAILED, GENERATING, JOB_OVERRIDES, NONE,
     OVERRIDE_KEYS, PLAN_OVERRIDES, POST_PROCESSING, PREPARING, QUEUED, RETRYABLE, SUCCEEDED, TERMINAL, JobRecord,
     asdict_row, build_job, event_values, failure_type, record_from_row, resume_message, retry_refusal,
 )

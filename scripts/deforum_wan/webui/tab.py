@@ -29,7 +29,6 @@ from . import tab_data
 SCRIPTS_DIR = Path(__file__).resolve().parents[2]
 EXTENSION_DIR = SCRIPTS_DIR.parent
 POLL_SECONDS = 0.5
-FALLBACK_KIND = "vace"
 
 
 # ---------------------------------------------------------------------------
@@ -145,14 +144,15 @@ def load_settings_file(path: str | None) -> tuple[dict | None, str, str]:
 def model_spec_and_note(model_path: str | None):
     """The spec of the chosen model folder, or the fallback kind's, with a note for the user."""
     from ..renderer.models import ModelError, classify_model
-    from ..core.specs import MODEL_SPECS
+    from ..core.specs import DEFAULT_MODEL_KIND, MODEL_SPECS
 
+    fallback = MODEL_SPECS[DEFAULT_MODEL_KIND]
     if model_path:
         try:
             return classify_model(model_path).spec, ""
         except ModelError as exc:
-            return MODEL_SPECS[FALLBACK_KIND], f"{exc}; planned for {MODEL_SPECS[FALLBACK_KIND].label}"
-    return MODEL_SPECS[FALLBACK_KIND], f"no model chosen: planned for {MODEL_SPECS[FALLBACK_KIND].label}"
+            return fallback, f"{exc}; planned for {fallback.label}"
+    return fallback, f"no model chosen: planned for {fallback.label}"
 
 
 def _none_if_zero(value: Any, kind: type = int) -> Any:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from ..core.specs import DEFAULT_KIND_ORDER
 from ..renderer import outputs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -208,7 +209,7 @@ def model_choices(infos: Sequence["ModelInfo"]) -> dict[str, str]:
 
 
 # Same order as the job queue's default model: the best continuity first.
-KIND_ORDER = ("vace", "ti2v-5b", "t2v", "a14b-t2v", "i2v", "a14b-i2v", "flf2v")
+KIND_ORDER = DEFAULT_KIND_ORDER
 
 
 def pick_default_model(choices: Mapping[str, str], preferred: str | None) -> str | None:
