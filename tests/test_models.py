@@ -369,3 +369,14 @@ def test_bad_load_options(t2v_info) -> None:
         load_pipelines(t2v_info, memory_profile="turbo")
     with pytest.raises(ValueError, match="attention"):
         load_pipelines(t2v_info, attention="xformers")
+
+
+def test_tiny_models_in_a_web_ui_models_folder_are_all_found(tmp_path: Path) -> None:
+    """`make-tiny-models <webui>/models/wan`: the Wan models and the Qwen model are where the models route looks."""
+    from deforum_wan.enhance.qwen import find_qwen_models
+    from deforum_wan.renderer.tiny import make_tiny_models
+
+    wan = tmp_path / "models" / "wan"
+    made = make_tiny_models(wan, ["vace", "qwen"])
+    assert [m.path for m in discover_models(wan)] == [made["vace"]]
+    assert [m.path for m in find_qwen_models(wan, include_hub_cache=False)] == [made["qwen"]]

@@ -451,7 +451,9 @@ def make_tiny_models(out_dir: str | Path, kinds: Iterable[str] | None = None) ->
     """Build tiny models for `kinds` (default: every Wan kind plus "qwen") under out_dir.
 
     Returns kind -> folder. Folders are named after TINY_NAMES so that
-    `models.discover_models(out_dir)` finds the Wan ones, as it would real downloads.
+    `models.discover_models(out_dir)` finds the Wan ones, as it would real downloads;
+    the Qwen model goes into `out_dir/qwen/`, where the enhancer and the models
+    route look when out_dir is the Wan models folder (`<webui>/models/wan`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -463,6 +465,7 @@ def make_tiny_models(out_dir: str | Path, kinds: Iterable[str] | None = None) ->
     for kind in wanted:
         folder = out_dir / TINY_NAMES[kind]
         if kind == "qwen":
+            folder = out_dir / "qwen" / TINY_NAMES[kind]
             save_qwen(folder)
         else:
             save_wan(kind, folder)
