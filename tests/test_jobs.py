@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -424,7 +426,7 @@ def test_a_queue_file_from_before_the_worker_column_still_opens_and_records_it(t
 
     db = tmp_path / "jobs.sqlite3"
     old = sqlite3.connect(db)
-    old.executescript(jobs._SCHEMA.replace(",\n    worker TEXT\n", "\n"))
+    old.executescript(jobs._SCHEMA.replace(",\n    worker TEXT,\n    owner TEXT\n", "\n"))  # version 1
     old.close()
     assert "worker" not in {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(jobs)")}
     from deforum_wan.service.jobdata import event_values
@@ -434,6 +436,132 @@ def test_a_queue_file_from_before_the_worker_column_still_opens_and_records_it(t
     assert json.loads(values["worker"]) == {"torch": "2.13.0+cpu", "diffusers": "0.42.1", "device": "cpu"}
     queue = jobs.JobQueue(db)
     try:
-        assert "worker" in {r[1] for r in queue._db.execute("PRAGMA table_info(jobs)")}
+        assert {"worker", "owner"} <= {r[1] for r in queue._db.execute("PRAGMA table_info(jobs)")}
     finally:
         queue.close()
+
+
+def test_preview_events_set_the_records_preview_while_a_clip_denoises(tmp_path, make_queue):
+    """A latent preview (every few steps) becomes the record's `preview`, which the tab and the API show."""
+    from deforum_wan.service.jobdata import event_values
+
+    assert event_values({"type": "preview", "clip": 0, "step": 4, "steps": 8, "path": "/o/.ts_preview0.png"}) == {
+        "preview": "/o/.ts_preview0.png"}
+    assert event_values({"type": "preview", "clip": None, "step": None, "path": None}) == {"preview": None}
+
+    def runner(job, *, on_event, cancel=None, config=None):
+        folder = tmp_path / "out" / "job_20240101000001"
+        folder.mkdir(parents=True, exist_ok=True)
+        on_event({"type": "start", "folder": str(folder), "timestring": "20240101000001", "clips": 1,
+                  "frames_total": 1, "frames_on_disk": 0})
+        for step, name in ((4, ".20240101000001_preview0.png"), (8, ".20240101000001_preview1.png")):
+            on_event({"type": "step", "clip": 0, "clips": 1, "step": step, "steps": 8, "frames_written": 0,
+                      "frames_total": 1})
+            on_event({"type": "preview", "clip": 0, "step": step, "steps": 8, "path": str(folder / name)})
+        frame = outputs.write_frame(folder, "20240101000001", 0, np.zeros((8, 8, 3), np.uint8))
+        on_event({"type": "frames", "clip": 0, "frames_written": 1, "frames_total": 1, "preview": str(frame)})
+        on_event({"type": "done", "folder": str(folder), "timestring": "20240101000001", "video": None,
+                  "frames_on_disk": 1, "frames_total": 1})
+        return {"status": "done", "folder": str(folder), "timestring": "20240101000001", "frames_on_disk": 1,
+                "frames_total": 1}
+
+    q = make_queue(runner, start=False)
+    seen: list[tuple[str, int | None, str | None, str, str | None]] = []
+    q.subscribe(lambda rec, ev: ev and seen.append((ev.get("type"), ev.get("step"), rec.preview, rec.phase,
+                                                    rec.to_dict()["preview"])))
+    _batch, ids = q.submit([SETTINGS], None)
+    q.start()
+    assert q.wait(ids, WAIT)
+    previews = [(step, preview, phase, api) for kind, step, preview, phase, api in seen if kind == "preview"]
+    assert [(s, Path(p).name, phase) for s, p, phase, _ in previews] == [
+        (4, ".20240101000001_preview0.png", "GENERATING"), (8, ".20240101000001_preview1.png", "GENERATING")]
+    assert all(api == p for _, p, _, api in previews)  # /deforum_wan/jobs/{id} returns the same path
+    rec = q.get(ids[0])
+    assert rec.status == "SUCCEEDED" and Path(rec.preview).name == outputs.frame_name("20240101000001", 0)
+
+
+class WriterLagRunner:
+    """The event sequence render.py sends: frames are handed to a background writer, so each
+    frames/step event counts fewer frames than are rendered; the interrupted event counts the disk."""
+
+    def __init__(self, outdir: Path):
+        self.outdir = outdir
+
+    def __call__(self, job, *, on_event, cancel=None, config=None):
+        ts, total = "20240101000001", 120
+        folder = self.outdir / f"job_{ts}"
+        folder.mkdir(parents=True, exist_ok=True)
+        on_event({"type": "start", "folder": str(folder), "timestring": ts, "clips": 8, "frames_total": total,
+                  "frames_on_disk": 0, "resumed": False})
+        for clip, written in enumerate((0, 0, 15, 30)):  # the writer a clip or two behind
+            on_event({"type": "clip", "clip": clip, "clips": 8, "mode": "vace"})
+            on_event({"type": "step", "clip": clip, "clips": 8, "step": 1, "steps": 2, "eta_seconds": 9.0,
+                      "frames_written": written, "frames_total": total})
+            on_event({"type": "frames", "clip": clip, "frames_written": written, "frames_total": total})
+        for i in range(60):  # the writer catches up once the render stops
+            outputs.write_frame(folder, ts, i, np.zeros((8, 8, 3), np.uint8))
+        on_event({"type": "interrupted", "folder": str(folder), "timestring": ts, "frames_on_disk": 60,
+                  "frames_total": total, "video": None, "resume": f"--resume {ts}"})
+        return {"status": "interrupted", "folder": str(folder), "timestring": ts, "frames_on_disk": 60,
+                "frames_total": total}
+
+
+def test_phase_progress_follows_the_frames_on_disk_when_a_render_stops(tmp_path, make_queue):
+    q = make_queue(WriterLagRunner(tmp_path / "out"))
+    _, (job_id,) = q.submit([SETTINGS])
+    assert q.wait([job_id], WAIT)
+    rec = q.get(job_id)
+    assert rec.status == "FAILED" and rec.frames_written == 60  # stopped from outside: retryable
+    assert rec.phase_progress == pytest.approx(0.5), rec.phase_progress
+
+
+def test_event_values_read_the_frames_on_disk_of_done_and_interrupted():
+    from deforum_wan.service.jobdata import event_values
+
+    stopped = event_values({"type": "interrupted", "frames_on_disk": 60, "frames_total": 120})
+    assert (stopped["frames_written"], stopped["phase_progress"]) == (60, 0.5) and "video" not in stopped
+    done = event_values({"type": "done", "frames_on_disk": 120, "frames_total": 120, "video": "/o/a.mp4"})
+    assert (done["frames_written"], done["phase_progress"], done["video"]) == (120, 1.0, "/o/a.mp4")
+    assert event_values({"type": "interrupted"}) == {}  # a cancel before the render started says nothing
+
+
+def test_two_processes_on_one_queue_file_render_a_job_once(tmp_path):
+    """Two web UIs sharing an extension checkout share its queue file: each job is claimed by one of them."""
+    gate = threading.Event()
+    first, second = FakeRunner(tmp_path / "out", gate=gate), FakeRunner(tmp_path / "out", gate=gate)
+    db = tmp_path / "shared.sqlite3"
+    a = JobQueue(db, runner=first, outdir=tmp_path / "out", default_model="vace").start()
+    try:
+        _, (job_id,) = a.submit([SETTINGS])
+        assert first.started.wait(WAIT)
+        b = JobQueue(db, runner=second, outdir=tmp_path / "out", default_model="vace")  # starts while a renders
+        try:
+            assert b.get(job_id).phase != jobs.QUEUED  # a's running job was not taken back by b's recovery
+            b.start()
+            gate.set()
+            assert a.wait([job_id], WAIT)
+            assert a.get(job_id).status == jobs.SUCCEEDED and a.get(job_id).attempts == 1
+            assert second.count == 0 and first.count == 1
+            _, ids = b.submit([SETTINGS] * 3)
+            assert b.wait(ids, WAIT)
+            assert first.count + second.count == 4  # every job ran exactly once, by one of the two
+        finally:
+            b.close()
+    finally:
+        a.close()
+
+
+def test_a_job_whose_process_is_gone_is_taken_back(tmp_path):
+    db = tmp_path / "jobs.sqlite3"
+    q = JobQueue(db, runner=FakeRunner(tmp_path / "out"), outdir=tmp_path / "out", default_model="vace")
+    _, (job_id,) = q.submit([SETTINGS])
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    q._update(job_id, phase=jobs.GENERATING, owner=f"{socket.gethostname()}:{dead.stdout.strip()}:abcd")
+    q.close()
+    again = JobQueue(db, runner=FakeRunner(tmp_path / "out"), outdir=tmp_path / "out", default_model="vace").start()
+    try:
+        assert again.wait([job_id], WAIT) and again.get(job_id).status == jobs.SUCCEEDED
+    finally:
+        again.close()

@@ -142,3 +142,15 @@ def test_mirroring_is_subscribed_once_per_queue(tmp_path, monkeypatch):
         assert first is not None and host.mirror_host_progress(queue) is first
     finally:
         queue.close()
+
+
+def test_each_web_ui_folder_has_its_own_queue_file(tmp_path, monkeypatch):
+    """A1111 and Forge sharing one extension checkout must not render each other's jobs."""
+    monkeypatch.delenv("DEFORUM_WAN_JOBS_DB", raising=False)
+    monkeypatch.setattr(host, "_webui_root", lambda: str(tmp_path / "a1111"))
+    a1111 = host.db_path()
+    monkeypatch.setattr(host, "_webui_root", lambda: str(tmp_path / "forge"))
+    forge = host.db_path()
+    assert a1111 != forge and a1111.parent == forge.parent and host.db_path() == forge
+    monkeypatch.setenv("DEFORUM_WAN_JOBS_DB", str(tmp_path / "mine.sqlite3"))
+    assert host.db_path() == tmp_path / "mine.sqlite3"

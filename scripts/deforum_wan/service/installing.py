@@ -21,7 +21,8 @@ from typing import Any, Mapping
 from urllib.parse import unquote, urlparse
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs: signal 0 on POSIX, a handle query on Windows (os.kill ends it there)."""
     if pid <= 0:
         return False
     if sys.platform == "win32":  # os.kill would terminate the process on Windows
@@ -63,7 +64,7 @@ class InstallLock:
                     self.holder = int(self.path.read_text(encoding="utf-8").strip() or 0)
                 except (OSError, ValueError):
                     self.holder = 0
-                if self.holder and _pid_alive(self.holder) and self.holder != os.getpid():
+                if self.holder and pid_alive(self.holder) and self.holder != os.getpid():
                     return self
                 self.path.unlink(missing_ok=True)  # a dead installer's lock
                 continue

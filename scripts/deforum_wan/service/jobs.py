@@ -18,6 +18,8 @@ import atexit
 import json
 import logging
 import os
+import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 Runner = Callable[..., Any]
 Subscriber = Callable[["JobRecord", "dict | None"], None]
 
-_SCHEMA_VERSION = 2  # 2: the worker's environment (torch, libraries, device) per job
+_SCHEMA_VERSION = 3  # 2: the worker's environment per job; 3: which process runs a job
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -64,7 +66,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     warnings TEXT NOT NULL DEFAULT '[]',
     job TEXT NOT NULL,
     overrides TEXT NOT NULL DEFAULT '{}',
-    worker TEXT
+    worker TEXT,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, phase);
@@ -81,6 +84,26 @@ def _get(outcome: Any, name: str, default: Any = None) -> Any:
     if isinstance(outcome, Mapping):
         return outcome.get(name, default)
     return getattr(outcome, name, default)
+
+
+_OPEN_OWNERS: set[str] = set()  # the queues of this process that are open
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether the process that claimed a job (`host:pid:token`) still runs; a job of another machine counts as alive."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname():
+        return True
+    if not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return owner in _OPEN_OWNERS  # another queue of this process, still open
+    from .installing import pid_alive
+
+    return pid_alive(int(pid))
 
 
 class JobQueue:
@@ -108,8 +131,13 @@ class JobQueue:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "worker" not in columns:  # a queue file from before version 2
-            self._db.execute("ALTER TABLE jobs ADD COLUMN worker TEXT")
+        for column in ("worker", "owner"):  # a queue file from before versions 2 and 3
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+        # Two web UIs (or two instances of one) can share a queue file: a job is claimed by one process,
+        # atomically, and only a job whose process is gone is taken back at start.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        _OPEN_OWNERS.add(self.owner)
         self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         self._subscribers: list[Subscriber] = []
         self._wake = threading.Event()
@@ -122,13 +150,18 @@ class JobQueue:
     # ------------------------------------------------------------ lifecycle
 
     def _recover(self) -> None:
-        """Jobs a previous process left running go back to the queue, to resume from their frames."""
+        """Jobs a process that is gone left running go back to the queue, to resume from their frames.
+
+        A job another live process is rendering (a second web UI on the same queue file) is left to it.
+        """
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, frames_written, timestring FROM jobs WHERE status=? AND phase!=?", (ACCEPTED, QUEUED)
-            ).fetchall()
+                "SELECT id, frames_written, timestring, owner FROM jobs WHERE status=? AND phase!=?",
+                (ACCEPTED, QUEUED)).fetchall()
             for row in rows:
-                self._update(row["id"], phase=QUEUED, error_type=RETRYABLE,
+                if owner_alive(row["owner"]):
+                    continue
+                self._update(row["id"], phase=QUEUED, error_type=RETRYABLE, owner=None,
                              message=resume_message("the web UI stopped during the render", row))
 
     def start(self) -> "JobQueue":
@@ -158,6 +191,7 @@ class JobQueue:
                 log.warning("deforum-wan: the running job did not stop within %ss; it resumes on the next start", timeout)
         with self._lock:
             self._closed = True
+            _OPEN_OWNERS.discard(self.owner)
             if self._thread is None or not self._thread.is_alive():
                 self._db.close()
 
@@ -346,8 +380,13 @@ class JobQueue:
                 return None
             record = record_from_row(row)
             now = time.time()
-            self._update(record.id, phase=PREPARING, started_at=now, attempts=record.attempts + 1,
-                         message="starting the renderer", updated_at=now)
+            claimed = self._db.execute(  # one statement: another process's claim in between makes it match nothing
+                "UPDATE jobs SET phase=?, started_at=?, attempts=?, message=?, updated_at=?, owner=? "
+                "WHERE id=? AND status=? AND phase=?",
+                (PREPARING, now, record.attempts + 1, "starting the renderer", now, self.owner, record.id, ACCEPTED,
+                 QUEUED)).rowcount
+            if claimed != 1:
+                return None
             cancel = threading.Event()
             self._current = (record.id, cancel)
         return self.get(record.id) or record, cancel

@@ -7,6 +7,7 @@ Outputs go where Deforum puts its own (`outdir_samples or outdir_img2img_samples
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -96,11 +97,27 @@ def allowed_roots() -> list[str]:
     return list(dict.fromkeys(roots))
 
 
+def db_path() -> Path:
+    """$DEFORUM_WAN_JOBS_DB, else a queue file of this web UI's own in the extension's `.jobs/`.
+
+    Two web UIs that share one extension checkout (a symlink, as A1111 and Forge
+    often do) would otherwise share a queue, and each would render the other's jobs
+    with its own worker into the other's folders.
+    """
+    from ..service import jobs
+
+    env = os.environ.get("DEFORUM_WAN_JOBS_DB")
+    if env:
+        return Path(env).expanduser()
+    digest = hashlib.sha1(os.path.realpath(_webui_root()).encode("utf-8")).hexdigest()[:12]
+    return jobs.default_db_path().with_name(f"jobs-{digest}.sqlite3")
+
+
 def queue() -> Any:
     """The process's job queue, writing where the host's options say (the tab and the API share it)."""
     from ..service import jobs
 
-    return jobs.get_queue(outdir=outdir(), models_dir=models_dir())
+    return jobs.get_queue(db_path=db_path(), outdir=outdir(), models_dir=models_dir())
 
 
 def _shared() -> Any:
@@ -198,9 +215,12 @@ def mirror_host_progress(queue: Any) -> HostMirror | None:
 
 
 def tab_context():
-    from .tab import TabContext
+    import functools
+
+    from .tab import Jobs, TabContext
 
     return TabContext(
+        jobs=functools.cache(lambda: Jobs(queue())),  # one wrapper (one subscription) on this web UI's queue
         outdir=outdir, models_dir=models_dir, default_model=lambda: _opt("deforum_wan_default_model") or None,
         memory_profile=lambda: _opt("deforum_wan_memory_profile") or "auto", output_roots=output_roots,
         webui_root=_webui_root(),
