@@ -12,6 +12,7 @@ import pytest
 
 from deforum_wan.renderer import outputs
 from deforum_wan.webui import tab_data as ui_data
+from deforum_wan.webui import plot as ui_plot
 from deforum_wan.core.plan import ClipPlan, plan_clips
 from deforum_wan.core.prompts import prompt_at
 from deforum_wan.core.settings import load_settings
@@ -155,17 +156,17 @@ def test_model_choices_and_default(tmp_path):
 def test_camera_series_integrates_increments():
     settings = _settings(max_frames=10, animation_mode="3D", translation_z="0:(2)", rotation_3d_y="0:(0), 5:(1)",
                          zoom="0:(1.1)")
-    series = {s.key: s for s in ui_data.camera_series(settings)}
+    series = {s.key: s for s in ui_plot.camera_series(settings)}
     assert set(series) == {"translation_z", "rotation_3d_y"}  # 3D ignores zoom; static axes are left out
     np.testing.assert_allclose(series["translation_z"].path, np.arange(1, 11) * 2.0)
     assert series["rotation_3d_y"].path[-1] == pytest.approx(sum(np.linspace(0, 1, 6)) + 4)
-    two_d = {s.key: s for s in ui_data.camera_series(_settings(max_frames=4, zoom="0:(1.1)"))}
+    two_d = {s.key: s for s in ui_plot.camera_series(_settings(max_frames=4, zoom="0:(1.1)"))}
     np.testing.assert_allclose(two_d["zoom"].path, 1.1 ** np.arange(1, 5))
 
 
 def test_plot_marks_clip_starts_and_keyframes():
     settings = _settings(max_frames=120, fps=16)
-    clips, keys = ui_data.plot_marks(_plan(settings), settings)
+    clips, keys = ui_plot.plot_marks(_plan(settings), settings)
     assert clips == [17, 30, 46, 60, 76, 90, 106]
     assert keys == [(0, "0"), (30, "30"), (60, "60"), (90, "90")]
 
@@ -173,8 +174,8 @@ def test_plot_marks_clip_starts_and_keyframes():
 def test_camera_figure_draws_when_matplotlib_is_there():
     pytest.importorskip("matplotlib")
     settings = _settings(max_frames=60, fps=16)
-    fig = ui_data.camera_figure(settings, _plan(settings))
-    top, bottom = fig.axes
+    fig = ui_plot.camera_figure(settings, _plan(settings))
+    top, bottom = fig.axes[:2]  # the third is the top-down view
     assert top.get_lines() and bottom.get_xlabel() == "frame"
 
 

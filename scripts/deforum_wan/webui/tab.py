@@ -408,7 +408,8 @@ def build_tab(ctx: TabContext):
                 return None, gr.update(value=[]), None, "Import a settings file to see its plan.", state
             try:
                 settings, plan, notes = make_plan(state, rows, plan_dict, controls_of(values))
-                figure = tab_data.camera_figure(settings, plan)
+                from .plot import camera_figure
+                figure = camera_figure(settings, plan)
             except (ValueError, OSError) as exc:
                 return None, gr.update(value=[]), None, f"**Cannot plan:** {exc}", state
             return (plan.to_dict(), gr.update(value=tab_data.plan_rows(plan, settings)), figure,

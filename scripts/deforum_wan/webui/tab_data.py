@@ -1,4 +1,4 @@
-"""Pure helpers behind the Wan tab: table rows, prompt edits, resume list, settings finder, plot data.
+"""Pure helpers behind the Wan tab: table rows, prompt edits, resume list, settings finder.
 
 Kept apart from `tab.py` so they are unit-tested without gradio, and so the tab's
 code is the same in Automatic1111 (gradio 3.41) and Forge (gradio 4.40): gradio
@@ -16,8 +16,6 @@ from ..core.specs import DEFAULT_KIND_ORDER
 from ..renderer import outputs
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-
     from ..renderer.models import ModelInfo
     from ..core.plan import ClipPlan
     from ..core.settings import DeforumSettings
@@ -224,100 +222,6 @@ def pick_default_model(choices: Mapping[str, str], preferred: str | None) -> str
         return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
 
     return min(choices, key=rank, default=None)
-
-
-# ---------------------------------------------------------------------------
-# Camera path plot
-
-
-@dataclass(frozen=True)
-class CameraSeries:
-    """One camera schedule: its per-frame increments and the integrated position."""
-
-    key: str
-    per_frame: "np.ndarray"
-    path: "np.ndarray"
-    unit: str
-
-
-_AXES_2D = ("translation_x", "translation_y", "angle", "zoom")
-_AXES_3D = ("translation_x", "translation_y", "translation_z", "rotation_3d_x", "rotation_3d_y", "rotation_3d_z")
-_UNITS = {"translation_x": "px", "translation_y": "px", "translation_z": "units", "angle": "deg",
-          "rotation_3d_x": "deg", "rotation_3d_y": "deg", "rotation_3d_z": "deg", "zoom": "scale"}
-
-
-def camera_series(settings: "DeforumSettings", *, only_moving: bool = True) -> list[CameraSeries]:
-    """The schedules Deforum's warp reads in this animation mode, per frame and integrated.
-
-    Deforum applies each value as a per-frame increment (zoom as a factor), so the
-    camera's path is the running sum (running product for zoom). Schedules that
-    never move the camera are left out unless `only_moving` is False.
-    """
-    import numpy as np
-
-    from ..core.plan import camera_path
-
-    path = camera_path(settings)
-    keys = _AXES_3D if path.animation_mode == "3D" else _AXES_2D if path.animation_mode == "2D" else ()
-    series = []
-    for key in keys:
-        values = np.asarray(getattr(path, key), dtype=float)
-        integrated = np.cumprod(values) if key == "zoom" else np.cumsum(values)
-        if only_moving and (np.allclose(values, 1.0) if key == "zoom" else np.allclose(values, 0.0)):
-            continue
-        series.append(CameraSeries(key, values, integrated, _UNITS[key]))
-    return series
-
-
-def plot_marks(plan: "ClipPlan | None", settings: "DeforumSettings") -> tuple[list[int], list[tuple[int, str]]]:
-    """Clip starts (after the first) and prompt keyframes (frame, key) to mark on the plot."""
-    from ..core.prompts import prompt_keyframes
-
-    clips = [c.output_start for c in plan.clips[1:]] if plan is not None else []
-    keys = [(kf.frame, kf.key) for kf in prompt_keyframes(settings)]
-    return clips, keys
-
-
-def camera_figure(settings: "DeforumSettings", plan: "ClipPlan | None" = None) -> Any:
-    """A matplotlib Figure of the camera path (top) and per-frame values (bottom), clips and keyframes marked.
-
-    Built with `matplotlib.figure.Figure`, never pyplot, so no GUI backend is chosen
-    and nothing global changes in the host. Both hosts' gradio ship matplotlib.
-    """
-    from matplotlib.figure import Figure
-
-    series = camera_series(settings)
-    clip_starts, keyframes = plot_marks(plan, settings)
-    fig = Figure(figsize=(8, 4.2), dpi=90)
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    frames = range(settings.max_frames)
-    if not series:
-        top.text(0.5, 0.5, f"static camera ({settings.animation_mode} mode)", ha="center", va="center",
-                 transform=top.transAxes)
-    for s in series:
-        label = f"{s.key} ({s.unit})"
-        path = s.path - 1.0 if s.key == "zoom" else s.path
-        top.plot(frames, path, label=label + (" -1" if s.key == "zoom" else ""))
-        bottom.plot(frames, s.per_frame - (1.0 if s.key == "zoom" else 0.0), label=label)
-    top.set_ylabel("camera path")
-    bottom.set_ylabel("per frame")
-    bottom.set_xlabel("frame")
-    for ax in (top, bottom):
-        for x in clip_starts:
-            ax.axvline(x, color="0.55", linestyle=":", linewidth=1)
-        for x, _key in keyframes:
-            ax.axvline(x, color="tab:red", linestyle="--", linewidth=0.9, alpha=0.7)
-        ax.grid(alpha=0.25)
-        ax.set_xlim(0, max(settings.max_frames - 1, 1))
-    for x, key in keyframes:
-        top.annotate(f"prompt {key}", (x, 1.0), xycoords=("data", "axes fraction"), fontsize=7, color="tab:red",
-                     rotation=90, va="top", ha="right")
-    if series:
-        top.legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"{settings.animation_mode} camera: dotted = clip boundaries, dashed = prompt keyframes",
-                 fontsize=9)
-    fig.tight_layout()
-    return fig
 
 
 # ---------------------------------------------------------------------------
