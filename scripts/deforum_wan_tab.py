@@ -13,4 +13,4 @@ if _SCRIPTS_DIR not in sys.path:
 
 from deforum_wan.webui import host  # noqa: E402
 
-host.register()
+host.register(__file__)

@@ -154,3 +154,40 @@ def test_each_web_ui_folder_has_its_own_queue_file(tmp_path, monkeypatch):
     assert a1111 != forge and a1111.parent == forge.parent and host.db_path() == forge
     monkeypatch.setenv("DEFORUM_WAN_JOBS_DB", str(tmp_path / "mine.sqlite3"))
     assert host.db_path() == tmp_path / "mine.sqlite3"
+
+
+def test_registering_never_walks_the_stack(monkeypatch):
+    """A1111/Forge's public on_* find the caller with inspect.stack() (about 70 ms each in a started web UI)."""
+    import inspect
+    import sys
+    import types
+
+    calls = []
+
+    def add_callback(callbacks, fun, *, name=None, category="unknown", filename=None):  # as in both hosts
+        if filename is None:
+            filename = inspect.stack()[1].filename
+        callbacks.append((filename, category, fun))
+
+    callback_map = {"callbacks_ui_tabs": [], "callbacks_ui_settings": [], "callbacks_app_started": []}
+    cb = types.ModuleType("modules.script_callbacks")
+    cb.add_callback, cb.callback_map = add_callback, callback_map
+    for key, category, name in host.CALLBACKS:
+        setattr(cb, name, lambda fn, _k=key, _c=category: add_callback(callback_map[_k], fn, category=_c))
+    modules = types.ModuleType("modules")
+    modules.script_callbacks = cb
+    monkeypatch.setitem(sys.modules, "modules", modules)
+    monkeypatch.setitem(sys.modules, "modules.script_callbacks", cb)
+    monkeypatch.setattr(inspect, "stack", lambda *a, **k: calls.append("stack") or [])
+    host.register("/webui/extensions/deforum-wan/scripts/deforum_wan_tab.py")
+    assert calls == []
+    assert [entry[:2] for entries in callback_map.values() for entry in entries] == [
+        ("/webui/extensions/deforum-wan/scripts/deforum_wan_tab.py", "ui_tabs"),
+        ("/webui/extensions/deforum-wan/scripts/deforum_wan_tab.py", "ui_settings"),
+        ("/webui/extensions/deforum-wan/scripts/deforum_wan_tab.py", "app_started")]
+    del cb.add_callback  # a host without it: the public functions still register everything
+    for entries in callback_map.values():
+        entries.clear()
+    monkeypatch.setattr(inspect, "stack", lambda *a, **k: [types.SimpleNamespace(filename="x")] * 2)
+    host.register("/webui/extensions/deforum-wan/scripts/deforum_wan_tab.py")
+    assert sum(len(v) for v in callback_map.values()) == 3

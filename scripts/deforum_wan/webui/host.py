@@ -277,9 +277,32 @@ def mount_api(demo: Any, app: Any) -> None:
     log.info("Deforum Wan API: routes under %s/ (%s)", api.PREFIX, how)
 
 
-def register() -> None:
+CALLBACKS = (  # (the host's callback list, its category, our callback)
+    ("callbacks_ui_tabs", "ui_tabs", "on_ui_tabs"),
+    ("callbacks_ui_settings", "ui_settings", "on_ui_settings"),
+    ("callbacks_app_started", "app_started", "on_app_started"),
+)
+
+
+def register(entry_file: str | None = None) -> None:
+    """Register the callbacks, naming `entry_file` as their script when the host lets us.
+
+    A1111's and Forge's public `on_ui_tabs(...)` & co. find the calling file with
+    `inspect.stack()`, which reads the source of every frame on the stack: about
+    70 ms per callback in a started web UI. `add_callback(..., filename=...)`, which
+    both hosts' on_* functions call, skips that; the public functions stay the
+    fallback for a host without it.
+    """
     from modules import script_callbacks
 
-    script_callbacks.on_ui_tabs(on_ui_tabs)
-    script_callbacks.on_ui_settings(on_ui_settings)
-    script_callbacks.on_app_started(on_app_started)
+    callback_map = getattr(script_callbacks, "callback_map", None)
+    add_callback = getattr(script_callbacks, "add_callback", None)
+    for key, category, name in CALLBACKS:
+        ours = globals()[name]
+        if entry_file and callable(add_callback) and isinstance(callback_map, dict) and key in callback_map:
+            try:
+                add_callback(callback_map[key], ours, category=category, filename=entry_file)
+                continue
+            except TypeError:  # a host whose add_callback takes other arguments
+                pass
+        getattr(script_callbacks, name)(ours)
