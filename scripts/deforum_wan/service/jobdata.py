@@ -192,8 +192,11 @@ def event_values(event: Mapping[str, Any], warnings_so_far: Sequence[str] = ()) 
         values["warnings"] = json.dumps(warnings, ensure_ascii=False)
     elif kind == "error":
         values["message"] = str(event.get("message") or "error")
-    elif kind == "done":
-        if event.get("video"):
+    elif kind in ("done", "interrupted"):
+        # The render's last word: the frames really on disk. The frames/step events before it
+        # count what the background writer had finished when they were sent, a clip or more
+        # behind; without this the record kept that count's progress (0.25 at 60/120 frames).
+        if kind == "done" and event.get("video"):
             values["video"] = str(event["video"])
         written = event.get("frames_on_disk", written)
     if isinstance(total, int) and total > 0:
