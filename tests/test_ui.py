@@ -109,6 +109,47 @@ def test_newest_settings_looks_in_batch_folders_and_the_webui_root(tmp_path):
     assert ui_data.newest_settings([tmp_path / "missing"], tmp_path / "missing") is None
 
 
+def test_our_renders_settings_come_after_deforums_own(tmp_path):
+    """Our renders save {ts}_settings.txt beside Deforum's: the newest file may be ours, with resume flags."""
+    out = tmp_path / "outputs"
+    deforum = out / "Deforum_1" / "20240101000000_settings.txt"
+    ours = out / "Wan_1" / "20240102000000_settings.txt"
+    for i, path in enumerate((deforum, ours)):
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    (ours.parent / "20240102000000_wan_plan.json").write_text("{}")
+    assert ui_data.is_wan_render_settings(ours) and not ui_data.is_wan_render_settings(deforum)
+    assert ui_data.newest_settings([out]) == deforum
+    deforum.unlink()
+    assert ui_data.newest_settings([out]) == ours  # only ours left: taken, its resume flag cleared on import
+
+
+def test_an_imported_file_never_turns_generate_into_a_resume(tmp_path):
+    from deforum_wan.webui.tab import load_settings_file
+
+    path = tmp_path / "20240102000000_settings.txt"
+    path.write_text(json.dumps({**json.loads(SIMPLE.read_text()), "resume_from_timestring": True,
+                                "resume_timestring": "20240102000000"}))
+    state, summary, status = load_settings_file(str(path))
+    assert state["resume_from_timestring"] is False and state["resume_timestring"] == "20240102000000"
+    assert "resume render 20240102000000" in status and "Unfinished renders" in status and summary
+    assert load_settings(state).resume_from_timestring is False
+    state, _summary, status = load_settings_file(str(SIMPLE), shown="simple.txt")
+    assert status == "Imported `simple.txt`" and state["resume_from_timestring"] is False
+
+
+def test_uploads_are_named_by_their_own_file_name(tmp_path):
+    from types import SimpleNamespace
+
+    # gradio 3.41: a temporary-file wrapper whose name and orig_name are both the temporary path
+    wrapper = SimpleNamespace(name="/tmp/gradio/abc/dance.txt", orig_name="/tmp/gradio/abc/dance.txt")
+    assert ui_data.upload_source(wrapper) == ("/tmp/gradio/abc/dance.txt", "dance.txt")
+    assert ui_data.upload_source("/tmp/gradio/0f3e/dance.txt") == ("/tmp/gradio/0f3e/dance.txt", "dance.txt")
+    assert ui_data.upload_source({"path": "/tmp/x/y.txt", "orig_name": "z.txt"}) == ("/tmp/x/y.txt", "z.txt")
+    assert ui_data.upload_source(None) == (None, None)
+
+
 # ---------------------------------------------------------------- resume list
 
 

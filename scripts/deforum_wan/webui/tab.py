@@ -126,19 +126,24 @@ def _settings_from_state(state: Any):
     return load_settings(state)
 
 
-def load_settings_file(path: str | None) -> tuple[dict | None, str, str]:
-    """(settings as a dict, inspect summary, status line) for a settings path."""
+def load_settings_file(path: str | None, shown: str | None = None) -> tuple[dict | None, str, str]:
+    """(settings as a dict, inspect summary, status line) for a settings path; `shown` names it in the status.
+
+    Deforum's resume flag is cleared (tab_data.without_resume): an imported file never
+    turns Generate into a resume; the status says so when it was set.
+    """
     from ..core.inspection import format_inspection, inspect_settings
     from ..core.settings import load_settings
 
     if not path or not str(path).strip():
         return None, "", "Give a settings file."
+    shown = shown or str(path).strip()
     try:
-        settings = load_settings(str(path).strip())
+        settings, note = tab_data.without_resume(load_settings(str(path).strip()))
         summary = format_inspection(inspect_settings(settings))
     except (ValueError, OSError) as exc:
-        return None, "", f"**Could not import** `{path}`: {exc}"
-    return settings.to_dict(), summary, f"Imported `{path}`"
+        return None, "", f"**Could not import** `{shown}`: {exc}"
+    return settings.to_dict(), summary, f"Imported `{shown}`" + (f"  \n**Note:** {note}." if note else "")
 
 
 def model_spec_and_note(model_path: str | None):
@@ -390,9 +395,13 @@ def build_tab(ctx: TabContext):
 
         # -- import
         def on_load(path: Any):
-            path = getattr(path, "name", path)  # gradio 3 hands a tempfile wrapper, gradio 4 a path
             state, text, status = load_settings_file(path)
             return state, text, status, None  # a new file drops the old plan (and its edits)
+
+        def on_upload(value: Any):
+            path, name = tab_data.upload_source(value)  # shown by its own name, not gradio's temporary path
+            state, text, status = load_settings_file(path, shown=name)
+            return state, text, status, None
 
         def on_latest():
             path = tab_data.newest_settings(ctx.output_roots(), ctx.webui_root)
@@ -418,7 +427,7 @@ def build_tab(ctx: TabContext):
         plan_outputs = [plan_state, plan_table, plot, plan_note, settings_state]
         plan_inputs = [settings_state, plan_table, plan_state, *option_inputs]
         load_outputs = [settings_state, summary, import_status, plan_state]
-        upload.upload(on_load, inputs=[upload], outputs=load_outputs).then(
+        upload.upload(on_upload, inputs=[upload], outputs=load_outputs).then(
             on_plan, inputs=plan_inputs, outputs=plan_outputs)
         load_path_btn.click(on_load, inputs=[path_box], outputs=load_outputs).then(
             on_plan, inputs=plan_inputs, outputs=plan_outputs)

@@ -107,6 +107,49 @@ def apply_prompt_edits(plan: "ClipPlan", settings: "DeforumSettings", rows: Any)
 
 
 # ---------------------------------------------------------------------------
+# Importing settings
+
+
+def upload_source(value: Any) -> tuple[str | None, str | None]:
+    """(path to read, file name to show) for a gr.File value.
+
+    Gradio 3.41 hands over a temporary-file wrapper (`name` and, despite its name,
+    `orig_name` are both temporary paths), gradio 4 a path (or a dict with `path`
+    and `orig_name`); in both the temporary path ends in the user's file name.
+    """
+    if value is None:
+        return None, None
+    if isinstance(value, Mapping):
+        path = value.get("path") or value.get("name")
+        orig = value.get("orig_name")
+    elif isinstance(value, (str, os.PathLike)):
+        path, orig = os.fspath(value), None
+    else:
+        path, orig = getattr(value, "name", None), getattr(value, "orig_name", None)
+    if not path:
+        return None, None
+    return str(path), Path(str(orig or path)).name
+
+
+def without_resume(settings: "DeforumSettings") -> tuple["DeforumSettings", str | None]:
+    """Settings with Deforum's resume flag cleared, and a note saying so when it was set.
+
+    A settings file saved by a render that was itself resumed (ours, or Deforum's
+    "Resume animation") carries `resume_from_timestring: true`; imported as is, it
+    would make Generate continue that old render instead of starting a new one.
+    The tab's *Unfinished renders* list is the way to resume.
+    """
+    from dataclasses import replace
+
+    if not settings.resume_from_timestring:
+        return settings, None
+    which = f"render {settings.resume_timestring}" if settings.resume_timestring else "an earlier render"
+    return (replace(settings, resume_from_timestring=False),
+            f"this file was set to resume {which}; that flag is cleared, so Generate starts a new render "
+            "(continue an old one from *Unfinished renders*)")
+
+
+# ---------------------------------------------------------------------------
 # Finding Deforum's last settings
 
 
@@ -137,12 +180,26 @@ def settings_candidates(output_roots: Iterable[str | Path], webui_root: str | Pa
     return found
 
 
+def is_wan_render_settings(path: str | Path) -> bool:
+    """True for the settings file of one of our renders: its `{timestring}_wan_plan.json` lies beside it."""
+    path = Path(path)
+    if not path.name.endswith(SETTINGS_SUFFIX):
+        return False
+    return outputs.plan_file(path.parent, path.name[: -len(SETTINGS_SUFFIX)]).is_file()
+
+
 def newest_settings(output_roots: Iterable[str | Path], webui_root: str | Path | None = None) -> Path | None:
-    """The most recently written Deforum settings file, or None."""
+    """The most recently written Deforum settings file, or None.
+
+    Deforum's own files come first: our renders save `{timestring}_settings.txt`
+    in the same folders, and are taken only when Deforum has left none.
+    """
     candidates = settings_candidates(output_roots, webui_root)
-    if not candidates:
+    deforum = [p for p in candidates if not is_wan_render_settings(p)]
+    pool = deforum or candidates
+    if not pool:
         return None
-    return max(candidates, key=lambda p: (p.stat().st_mtime, str(p)))
+    return max(pool, key=lambda p: (p.stat().st_mtime, str(p)))
 
 
 # ---------------------------------------------------------------------------
