@@ -1,7 +1,8 @@
 // Deforum Wan: hover hints for the Wan tab's controls. Touches nothing outside #tab_deforum_wan.
 (function () {
     const hints = {
-        deforum_wan_latest: "Load the newest *_settings.txt Deforum saved in its output folders, or deforum_settings.txt in the web UI folder.",
+        deforum_wan_setup_check: "Ask the worker again whether renders can run (it starts once: a few seconds).",
+        deforum_wan_latest: "Load the newest *_settings.txt Deforum saved in its output folders (our own renders' files only when Deforum left none), or deforum_settings.txt in the web UI folder. A resume flag in the file is cleared: resume from Unfinished renders.",
         deforum_wan_model: "Wan model folders found in the models folder (Settings > Deforum Wan).",
         deforum_wan_continuity: "How each clip continues the previous one: VACE carries the last frames over, I2V starts from the last frame, none renders clips independently.",
         deforum_wan_overlap: "Frames of the previous clip that the next clip continues from (VACE).",

@@ -150,6 +150,39 @@ def test_uploads_are_named_by_their_own_file_name(tmp_path):
     assert ui_data.upload_source(None) == (None, None)
 
 
+# ---------------------------------------------------------------- setup states
+
+
+def test_the_setup_banner_says_what_is_missing_and_the_command_that_fixes_it(tmp_path, monkeypatch):
+    from test_deps import SMALL_REPORT, FakePip
+
+    from deforum_wan.service import bridge, deps, doctor
+
+    monkeypatch.setenv(deps.ENV_DEPS_DIR, str(tmp_path / "deps"))
+    monkeypatch.delenv(bridge.ENV_WORKER_PYTHON, raising=False)
+    text = doctor.setup_banner()
+    assert "Renders cannot run yet" in text and "renderer libraries" in text and deps.install_command() in text
+    assert "Check again" in text
+    deps.install_private_deps(str(tmp_path / "deps"), runner=FakePip(SMALL_REPORT), out=lambda s: None)
+    assert doctor.setup_banner() == ""  # ready: hidden
+    # The worker's own account (Check again): a torch that does not import is a setup problem too.
+    report = {"private": {"problem": None}, "worker": {"errors": {"torch": "ImportError: libcudart.so.12"}}}
+    text = doctor.setup_banner(report)
+    assert "cannot import torch (ImportError: libcudart.so.12)" in text and deps.install_command() in text
+    assert doctor.setup_banner({"private": {"problem": None}, "worker": {"error": "exited with code 1: boom"}})
+    assert doctor.setup_banner({"private": {"problem": None}, "worker": {"errors": {}}}) == ""
+
+
+def test_no_banner_from_the_private_folder_when_renders_use_a_python_of_their_own(tmp_path, monkeypatch):
+    from deforum_wan.service import bridge, deps, doctor
+
+    monkeypatch.setenv(deps.ENV_DEPS_DIR, str(tmp_path / "empty"))
+    other = tmp_path / "python"
+    other.write_text("")
+    monkeypatch.setenv(bridge.ENV_WORKER_PYTHON, str(other))
+    assert doctor.setup_banner() == ""
+
+
 # ---------------------------------------------------------------- resume list
 
 

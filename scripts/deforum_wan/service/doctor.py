@@ -7,6 +7,7 @@ The host side here stays light (no torch import): the tab calls it too.
 """
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from pathlib import Path
@@ -134,3 +135,42 @@ def report_markdown(report: dict[str, Any]) -> str:
     """The doctor's report for a gradio Markdown."""
     head = "**Ready to render.**" if report["ok"] else "**Something is missing** (see *To do*)."
     return f"{head}\n\n```\n{format_report(report)}\n```"
+
+
+def _own_worker_python() -> bool:
+    """True when renders run on a python of the user's choosing ($DEFORUM_WAN_WORKER_PYTHON), whose
+    libraries are its own business: the private folder is then not what decides whether renders run."""
+    from .bridge import ENV_WORKER_PYTHON
+
+    chosen = os.environ.get(ENV_WORKER_PYTHON)
+    # Paths, not files: two virtual environments' pythons are links to one interpreter.
+    return bool(chosen) and os.path.abspath(chosen) != os.path.abspath(sys.executable)
+
+
+def setup_problems(report: dict[str, Any] | None = None) -> list[str]:
+    """What stops renders from running at all: the renderer libraries or the worker's torch.
+
+    Without a report this is the cheap check (the private folder's manifest, as at
+    every start); with a `diagnose()` report the worker's own account counts too:
+    it cannot start, or cannot import torch or a renderer library.
+    """
+    problems: list[str] = []
+    own = _own_worker_python()
+    private = deps.why_unsatisfied(deps.deps_dir()) if report is None else (report.get("private") or {}).get("problem")
+    if private and not own:
+        problems.append(f"the renderer libraries are not ready ({private})")
+    worker = (report or {}).get("worker") or {}
+    if worker.get("error"):
+        problems.append(f"the worker cannot start ({worker['error']})")
+    for name, error in (worker.get("errors") or {}).items():
+        problems.append(f"the worker cannot import {name} ({error})")
+    return problems
+
+
+def setup_banner(report: dict[str, Any] | None = None) -> str:
+    """The tab's top banner (Markdown): what is missing and the one command that fixes it; "" when ready."""
+    problems = setup_problems(report)
+    if not problems:
+        return ""
+    return (f"**Renders cannot run yet:** {'; '.join(problems)}.\n\n"
+            f"Run this once (from any folder), then press *Check again*:\n\n```\n{deps.install_command()}\n```")

@@ -299,6 +299,11 @@ def build_tab(ctx: TabContext):
             plan_state = gr.State(None)
             job_state = gr.State(None)
 
+            banner = doctor.setup_banner()  # renderer libraries or the worker's torch missing: say so first
+            with gr.Column(visible=bool(banner), elem_id="deforum_wan_setup") as setup_box:
+                setup_note = gr.Markdown(banner, elem_id="deforum_wan_setup_note")
+                setup_btn = gr.Button("Check again", elem_id="deforum_wan_setup_check")
+
             with gr.Row():
                 with gr.Column(scale=5):
                     gr.Markdown("### Import Deforum settings")
@@ -461,11 +466,21 @@ def build_tab(ctx: TabContext):
 
         enhance_btn.click(on_enhance, inputs=plan_inputs, outputs=[enhance_status, enhance_table])
 
-        # -- environment: what renders really run on (the worker is asked, as doctor does)
-        def on_environment():
-            return doctor.report_markdown(doctor.diagnose(models_dir=ctx.models_dir()))
+        # -- setup and environment: what renders really run on (the worker is asked, as doctor does)
+        def on_check_setup():
+            report = doctor.diagnose(models_dir=ctx.models_dir())
+            text = doctor.setup_banner(report)
+            return gr.update(visible=bool(text)), text, doctor.report_markdown(report)
 
-        env_btn.click(on_environment, outputs=[env_note])
+        for button in (setup_btn, env_btn):
+            button.click(on_check_setup, outputs=[setup_box, setup_note, env_note])
+
+        def on_page_load():
+            """Each page (re)load: the setup banner and the unfinished renders as they are now."""
+            text = doctor.setup_banner()
+            return gr.update(visible=bool(text)), text, gr.update(choices=list(resume_choices(ctx.outdir())))
+
+        blocks.load(on_page_load, outputs=[setup_box, setup_note, resume_dd])
 
         # -- render
         def watch(job_id: str, jobs: Jobs) -> Iterator[tuple]:
