@@ -84,10 +84,80 @@ def _value(update):
     return update.get("value") if isinstance(update, dict) else update
 
 
+def _triggers(blocks, name: str) -> set[tuple[str, str]]:
+    """(elem_id, event) pairs that run the handler `name`; "page" for the page's load."""
+    def elem(block_id):
+        block = blocks.blocks.get(block_id)
+        return "page" if block is None or block is blocks else block.elem_id
+
+    if isinstance(blocks.fns, dict):  # gradio 4: BlockFunction.targets = [(id, event)]
+        return {(elem(i), event) for dep in blocks.fns.values() if dep.name == name for i, event in dep.targets}
+    return {(elem(i), dep["trigger"]) for fn, dep in zip(blocks.fns, blocks.dependencies)
+            if getattr(fn.fn, "__name__", "") == name for i in (dep["targets"] or [None])}
+
+
+def _component(config: dict, elem_id: str) -> dict:
+    return next(c for c in config["components"] if c.get("props", {}).get("elem_id") == elem_id)
+
+
+def _write_settings(path: Path, **changes) -> Path:
+    data = json.loads(DEFAULT_SETTINGS.read_text(encoding="utf-8"))
+    data.update(changes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def check_setup(blocks, config: dict) -> None:
+    """Renderer libraries missing (an empty private folder): the banner is at the top, with the command."""
+    from deforum_wan.service import deps, doctor
+
+    box, note = _component(config, "deforum_wan_setup"), _component(config, "deforum_wan_setup_note")
+    assert box["props"].get("visible") is not False, box["props"]
+    assert "Renders cannot run yet" in note["props"]["value"] and deps.install_command() in note["props"]["value"]
+    ids = [c.get("props", {}).get("elem_id") for c in config["components"]]
+    assert ids.index("deforum_wan_setup") < ids.index("deforum_wan_upload"), "the banner is not at the top"
+    assert ("deforum_wan_setup_check", "click") in _triggers(blocks, "on_check_setup")
+    shown, text, _resume = _fn(blocks, "on_page_load")()
+    assert shown.get("visible") is True and deps.install_command() in text
+    real = doctor.diagnose
+    ready = real(probe=False)  # as the doctor reports it once the command ran and the worker imports all
+    ready["private"]["problem"], ready["worker"] = None, {"torch": "2.13.0+cpu", "diffusers": "0.42.1", "errors": {}}
+    doctor.diagnose = lambda **kw: ready  # "Check again": hidden
+    try:
+        hidden, text, _env = _fn(blocks, "on_check_setup")()
+    finally:
+        doctor.diagnose = real
+    assert hidden.get("visible") is False and text == "", (hidden, text)
+
+
+def check_imports(blocks, root: Path) -> None:
+    """Uploads are named by their file name; Deforum's own settings come before our renders' resume files."""
+    temporary = _write_settings(root / "gradio" / "0a1b2c" / "my_dance.txt")  # gradio's copy of the upload
+    upload = types.SimpleNamespace(name=str(temporary), orig_name=str(temporary))  # gradio 3.41's wrapper
+    for value in (upload, str(temporary)):  # gradio 4: the path
+        state, _summary, status, _plan = _fn(blocks, "on_upload")(value)
+        assert state and "`my_dance.txt`" in status and str(root) not in status, status
+    out = root / "outputs" / "img2img-images"
+    deforum = _write_settings(out / "Deforum_1" / "20240101000000_settings.txt")
+    ours = _write_settings(out / "Wan_2" / "20240102000000_settings.txt", resume_from_timestring=True,
+                           resume_timestring="20240102000000")
+    (ours.parent / "20240102000000_wan_plan.json").write_text("{}")
+    os.utime(deforum, (1_000_000, 1_000_000))  # ours is the newest file
+    state, _summary, status, _plan, box = _fn(blocks, "on_latest")()
+    assert _value(box) == str(deforum) and not state["resume_from_timestring"], status
+    deforum.unlink()
+    state, _summary, status, _plan, box = _fn(blocks, "on_latest")()
+    assert _value(box) == str(ours) and state["resume_from_timestring"] is False, state
+    assert "20240102000000" in status and "Unfinished renders" in status, status
+
+
 def check(settings_path: Path) -> dict:
     import gradio as gr
 
     root = Path(tempfile.mkdtemp(prefix="deforum-wan-host-"))
+    os.environ["DEFORUM_WAN_DEPS_DIR"] = str(root / "no-deps")  # the renderer libraries are missing
+    os.environ.pop("DEFORUM_WAN_WORKER_PYTHON", None)
     registered = fake_host(root)
     runpy.run_path(str(REPO / "scripts" / "deforum_wan_tab.py"))
     assert all(registered.values()), f"callbacks not registered: {registered}"
@@ -111,6 +181,16 @@ def check(settings_path: Path) -> dict:
                 blocks.render()
     config = demo.get_config_file()
     assert any(c.get("props", {}).get("elem_id") == "tab_deforum_wan" for c in config["components"])
+    check_setup(blocks, config)
+    # No plan, no table (gradio's empty table is a fake row of zeros); never an add-row control.
+    for elem_id in ("deforum_wan_plan_table", "deforum_wan_enhance_table"):
+        assert _component(config, elem_id)["props"]["visible"] is False, elem_id
+    css = (REPO / "style.css").read_text(encoding="utf-8")
+    assert "#tab_deforum_wan #deforum_wan_plan_table .controls-wrap" in css
+    # Size, steps and guidance re-plan the note as they change, not only on "Update plan".
+    for elem_id in ("deforum_wan_width", "deforum_wan_height", "deforum_wan_steps", "deforum_wan_guidance"):
+        assert (elem_id, "change") in _triggers(blocks, "on_plan_note"), elem_id
+    assert ("page", "load") in _triggers(blocks, "on_page_load")
 
     # The import and plan handlers on a real Deforum file.
     state, summary, status, _plan = _fn(blocks, "on_load")(str(settings_path))
@@ -118,11 +198,15 @@ def check(settings_path: Path) -> dict:
     defaults = ["", 32, 32, 2, 0, "auto", 0, True, "auto", False, "", 0.5, ""]
     plan_dict, table, figure, note, state = _fn(blocks, "on_plan")(state, None, None, *defaults)
     rows = _value(table)
-    assert plan_dict and rows and figure is not None, note
+    assert plan_dict and rows and figure is not None and table["visible"] is True, note
     # Edit the first prompt in the table: the edit must survive a re-plan as wan_prompts.
     rows[0][6] = "a red fox in the snow"
     plan_dict, table, figure, note, state = _fn(blocks, "on_plan")(state, rows, plan_dict, *defaults)
     assert state.get("wan_prompts") and _value(table)[0][6] == "a red fox in the snow", state.get("wan_prompts")
+    wider = ["", 64, 48, *defaults[3:]]
+    new_plan, note = _fn(blocks, "on_plan_note")(state, rows, plan_dict, *wider)
+    assert "64×48" in note and (new_plan["width"], new_plan["height"]) == (64, 48), note
+    assert _fn(blocks, "on_plan")(None, None, None, *defaults)[1] == gr.update(visible=False)
     # API wiring: only the command-line flags add the routes (no settings option does).
     from fastapi import FastAPI
 
@@ -138,6 +222,7 @@ def check(settings_path: Path) -> dict:
     assert api.has_routes(app), "--api did not add the API routes"
     latest = _fn(blocks, "on_latest")()
     assert latest[0] is None and "No Deforum settings" in latest[2], latest
+    check_imports(blocks, root)
     return {"gradio": gr.__version__, "components": len(config["components"]), "clips": len(rows),
             "python": sys.version.split()[0]}
 

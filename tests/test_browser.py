@@ -1,10 +1,12 @@
 """The Wan tab in a real browser: headless Debian chromium driven by Playwright, against `deforum-wan ui`.
 
-The standalone app runs in `.venv-forge` (gradio 4.40, no torch) exactly as a user
-starts it; renders go through the job queue to a worker run by this venv's python
-(DEFORUM_WAN_WORKER_PYTHON), with a tiny random VACE model. Screenshots land in
-test-artifacts/browser/; with DEFORUM_WAN_UPDATE_SCREENSHOT=1 the first finished
-render also refreshes docs/wan-tab.png for the README.
+The standalone app runs in `.venv-forge` (gradio 4.40) exactly as a user starts
+it; renders go through the job queue to a worker run by this venv's python
+(DEFORUM_WAN_WORKER_PYTHON), with a tiny random VACE model. A second app runs in
+`.venv-a1111` (gradio 3.41) with the renderer libraries missing, for the setup
+banner and the page as Automatic1111's gradio draws it (no render there).
+Screenshots land in test-artifacts/browser/; with DEFORUM_WAN_UPDATE_SCREENSHOT=1
+the first finished render also refreshes docs/wan-tab.png for the README.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from conftest import require_render_stack
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "deforum-settings"
 FORGE_PYTHON = REPO / ".venv-forge" / "bin" / "python"
+A1111_PYTHON = REPO / ".venv-a1111" / "bin" / "python"
 CHROMIUM = Path(os.environ.get("DEFORUM_WAN_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -44,22 +47,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app(tiny_models, tmp_path_factory):
-    """`deforum-wan ui` from .venv-forge on a free port, a tiny VACE model in its models folder."""
-    require_render_stack()
-    if not FORGE_PYTHON.exists():
-        _missing(".venv-forge")
-    root = tmp_path_factory.mktemp("browser")
-    models = root / "models"
-    models.mkdir()
-    (models / tiny_models["vace"].name).symlink_to(tiny_models["vace"], target_is_directory=True)
+def _serve(python: Path, root: Path, models: Path, env: dict, log_name: str = "server.log"):
+    """`deforum-wan ui` from `python` on a free port; yields its app dict, stops it and keeps its log."""
     outdir = root / "outputs"
     port = _free_port()
-    env = {**os.environ, "DEFORUM_WAN_WORKER_PYTHON": sys.executable, "DEFORUM_WAN_JOBS_DB": str(root / "jobs.db"),
-           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen([str(FORGE_PYTHON), "-m", "deforum_wan", "ui", "--port", str(port), "--outdir", str(outdir),
+    log = open(root / log_name, "w")
+    proc = subprocess.Popen([str(python), "-m", "deforum_wan", "ui", "--port", str(port), "--outdir", str(outdir),
                              "--models-dir", str(models)], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
@@ -74,7 +67,7 @@ def app(tiny_models, tmp_path_factory):
         proc.kill()
     if proc.poll() is not None:
         log.close()
-        pytest.fail(f"the standalone app did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        pytest.fail(f"the standalone app did not start:\n{(root / log_name).read_text()[-3000:]}")
     yield {"url": url, "root": root, "outdir": outdir}
     proc.terminate()
     try:
@@ -83,11 +76,39 @@ def app(tiny_models, tmp_path_factory):
         proc.kill()
     log.close()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(root / "server.log", ARTIFACTS / "server.log")
+    shutil.copy(root / log_name, ARTIFACTS / log_name)
 
 
 @pytest.fixture(scope="module")
-def page(app):
+def app(tiny_models, tmp_path_factory):
+    """`deforum-wan ui` from .venv-forge, a tiny VACE model in its models folder."""
+    require_render_stack()
+    if not FORGE_PYTHON.exists():
+        _missing(".venv-forge")
+    root = tmp_path_factory.mktemp("browser")
+    models = root / "models"
+    models.mkdir()
+    (models / tiny_models["vace"].name).symlink_to(tiny_models["vace"], target_is_directory=True)
+    env = {**os.environ, "DEFORUM_WAN_WORKER_PYTHON": sys.executable, "DEFORUM_WAN_JOBS_DB": str(root / "jobs.db"),
+           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    yield from _serve(FORGE_PYTHON, root, models, env)
+
+
+@pytest.fixture(scope="module")
+def app_341(tmp_path_factory):
+    """`deforum-wan ui` from .venv-a1111 (gradio 3.41), its renderer libraries missing (an empty private folder)."""
+    if not A1111_PYTHON.exists():
+        _missing(".venv-a1111")
+    root = tmp_path_factory.mktemp("browser-341")
+    env = {k: v for k, v in os.environ.items() if k != "DEFORUM_WAN_WORKER_PYTHON"}
+    env.update(DEFORUM_WAN_DEPS_DIR=str(root / "no-deps"), DEFORUM_WAN_JOBS_DB=str(root / "jobs.db"),
+               HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    (root / "models").mkdir()
+    yield from _serve(A1111_PYTHON, root, root / "models", env, "server-341.log")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
     if not CHROMIUM.exists():
         _missing(str(CHROMIUM))
     try:
@@ -97,14 +118,25 @@ def page(app):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(app["root"] / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000})
-        page = context.pages[0] if context.pages else context.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(app["url"])
-        page.wait_for_selector("#deforum_wan_generate")
-        yield page
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
+            args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+        yield context
         context.close()
+
+
+def _open(browser, url: str):
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.wait_for_selector("#deforum_wan_generate")
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(app, browser):
+    page = _open(browser, app["url"])
+    yield page
+    page.close()
 
 
 def _text_input(page, elem_id: str):
@@ -121,6 +153,69 @@ def _load(page, path: Path) -> None:
     box = _text_input(page, "deforum_wan_settings_path")
     box.fill(str(path))
     page.click("#deforum_wan_load_path")
+
+
+def _upload(page, path: Path) -> None:
+    page.set_input_files("#deforum_wan_upload input[type=file]", str(path))
+
+
+def _settings_file(folder: Path, name: str, **changes) -> Path:
+    data = json.loads((SHARED / "a1111-deforum-test-simple.txt").read_text())
+    data.update(changes)
+    path = folder / name
+    path.write_text(json.dumps(data, indent=4))
+    return path
+
+
+# The rows the user sees: gradio 4.40 draws a hidden table first, one row of the longest values, to
+# measure the columns; the last tbody is the one shown (gradio 3.41 has only that one).
+_SHOWN_ROWS = "[...document.querySelectorAll('#deforum_wan_plan_table tbody')].pop().querySelectorAll('tr')"
+
+
+def _shown_rows(page) -> int:
+    return page.evaluate(f"() => {_SHOWN_ROWS}.length")
+
+
+def _seed_lines(page) -> list[int]:
+    """Lines each shown row's seed takes, counted from its text's line boxes (gradio 4.40's cells
+    break anywhere, and its seed column is as wide as the header "seed": a 10-digit seed broke in two)."""
+    return page.evaluate(f"""() => [...{_SHOWN_ROWS}].map(tr => {{
+        const td = tr.querySelectorAll('td')[5];
+        const range = document.createRange();
+        range.selectNodeContents(td.querySelector('span') || td);
+        return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size;
+    }})""")
+
+
+def _resume_options(page) -> list[str]:
+    """The Unfinished renders choices, as the open dropdown lists them."""
+    page.click("#deforum_wan_resume_list input")
+    time.sleep(0.3)
+    items = [t.strip() for t in page.locator("#deforum_wan_resume_list li").all_inner_texts()]
+    page.keyboard.press("Escape")
+    return items
+
+
+def _check_page_before_and_after_import(page, settings: Path) -> None:
+    """No plan table before a plan (no fake row, no "New row"); an upload is named by its own name;
+    the seeds stay on one line; the note follows the size as it changes."""
+    assert not page.locator("#deforum_wan_plan_table").is_visible()
+    assert not page.get_by_text("New row").first.is_visible()
+    _upload(page, settings)
+    page.wait_for_selector("#deforum_wan_plan_table :text('tiny cute swamp bunny')")
+    status = page.inner_text("#deforum_wan_import_status")
+    assert f"Imported {settings.name}" in status and "gradio" not in status and "/tmp" not in status, status
+    assert page.locator("#deforum_wan_plan_table").is_visible()
+    assert _shown_rows(page) == 1  # one clip, no default row
+    assert not page.get_by_text("New row").first.is_visible()
+    for elem_id, value in (("deforum_wan_width", 48), ("deforum_wan_height", 32)):
+        _set_number(page, elem_id, value)
+    page.wait_for_selector("#deforum_wan_plan_note :text('48×32')", timeout=20_000)
+    long = settings.with_name("long_" + settings.name)
+    long.write_text(json.dumps({**json.loads(settings.read_text()), "max_frames": 120, "fps": 16}))
+    _load(page, long)  # four clips with long prompts
+    page.wait_for_selector("#deforum_wan_plan_table :text('a beautiful durian')")
+    assert _seed_lines(page) == [1, 1, 1, 1]
 
 
 def _progress(page) -> dict:
@@ -149,11 +244,13 @@ def _watch_run(page, until, timeout_s: float) -> list[dict]:
 
 def test_import_plan_generate_interrupt(app, page, tmp_path):
     started = time.monotonic()
-    # 1. Import a real Deforum settings file: the summary, the plan rows and the camera plot appear.
-    settings = tmp_path / "simple_settings.txt"
-    shutil.copy(SHARED / "a1111-deforum-test-simple.txt", settings)
+    # 0. Everything is set up: no banner.
+    assert not page.locator("#deforum_wan_setup").is_visible()
+    # 1. Upload a real Deforum settings file: the summary, the plan rows and the camera plot appear.
+    settings = _settings_file(tmp_path, "simple_settings.txt", seed=4294967295)
+    _check_page_before_and_after_import(page, settings)
     _load(page, settings)
-    page.wait_for_selector("#deforum_wan_plan_table :text('tiny cute swamp bunny')")
+    page.wait_for_selector("#deforum_wan_plan_note :text('5 frames at 20 fps')")
     assert "frames 5 at 20 fps" in _text_input(page, "deforum_wan_summary").input_value()
     page.wait_for_selector("#deforum_wan_plot img, #deforum_wan_plot svg, #deforum_wan_plot canvas")
     assert "vace" in page.inner_text("#deforum_wan_plan_note").lower()
@@ -200,4 +297,52 @@ def test_import_plan_generate_interrupt(app, page, tmp_path):
     page.click("#deforum_wan_resume_list input")
     page.locator("li", has_text=f"{final['frames']}/120 frames").first.wait_for()
     page.keyboard.press("Escape")
+    listed = f"{long_folder.name} / "
+
+    # 4. A render stopped before its first frame leaves its settings and plan, but nothing to resume.
+    early = _settings_file(tmp_path, "early_settings.txt", max_frames=120, fps=16, wan_max_clip_frames=21,
+                           batch_name="Early_{timestring}")
+    _load(page, early)
+    page.wait_for_selector("#deforum_wan_plan_table :text('a beautiful durian')")
+    _set_number(page, "deforum_wan_steps", 40)  # a slow first clip: the stop lands before its frames
+    page.click("#deforum_wan_generate")
+    # The render's start event (its settings and plan are saved by then) says "N clip(s), M frames".
+    started_run = _watch_run(page, lambda s: s["status"] == "FAILED" or (s["status"] == "ACCEPTED" and any(
+        word in s["text"] for word in ("clip(s),", "loading", "attention"))), 120)
+    assert started_run[-1]["status"] == "ACCEPTED" and started_run[-1]["frames"] == 0, started_run[-3:]
+    page.click("#deforum_wan_interrupt")
+    seen = _watch_run(page, lambda s: s["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"), 120)
+    assert seen[-1]["status"] == "CANCELLED" and seen[-1]["frames"] == 0, seen[-3:]
+    early_folder = next(app["outdir"].glob("Early_*"))
+    assert list(early_folder.glob("*_settings.txt")) and list(early_folder.glob("*_wan_plan.json"))
+    options = _resume_options(page)
+    assert any(o.startswith(listed) for o in options) and not any(o.startswith("Early_") for o in options), options
+
+    # 5. A reloaded page lists the unfinished renders as they are now, not as they were at start.
+    page.reload()
+    page.wait_for_selector("#deforum_wan_generate")
+    time.sleep(1.0)  # the page's load event fills the list
+    options = _resume_options(page)
+    assert any(o.startswith(listed) and f"{final['frames']}/120 frames" in o for o in options), options
     (ARTIFACTS / "timings.json").write_text(json.dumps({"browser_test_seconds": round(time.monotonic() - started, 1)}))
+
+
+def test_gradio_341_page_setup_banner_and_plan_table(app_341, browser, tmp_path):
+    """Automatic1111's gradio, the renderer libraries missing: the banner is at the top with the command."""
+    page = _open(browser, app_341["url"])
+    try:
+        banner = page.locator("#deforum_wan_setup")
+        assert banner.is_visible()
+        text = page.inner_text("#deforum_wan_setup_note")
+        assert "Renders cannot run yet" in text and "install.py" in text and str(A1111_PYTHON) in text, text
+        top = page.locator("#deforum_wan_upload").bounding_box()["y"]
+        assert banner.bounding_box()["y"] < top
+        settings = _settings_file(tmp_path, "my_dance_settings.txt", seed=4294967295)
+        _check_page_before_and_after_import(page, settings)
+        page.screenshot(path=str(ARTIFACTS / "04-gradio-341-setup.png"), full_page=True)
+        # Check again asks the worker, which cannot import the renderer's diffusers: still shown, and says so.
+        page.click("#deforum_wan_setup_check")
+        page.wait_for_selector("#deforum_wan_setup_note :text('cannot import diffusers')", timeout=120_000)
+        assert banner.is_visible()
+    finally:
+        page.close()

@@ -186,14 +186,16 @@ def test_no_banner_from_the_private_folder_when_renders_use_a_python_of_their_ow
 # ---------------------------------------------------------------- resume list
 
 
-def _fake_render(outdir: Path, name: str, ts: str, frames: int, total: int, plan: bool = True) -> Path:
+def _fake_render(outdir: Path, name: str, ts: str, frames: int, total: int, plan: bool = True,
+                 clips: list | None = None) -> Path:
     folder = outdir / name
     folder.mkdir(parents=True)
     for i in range(frames):
         (folder / outputs.frame_name(ts, i)).write_bytes(b"png")
     (folder / f"{ts}_settings.txt").write_text("{}")
     if plan:
-        (folder / f"{ts}_wan_plan.json").write_text(json.dumps({"max_frames": total, "model_kind": "vace"}))
+        (folder / f"{ts}_wan_plan.json").write_text(json.dumps({"max_frames": total, "model_kind": "vace",
+                                                                "clips": clips or []}))
     return folder
 
 
@@ -201,7 +203,8 @@ def test_unfinished_renders_lists_short_batches_newest_first(tmp_path):
     _fake_render(tmp_path, "Done", "20240101000000", 5, 5)
     b = _fake_render(tmp_path, "Half", "20240102000000", 3, 10)
     _fake_render(tmp_path, "Deforum", "20240103000000", 2, 10, plan=False)  # Deforum's own render: not ours
-    c = _fake_render(tmp_path, "Empty", "20240104000000", 0, 10)
+    c = _fake_render(tmp_path, "Enhanced", "20240104000000", 0, 10,
+                     clips=[{"index": 0, "enhanced_prompt": "a fox, golden hour"}])  # a resume keeps the prompts
     (b / outputs.frame_name("20240102000000", 5)).write_bytes(b"png")  # a gap: resume starts at 3
     found = ui_data.unfinished_renders(tmp_path)
     assert [(r.folder, r.timestring, r.frames_on_disk, r.frames_total) for r in found] == [
@@ -209,6 +212,14 @@ def test_unfinished_renders_lists_short_batches_newest_first(tmp_path):
     assert found[1].label == "Half / 20240102000000: 3/10 frames (vace)"
     assert found[1].settings_path == b / "20240102000000_settings.txt"
     assert ui_data.unfinished_renders(tmp_path / "nowhere") == []
+
+
+def test_a_render_that_stopped_before_its_first_frame_is_not_unfinished(tmp_path):
+    """A failed (or cancelled, or killed) start leaves settings and a plan but no frame: nothing to resume."""
+    _fake_render(tmp_path, "Failed", "20240105000000", 0, 10, clips=[{"index": 0, "enhanced_prompt": None}])
+    _fake_render(tmp_path, "Broken", "20240106000000", 0, 10)
+    (tmp_path / "Broken" / "20240106000000_wan_plan.json").write_text("[1, 2]")  # not a plan at all
+    assert ui_data.unfinished_renders(tmp_path) == []
 
 
 # ---------------------------------------------------------------- models, plot data, progress

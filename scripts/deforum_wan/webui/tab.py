@@ -357,7 +357,7 @@ def build_tab(ctx: TabContext):
                         enhance_btn = gr.Button("Preview enhanced prompts", elem_id="deforum_wan_enhance_preview")
                         enhance_status = gr.Markdown("")
                         enhance_table = gr.Dataframe(headers=tab_data.ENHANCE_HEADERS, datatype=["number", "str", "str"],
-                                                     col_count=(3, "fixed"), interactive=False, wrap=True,
+                                                     col_count=(3, "fixed"), interactive=False, wrap=True, visible=False,
                                                      elem_id="deforum_wan_enhance_table", type="array")
                     with gr.Accordion("Environment", open=False, elem_id="deforum_wan_environment"):
                         env_note = gr.Markdown(doctor.summary_markdown(), elem_id="deforum_wan_environment_note")
@@ -366,9 +366,12 @@ def build_tab(ctx: TabContext):
 
             gr.Markdown("### Plan")
             plan_note = gr.Markdown("", elem_id="deforum_wan_plan_note")
+            # Shown once there is a plan: gradio's empty table is a fake row (gradio 4.40 cannot draw zero
+            # rows), and a "fixed" row count, which 3.41 cannot update, would pin every plan to one length;
+            # style.css hides the "New row" button instead.
             plan_table = gr.Dataframe(headers=tab_data.PLAN_HEADERS, datatype=tab_data.PLAN_DATATYPES,
                                       col_count=(len(tab_data.PLAN_HEADERS), "fixed"), interactive=True, wrap=True,
-                                      elem_id="deforum_wan_plan_table", type="array")
+                                      visible=False, elem_id="deforum_wan_plan_table", type="array")
             update_plan_btn = gr.Button("Update plan (keeps prompt edits)", elem_id="deforum_wan_update_plan")
             plot = gr.Plot(label="Camera path", elem_id="deforum_wan_plot")
 
@@ -419,14 +422,14 @@ def build_tab(ctx: TabContext):
 
         def on_plan(state: Any, rows: Any, plan_dict: Any, *values: Any):
             if not state:
-                return None, gr.update(value=[]), None, "Import a settings file to see its plan.", state
+                return None, gr.update(visible=False), None, "Import a settings file to see its plan.", state
             try:
                 settings, plan, notes = make_plan(state, rows, plan_dict, controls_of(values))
                 from .plot import camera_figure
                 figure = camera_figure(settings, plan)
             except (ValueError, OSError) as exc:
-                return None, gr.update(value=[]), None, f"**Cannot plan:** {exc}", state
-            return (plan.to_dict(), gr.update(value=tab_data.plan_rows(plan, settings)), figure,
+                return None, gr.update(visible=False), None, f"**Cannot plan:** {exc}", state
+            return (plan.to_dict(), gr.update(value=tab_data.plan_rows(plan, settings), visible=True), figure,
                     plan_summary(plan, notes), settings.to_dict())
 
         plan_outputs = [plan_state, plan_table, plot, plan_note, settings_state]
@@ -441,8 +444,21 @@ def build_tab(ctx: TabContext):
         latest_btn.click(on_latest, outputs=[*load_outputs, path_box]).then(
             on_plan, inputs=plan_inputs, outputs=plan_outputs)
         update_plan_btn.click(on_plan, inputs=plan_inputs, outputs=plan_outputs)
-        for control in (model_dd, continuity):
+        for control in (model_dd, continuity, overlap):  # these move clip boundaries: table and plot too
             control.change(on_plan, inputs=plan_inputs, outputs=plan_outputs)
+
+        def on_plan_note(state: Any, rows: Any, plan_dict: Any, *values: Any):
+            """Size, steps, guidance, colour matching: the same clips, so only the plan and its note change."""
+            if not state:
+                return gr.update(), gr.update()
+            try:
+                _settings, plan, notes = make_plan(state, rows, plan_dict, controls_of(values))
+            except (ValueError, OSError) as exc:
+                return gr.update(), f"**Cannot plan:** {exc}"
+            return plan.to_dict(), plan_summary(plan, notes)
+
+        for control in (width, height, steps, guidance, color_match):
+            control.change(on_plan_note, inputs=plan_inputs, outputs=[plan_state, plan_note])
 
         # -- models
         def on_refresh_models(current: str | None):
@@ -462,7 +478,7 @@ def build_tab(ctx: TabContext):
                 table = run_enhance_preview(settings, controls_of(values), ctx.models_dir())
             except (ValueError, OSError, subprocess.TimeoutExpired) as exc:
                 return f"**Enhancer failed:** {exc}", gr.update()
-            return f"{len(table)} prompt(s) enhanced", gr.update(value=table)
+            return f"{len(table)} prompt(s) enhanced", gr.update(value=table, visible=bool(table))
 
         enhance_btn.click(on_enhance, inputs=plan_inputs, outputs=[enhance_status, enhance_table])
 

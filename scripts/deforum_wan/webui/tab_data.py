@@ -226,10 +226,18 @@ class UnfinishedRender:
         return outputs.settings_file(self.folder, self.timestring)
 
 
+def _plan_progress(plan: Mapping[str, Any]) -> bool:
+    """Whether a saved plan holds work a resume keeps without any frame: the enhancer's prompts."""
+    clips = plan.get("clips") or []
+    return any(isinstance(c, Mapping) and c.get("enhanced_prompt") for c in clips)
+
+
 def unfinished_renders(outdir: str | Path, limit: int = 50) -> list[UnfinishedRender]:
     """Renders in `outdir` that can be resumed: a saved plan and settings, fewer frames than the plan's max_frames.
 
-    Newest first. Folders without `{ts}_wan_plan.json` (Deforum's own renders) are skipped.
+    Newest first. Folders without `{ts}_wan_plan.json` (Deforum's own renders) are
+    skipped, and so are renders that stopped before their first frame with nothing
+    else to keep (a failed or cancelled start): resuming them is starting anew.
     """
     root = Path(outdir).expanduser()
     if not root.is_dir():
@@ -248,6 +256,8 @@ def unfinished_renders(outdir: str | Path, limit: int = 50) -> list[UnfinishedRe
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             have = outputs.contiguous_frames(folder, ts)
+            if have == 0 and not _plan_progress(data):
+                continue
             if have < total:
                 found.append(UnfinishedRender(folder, ts, have, total, str(data.get("model_kind", "?"))))
     found.sort(key=lambda r: (r.timestring, r.folder.name), reverse=True)
