@@ -565,3 +565,26 @@ def test_a_job_whose_process_is_gone_is_taken_back(tmp_path):
         assert again.wait([job_id], WAIT) and again.get(job_id).status == jobs.SUCCEEDED
     finally:
         again.close()
+
+
+def test_a_failed_job_reports_the_progress_of_the_frames_it_kept(tmp_path):
+    def runner(job, *, on_event, cancel=None, config=None):  # two frames, then out of memory
+        folder = tmp_path / "out" / "oom_20240101000000"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            outputs.write_frame(folder, "20240101000000", i, np.zeros((8, 8, 3), np.uint8))
+        on_event({"type": "start", "folder": str(folder), "timestring": "20240101000000", "clips": 2,
+                  "frames_total": 8, "frames_on_disk": 0})
+        on_event({"type": "error", "message": "CUDA out of memory"})
+        return {"status": "failed", "error": "CUDA out of memory", "folder": str(folder),
+                "timestring": "20240101000000", "frames_on_disk": 2, "frames_total": 8}
+
+    q = JobQueue(tmp_path / "jobs.sqlite3", runner=runner, outdir=tmp_path / "out", default_model="vace").start()
+    try:
+        _, (job_id,) = q.submit([SETTINGS])
+        assert q.wait([job_id], WAIT)
+        rec = q.get(job_id)
+        assert (rec.status, rec.frames_written, rec.frames_total) == (jobs.FAILED, 2, 8)
+        assert rec.phase_progress == pytest.approx(0.25)  # was 0: the record said 2/8 frames but 0 % done
+    finally:
+        q.close()

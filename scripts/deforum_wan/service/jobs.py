@@ -470,6 +470,9 @@ class JobQueue:
                          message=error or f"the renderer stopped unexpectedly ({status})", **values)
 
     def _finish(self, job_id: str, **values: Any) -> None:
+        written, total = values.get("frames_written"), values.get("frames_total")
+        if "phase_progress" not in values and isinstance(written, int) and isinstance(total, int) and total > 0:
+            values["phase_progress"] = max(0.0, min(1.0, written / total))  # a stopped job: what is on disk
         now = time.time()
         self._update(job_id, finished_at=now, updated_at=now, **values)
         self._notify(job_id, {"type": "finished"})
