@@ -315,8 +315,10 @@ def build_tab(ctx: TabContext):
                         load_path_btn = gr.Button("Load path", elem_id="deforum_wan_load_path")
                         latest_btn = gr.Button("Take Deforum's last settings", elem_id="deforum_wan_latest")
                     import_status = gr.Markdown("", elem_id="deforum_wan_import_status")
+                    # gradio 4 scrolls an updated textbox to its end, hiding the summary's first lines
+                    no_scroll = {} if gr.__version__.startswith("3.") else {"autoscroll": False}
                     summary = gr.Textbox(label="Summary", lines=10, max_lines=24, interactive=False,
-                                         elem_id="deforum_wan_summary", elem_classes=["deforum-wan-mono"])
+                                         elem_id="deforum_wan_summary", elem_classes=["deforum-wan-mono"], **no_scroll)
                 with gr.Column(scale=4):
                     gr.Markdown("### Model and options")
                     with gr.Row():
