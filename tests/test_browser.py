@@ -5,8 +5,8 @@ it; renders go through the job queue to a worker run by this venv's python
 (DEFORUM_WAN_WORKER_PYTHON), with a tiny random VACE model. A second app runs in
 `.venv-a1111` (gradio 3.41) with the renderer libraries missing, for the setup
 banner and the page as Automatic1111's gradio draws it (no render there).
-Screenshots land in test-artifacts/browser/; with DEFORUM_WAN_UPDATE_SCREENSHOT=1
-the first finished render also refreshes docs/wan-tab.png for the README.
+Screenshots land in test-artifacts/browser/ (the README's pictures are taken in
+the real web UIs).
 """
 from __future__ import annotations
 
@@ -269,9 +269,6 @@ def test_import_plan_generate_interrupt(app, page, tmp_path):
     assert len(list(folder.glob("*_000000004.png"))) == 1 and list(folder.glob("*.mp4"))
     shot = ARTIFACTS / "02-rendered.png"
     page.screenshot(path=str(shot), full_page=True)
-    if os.environ.get("DEFORUM_WAN_UPDATE_SCREENSHOT"):
-        (REPO / "docs").mkdir(exist_ok=True)
-        shutil.copy(shot, REPO / "docs" / "wan-tab.png")
 
     # 3. A longer render, interrupted once frames are on disk: the frames stay and it is listed for resume.
     data = json.loads(settings.read_text())
