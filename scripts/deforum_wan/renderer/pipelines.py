@@ -11,6 +11,11 @@ returns False (or raises `Interrupted` itself) the clip stops between steps and
 the method raises `Interrupted`; a method only returns frames for a finished
 clip. Raising, rather than setting diffusers' `_interrupt` flag, skips the VAE
 decode of a half-denoised clip, which is the slow part the user wants to avoid.
+
+Previews: with `on_preview` and `preview_every` > 0, every `preview_every`th step
+(and the last) hands `on_preview(step, total, latent)` the middle latent frame of
+the current prediction of the finished clip, as a float32 array [C, h, w] on the
+CPU; `preview.py` turns it into an image without the VAE.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from . import preview
 from .memory import apply_memory_profile
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], "bool | None"]
+PreviewCallback = Callable[[int, int, np.ndarray], None]
 
 
 class Interrupted(Exception):
@@ -57,7 +64,7 @@ class ClipRequest:
     by the mode that uses them: `image` (required) and `last_image` by i2v,
     `known_frames` (the frames the clip continues from; may be empty) by vace.
     `guidance_2` is the low-noise expert's guidance scale; models with one
-    expert ignore it.
+    expert ignore it. `on_preview` gets a latent frame every `preview_every` steps (0: never).
     """
 
     prompt: str
@@ -74,6 +81,8 @@ class ClipRequest:
     image: np.ndarray | PIL.Image.Image | None = None
     last_image: np.ndarray | PIL.Image.Image | None = None
     known_frames: np.ndarray | Sequence[Any] | None = None
+    on_preview: PreviewCallback | None = None
+    preview_every: int = 0
 
 
 def patch_prompt_cleaning() -> None:
@@ -354,8 +363,9 @@ class Pipelines:
         )
         if r.guidance_2 is not None and getattr(pipe.config, "boundary_ratio", None) is not None:
             kwargs["guidance_scale_2"] = float(r.guidance_2)
-        if r.on_step is not None:
-            kwargs["callback_on_step_end"] = _step_callback(r.on_step, int(r.steps))
+        on_preview = r.on_preview if r.preview_every > 0 else None
+        if r.on_step is not None or on_preview is not None:
+            kwargs["callback_on_step_end"] = _step_callback(r.on_step, int(r.steps), on_preview, int(r.preview_every))
             kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
         kwargs.update(extra)
         with self._flow_shift(pipe, r.flow_shift):
@@ -385,14 +395,41 @@ def _is_vace(pipe: Any) -> bool:
     return type(pipe).__name__ == "WanVACEPipeline"
 
 
-def _step_callback(on_step: StepCallback, steps: int) -> Callable[..., dict]:
-    """Adapt on_step(step, total) -> bool to diffusers' callback_on_step_end."""
+def _step_callback(on_step: StepCallback | None, steps: int, on_preview: PreviewCallback | None = None,
+                   every: int = 0) -> Callable[..., dict]:
+    """Adapt on_step(step, total) -> bool, and the previews, to diffusers' callback_on_step_end."""
+    failed = [False]
 
     def callback(pipe: Any, i: int, t: Any, callback_kwargs: dict) -> dict:
         total = int(getattr(pipe, "_num_timesteps", None) or steps)
         step = i + 1
-        if on_step(step, total) is False:
+        if on_step is not None and on_step(step, total) is False:
             raise Interrupted(step, total)
+        if on_preview is not None and preview.due(step, total, every) and callback_kwargs.get("latents") is not None:
+            try:
+                on_preview(step, total, _preview_latent(pipe, callback_kwargs["latents"]))
+            except Exception as exc:  # a preview never stops a clip
+                if not failed[0]:
+                    log.warning("no preview at step %d: %s", step, exc, exc_info=True)
+                failed[0] = True
         return {}
 
     return callback
+
+
+def _preview_latent(pipe: Any, latents: Any) -> np.ndarray:
+    """The middle frame of the scheduler's latest prediction of the clean latents, as float32 [C, h, w].
+
+    `latents` are still noisy until the last step; UniPC (Wan's scheduler, with
+    predict_x0) and DPM-Solver++ keep their latest clean prediction (x0) in
+    `model_outputs`, which is what ComfyUI previews too. Other schedulers: the
+    noisy latents. Only one frame leaves the device.
+    """
+    scheduler = getattr(pipe, "scheduler", None)
+    config = getattr(scheduler, "config", {}) or {}
+    x0 = latents
+    holds_x0 = config.get("predict_x0", False) is True or str(config.get("algorithm_type", "")).endswith("dpmsolver++")
+    outputs = getattr(scheduler, "model_outputs", None) if holds_x0 else None
+    if outputs and outputs[-1] is not None and tuple(outputs[-1].shape) == tuple(latents.shape):
+        x0 = outputs[-1]
+    return preview.middle_frame(x0).detach().float().cpu().numpy()

@@ -10,6 +10,11 @@ CLI, the worker, the web UI and the API share.
 Resume: frames are written atomically and each clip's last Wan frames are kept
 beside them, so a render killed at any moment continues from its last complete
 frame with the same seeds and the same continuity as if it had never stopped.
+
+Previews: every `preview_every`th denoising step a small image made from the
+latents (preview.py, no VAE) is written beside the frames under a hidden name and
+announced as {"type": "preview", "clip", "step", "steps", "path"}; it is removed
+when the render ends.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import numpy as np
 
 from . import fetch
 from . import outputs
+from . import preview
 from .frames import fit_image, match_colors, resample
 from .pipelines import ClipRequest, Interrupted
 from ..core.plan import Clip, ClipPlan, PlanOptions, plan_clips
@@ -65,6 +71,7 @@ class RenderJob:
     make_video: bool = True
     enhance: bool = False
     enhance_options: dict = field(default_factory=dict)
+    preview_every: int = preview.DEFAULT_EVERY  # a latent preview every N denoising steps; 0: none
 
 
 @dataclass(frozen=True)
@@ -262,6 +269,10 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
     warnings = list(plan.warnings)
     folder.mkdir(parents=True, exist_ok=True)
     outputs.remove_stale_temp_files(folder)
+    preview_files = preview.PreviewFiles(folder, timestring)
+    preview_files.remove()  # left by a killed run
+    preview_every = max(0, int(job.preview_every or 0))
+    showing = {"preview": False}  # the last image announced is a preview (removed at the end), not a frame
 
     if job.enhance and not resumed:
         from ..enhance.rewrite import enhance_plan  # frees its model before the video model loads
@@ -338,7 +349,14 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
                       "frames_written": written["count"], "frames_total": total})
                 return not stopping()
 
-            frames = _render_clip(pipelines, plan, clip, tail, settings, on_step)
+            def on_preview(step: int, steps: int, latent: np.ndarray, _clip: Clip = clip) -> None:
+                path = preview_files.write(preview.preview_image(latent, (plan.width, plan.height)))
+                if path is not None:
+                    showing["preview"] = True
+                    emit({"type": "preview", "clip": _clip.index, "step": step, "steps": steps, "path": str(path)})
+
+            frames = _render_clip(pipelines, plan, clip, tail, settings, on_step,
+                                  on_preview if preview_every else None, preview_every)
             pipeline_seconds += time.perf_counter() - clip_start
             if plan.color_match and clip.overlap and tail is not None:
                 frames = match_colors(frames, clip.overlap, tail[-clip.overlap:])
@@ -352,6 +370,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
                     writer.put(index, frame)
             emit({"type": "frames", "clip": clip.index, "frames_written": written["count"], "frames_total": total,
                   "preview": str(folder / outputs.frame_name(timestring, clip.output_end - 1))})
+            showing["preview"] = False
     except (Stopped, Interrupted, KeyboardInterrupt):
         status = "interrupted"
     except BaseException:
@@ -360,9 +379,13 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
     finally:
         if own_pipelines and pipelines is not None:
             pipelines.free()
+        preview_files.remove()
     writer.close()
 
     on_disk = outputs.contiguous_frames(folder, timestring)
+    if showing["preview"]:  # stopped mid-clip: point the viewers at the newest frame, not the removed preview
+        emit({"type": "preview", "clip": None, "step": None, "steps": None,
+              "path": str(folder / outputs.frame_name(timestring, on_disk - 1)) if on_disk else None})
     video = None
     if status == "done" and job.make_video:
         emit({"type": "status", "phase": "encoding", "message": f"encoding {outputs.video_file(folder, timestring).name}"})
@@ -418,11 +441,12 @@ def _resume_tail(plan: ClipPlan, clip: Clip, folder: Path, timestring: str, emit
 
 
 def _render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | None,
-                 settings: DeforumSettings, on_step: Callable[[int, int], bool]) -> np.ndarray:
+                 settings: DeforumSettings, on_step: Callable[[int, int], bool],
+                 on_preview: Callable[[int, int, np.ndarray], None] | None = None, preview_every: int = 0) -> np.ndarray:
     request = ClipRequest(
         prompt=clip.render_prompt, negative_prompt=clip.negative_prompt, num_frames=clip.num_frames,
         width=plan.width, height=plan.height, steps=clip.steps, guidance=clip.guidance, seed=clip.seed,
-        flow_shift=clip.flow_shift, on_step=on_step,
+        flow_shift=clip.flow_shift, on_step=on_step, on_preview=on_preview, preview_every=preview_every,
     )
     if clip.mode == T2V:
         return pipelines.t2v(request)

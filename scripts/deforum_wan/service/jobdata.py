@@ -182,6 +182,8 @@ def event_values(event: Mapping[str, Any], warnings_so_far: Sequence[str] = ()) 
             values["message"] = f"{where}: {event.get('mode', '')}".rstrip(": ")
         if kind == "frames" and event.get("preview"):
             values["preview"] = str(event["preview"])
+    elif kind == "preview":  # a latent preview while a clip denoises; None once it is gone and no frame replaces it
+        values["preview"] = str(event["path"]) if event.get("path") else None
     elif kind == "environment":
         keys = ("torch", "torch_path", "cuda", "hip", "diffusers", "transformers", "accelerate", "device", "python",
                 "executable")
