@@ -324,6 +324,10 @@ def test_host_progress_mirrors_events_into_shared_state(tmp_path):
     assert "clip 2/3" in state.textinfo and "step 4/20" in state.textinfo and "1m35s" in state.textinfo
     progress({"type": "frames", "clip": 1, "frames_written": 26, "frames_total": 40, "preview": str(frame)})
     assert len(state.images) == 1 and state.images[0].size == (32, 32)
+    live = tmp_path / ".ts_preview0.png"
+    Image.fromarray(np.full((16, 24, 3), 200, np.uint8)).save(live)
+    progress({"type": "preview", "clip": 2, "step": 4, "steps": 8, "path": str(live)})
+    assert len(state.images) == 2 and state.images[1].size == (24, 16)  # the denoising preview reaches the host
     progress({"type": "done", "frames_on_disk": 40, "frames_total": 40})
     assert state.job_no == 3 and "done" in state.textinfo
     assert not progress.cancel.is_set()

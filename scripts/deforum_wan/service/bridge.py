@@ -553,6 +553,9 @@ class HostProgress:
             self._set("textinfo", f"Wan: {event.get('frames_written')}/{event.get('frames_total')} frames written")
             if self.previews and event.get("preview"):
                 self._preview(str(event["preview"]))
+        elif kind == "preview":  # while a clip denoises: the host's own live preview shows it too
+            if self.previews and event.get("path"):
+                self._preview(str(event["path"]))
         elif kind == "status":
             self._set("textinfo", f"Wan: {event.get('message') or event.get('phase')}")
         elif kind == "done":
