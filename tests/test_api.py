@@ -379,6 +379,10 @@ def _bad_payloads(tmp_path: Path) -> list[tuple[str, object, int, str]]:
          "options_overrides.device"),
         ("wan_steps too many", {"deforum_settings": dict(s, wan_inference_steps=5000)}, 422,
          "deforum_settings.wan_inference_steps"),
+        ("exact_size not a flag", {"deforum_settings": s, "options_overrides": {"exact_size": "maybe"}}, 422,
+         "options_overrides.exact_size"),
+        ("guidance_2 huge", {"deforum_settings": s, "options_overrides": {"guidance_2": 99}}, 422,
+         "options_overrides.guidance_2"),
         ("too many settings", {"deforum_settings": [s] * (api.MAX_SETTINGS_PER_BATCH + 1)}, 422, "deforum_settings"),
         ("not JSON", "NOTJSON", 422, "JSON"),
         ("50 MB body", "HUGE", 413, "limit"),
@@ -697,8 +701,9 @@ def test_urls_to_this_machine_or_the_network_inside_are_refused(tmp_path, web, m
     fake_dns(monkeypatch, {"metadata.example": ["169.254.169.254"], "nas.example": ["192.168.1.5"],
                            "localhost": ["127.0.0.1", "::1"]})
     web.routes.redirect("/to-metadata", "http://metadata.example/latest/meta-data/iam")
+    # VACE: starts from the init image when there is one and from text when not (an I2V model needs one)
     queue = JobQueue(tmp_path / "jobs.sqlite3", runner=lambda job, **kw: None, outdir=tmp_path / "out",
-                     default_model="i2v")
+                     default_model="vace")
     cases = [
         ("init_image", {"use_init": True}, web.url("/init.png"), "loopback"),
         ("init_image", {"use_init": True}, web.url("/init.png", "[::1]"), "loopback"),
@@ -726,7 +731,7 @@ def test_used_urls_are_fetched_at_submit_and_the_worker_gets_files(tmp_path, web
     from netfixtures import png_bytes
 
     queue = JobQueue(tmp_path / "jobs.sqlite3", runner=lambda job, **kw: None, outdir=tmp_path / "out",
-                     default_model="i2v")
+                     default_model="vace")  # the second job has no init image, which an I2V model refuses
     with serve(queue, fetch_policy=FetchPolicy(allow_loopback=True)) as server, \
             httpx.Client(base_url=server.url, timeout=60) as client:
         settings = _accepted_settings(queue, client.post("/deforum_wan/txt2vid", json={"deforum_settings": dict(
@@ -869,3 +874,18 @@ def test_retry_route_requeues_a_full_disk_failure_as_a_resume(tmp_path):
     finally:
         queue.close()
         terminal.close()
+
+
+def test_an_i2v_model_without_an_init_image_is_refused_naming_the_field(tmp_path):
+    queue = JobQueue(tmp_path / "jobs.sqlite3", runner=lambda job, **kw: None, outdir=tmp_path / "out",
+                     default_model="i2v")  # no models folder: "i2v" is a kind name
+    with serve(queue) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        r = client.post("/deforum_wan/txt2vid", json={"deforum_settings": SMALL})
+        assert r.status_code == 422, r.text
+        assert r.json()["message"].startswith("Invalid request: deforum_settings.init_image: Wan2.1 I2V (i2v) cannot "
+                                              "start a clip from text"), r.text
+        unused = dict(SMALL, init_image="https://example.com/x.png")  # use_init is off
+        r = client.post("/deforum_wan/txt2vid", json={"deforum_settings": unused})
+        assert r.status_code == 422 and "deforum_settings.use_init:" in r.json()["message"], r.text
+    assert not queue.list()
+    queue.close()

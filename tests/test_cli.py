@@ -131,3 +131,28 @@ def test_render_failures_are_one_line_errors(tmp_path: Path, monkeypatch, capsys
     code = cli.main(["render", str(_settings_file(tmp_path)), "--model", "t2v", "--outdir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: ") and words in err and err.count("\n") == 1
+
+
+def test_plan_shows_model_correct_defaults_and_the_user_can_override_them(tmp_path: Path):
+    path = str(SHARED / "a1111-deforum-default.txt")
+    out = run("plan", path, "--model", "t2v", "--seed", "1")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("t2v at 16 fps -> 120 frames at 15 fps (8.00 s), 624x624")
+    assert lines[2].startswith("size            624x624   W/H 512x512 mapped to the nearest size Wan2.1 T2V was trained")
+    assert lines[3].startswith("steps           50        official: Wan2.1 generate.py")
+    assert lines[5].startswith("flow shift      5         official: Wan2.1 generate.py")
+    out = run("plan", path, "--model", "a14b-t2v", "--seed", "1", "--exact-size", "--guidance-2", "2.5",
+              "--flow-shift", "7", "--json")
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert (plan["width"], plan["height"]) == (512, 512) and any("exact_size" in w for w in plan["warnings"])
+    clip = plan["clips"][0]
+    assert (clip["guidance"], clip["guidance_2"], clip["flow_shift"], clip["steps"]) == (4.0, 2.5, 7.0, 40)
+    assert {c["name"]: c["source"] for c in plan["choices"]}["guidance_2"] == "option: guidance_2"
+
+
+def test_an_image_model_without_an_init_image_fails_at_plan_time(tmp_path: Path):
+    out = run("plan", str(SHARED / "a1111-deforum-default.txt"), "--model", "a14b-i2v", "--seed", "1")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert out.stderr.startswith("error: init_image: Wan2.2 I2V-A14B (a14b-i2v) cannot start a clip from text")

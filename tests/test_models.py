@@ -380,3 +380,16 @@ def test_tiny_models_in_a_web_ui_models_folder_are_all_found(tmp_path: Path) -> 
     made = make_tiny_models(wan, ["vace", "qwen"])
     assert [m.path for m in discover_models(wan)] == [made["vace"]]
     assert [m.path for m in find_qwen_models(wan, include_hub_cache=False)] == [made["qwen"]]
+
+
+def test_a_1_3b_transformer_gets_its_480p_sizes_and_an_unofficial_one_none(tmp_path: Path) -> None:
+    index, tconfig, vconfig = REAL_LAYOUTS["t2v"]
+    small = classify_model(write_layout(tmp_path / "small", index, dict(tconfig, num_attention_heads=12,
+                                                                       attention_head_dim=128), vconfig))
+    assert small.kind == "t2v" and small.spec.sizes == ((832, 480), (480, 832)) and "1.3B" in small.label
+    big = classify_model(write_layout(tmp_path / "big", index, dict(tconfig, num_attention_heads=40,
+                                                                   attention_head_dim=128), vconfig))
+    assert big.spec is MODEL_SPECS["t2v"]
+    odd = classify_model(write_layout(tmp_path / "odd", index, dict(tconfig, num_attention_heads=2,
+                                                                   attention_head_dim=12), vconfig))
+    assert odd.kind == "t2v" and odd.spec.sizes == () and odd.spec.default_steps == MODEL_SPECS["t2v"].default_steps

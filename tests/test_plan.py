@@ -1,6 +1,8 @@
 """The clip plan keeps Deforum's timeline exact: frame count, keyframes, seeds, 4n+1 clips."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -12,10 +14,15 @@ from deforum_wan.core.plan import ClipPlan, PlanError, PlanOptions, format_plan,
 from deforum_wan.core.prompts import prompt_keyframes
 from deforum_wan.core.schedules import parse_schedule
 from deforum_wan.core.settings import load_settings, settings_from_dict
-from deforum_wan.core.specs import MODEL_SPECS
+from deforum_wan.core.specs import MODEL_SPECS, spec_for_transformer, trained_size
 from deforum_wan.core.timeline import MIN_CLIP_FRAMES, ClipGapError, Segment, SegmentFrames, map_segment, wan_rate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "deforum-settings"
+INIT = {"use_init": True, "init_image": "init.png"}  # image-to-video models cannot start a clip from text
+
+
+def with_init(settings):
+    return dataclasses.replace(settings, use_init=True, init_image="init.png")
 
 
 def deforum_seeds(settings, base: int) -> list[int]:
@@ -102,6 +109,12 @@ def random_settings(draw):
 )
 def test_plan_properties(s, kind, continuity, overlap):
     spec = MODEL_SPECS[kind]
+    if kind == "i2v":
+        s = with_init(s)
+        if continuity == "none":
+            with pytest.raises(PlanError, match="^continuity: none starts every clip from text"):
+                plan_clips(s, spec, PlanOptions(continuity=continuity, overlap=overlap))
+            return
     plan = plan_clips(s, spec, PlanOptions(continuity=continuity, overlap=overlap))
     check_plan(plan, s, spec)
     expected = deforum_seeds(s, s.seed)
@@ -117,6 +130,10 @@ def test_plan_properties(s, kind, continuity, overlap):
 @pytest.mark.parametrize("kind", ["t2v", "i2v", "vace", "ti2v-5b", "a14b-t2v"])
 def test_shared_files_plan(path, kind):
     s = load_settings(path)
+    if kind == "i2v":  # no init image in these files: refused at plan time, then planned with one
+        with pytest.raises(PlanError, match=r"^init_image: Wan2.1 I2V \(i2v\) cannot start a clip from text"):
+            plan_clips(s, MODEL_SPECS[kind], PlanOptions(seed=1234))
+        s = with_init(s)
     plan = plan_clips(s, MODEL_SPECS[kind], PlanOptions(seed=1234))
     check_plan(plan, s, MODEL_SPECS[kind])
     text = format_plan(plan)
@@ -164,13 +181,13 @@ def test_60fps_takes_wall_clock_length():
 
 
 def test_long_segment_is_chained_within_model_limit():
-    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 400, "fps": 16})
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 400, "fps": 16, **INIT})
     plan = plan_clips(s, MODEL_SPECS["i2v"], PlanOptions(seed=1))
     assert len(plan.clips) == 5
     assert all(c.num_frames <= 81 for c in plan.clips)
-    assert [c.mode for c in plan.clips] == ["t2v"] + ["i2v"] * 4
-    # Each chained clip's first fresh frame shows right after the previous clip's last.
-    assert all(c.sources[0][0] == 1 for c in plan.clips[1:])
+    assert [c.mode for c in plan.clips] == ["i2v"] * 5  # the first from the init image
+    # Each chained clip's first fresh frame shows right after the previous clip's last (the init image's).
+    assert all(c.sources[0][0] == 1 for c in plan.clips)
     assert plan.metrics.generated_frames - plan.metrics.overlap_frames - plan.metrics.surplus_frames == 400
 
 
@@ -195,10 +212,12 @@ def test_init_image_starts_with_i2v():
 
 
 def test_size_rounded_with_warning_and_wan_keys_used():
-    s = settings_from_dict({"prompts": {"0": "a"}, "W": 1000, "H": 563, "wan_steps": 7, "wan_guidance": 3.5})
+    s = settings_from_dict({"prompts": {"0": "a"}, "W": 1000, "H": 563, "wan_steps": 7, "wan_guidance": 3.5,
+                            "wan_exact_size": True})
     plan = plan_clips(s, MODEL_SPECS["ti2v-5b"], PlanOptions(seed=1))
     assert (plan.width, plan.height) == (992, 576)
     assert any("1000x563 rounded to 992x576" in w for w in plan.warnings)
+    assert any("992x576 (wan_exact_size) is not a size Wan2.2 TI2V-5B was trained for" in w for w in plan.warnings)
     assert plan.clips[0].steps == 7 and plan.clips[0].guidance == 3.5
     assert plan.clips[0].flow_shift == MODEL_SPECS["ti2v-5b"].default_flow_shift
 
@@ -269,6 +288,8 @@ def test_resolution_sides_and_the_forge_label():
     labelled = settings_from_dict({"prompts": {"0": "a"}, "wan_resolution": "864x480 (Landscape)"})
     for s in (plain, labelled):
         plan = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1))
+        assert (plan.width, plan.height) == (832, 480)  # Forge's 864x480 is Wan's trained 832x480
+        plan = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1, exact_size=True))
         assert (plan.width, plan.height) == (864, 480)
     with pytest.raises(PlanError, match="width: must be between 16 and 4096"):
         plan_clips(plain, MODEL_SPECS["t2v"], PlanOptions(seed=1, width=5000))
@@ -291,9 +312,12 @@ def test_small_clips_give_a_plan_for_every_short_timeline(kind, continuity, fps,
     (At 6 fps and up, consecutive output frames are at most 4 Wan frames apart: a 5-frame chained clip reaches.)
     """
     spec = MODEL_SPECS[kind]
+    if kind == "i2v" and continuity == "none":
+        return  # every clip from text: refused (test_image_models_need_an_init_image)
+    init = INIT if kind == "i2v" else {}
     for max_frames in range(1, 25):
         for prompts in ({"0": "a"}, {"0": "a", "3": "b"}):
-            s = settings_from_dict({"prompts": prompts, "max_frames": max_frames, "fps": fps, "seed": 2})
+            s = settings_from_dict({"prompts": prompts, "max_frames": max_frames, "fps": fps, "seed": 2, **init})
             plan = plan_clips(s, spec, PlanOptions(seed=2, continuity=continuity, max_clip_frames=5, blend=blend))
             check_plan(plan, s, spec)
             m = plan.metrics
@@ -304,7 +328,7 @@ def test_small_clips_give_a_plan_for_every_short_timeline(kind, continuity, fps,
 def test_clips_too_short_to_reach_the_next_frame_are_refused_by_name():
     s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 6, "fps": 1, "seed": 2})
     with pytest.raises(PlanError, match=r"^max_clip_frames: at 1 fps output frames are 16 Wan frames apart"):
-        plan_clips(s, MODEL_SPECS["i2v"], PlanOptions(seed=2, max_clip_frames=5))
+        plan_clips(with_init(s), MODEL_SPECS["i2v"], PlanOptions(seed=2, max_clip_frames=5))
     # independent clips need no chain: the ones showing nothing are not rendered
     plan = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=2, max_clip_frames=5))
     check_plan(plan, s, MODEL_SPECS["t2v"])
@@ -313,7 +337,8 @@ def test_clips_too_short_to_reach_the_next_frame_are_refused_by_name():
 
 def test_a_million_frames_plan_in_one_pass():
     """The old planner searched every clip for every frame (10^6 frames: 217 s); now one pass."""
-    s = settings_from_dict({"prompts": {"0": "a", "500000": "b"}, "max_frames": 1_000_000, "fps": 16, "seed": 1})
+    s = settings_from_dict({"prompts": {"0": "a", "500000": "b"}, "max_frames": 1_000_000, "fps": 16, "seed": 1,
+                            **INIT})
     plan = plan_clips(s, MODEL_SPECS["i2v"], PlanOptions(seed=1))
     check_plan(plan, s, MODEL_SPECS["i2v"])
     assert plan.metrics.needed_frames == 1_000_000
@@ -457,3 +482,203 @@ def test_mapping_properties(start, length, native, fps, max_clip, first_overlap,
             assert position == pytest.approx(float(exact), abs=1e-6)
     fresh = sum(c.num_frames - c.overlap for c in frames.clips)
     assert fresh - frames.surplus == frames.needed and 0 <= frames.surplus
+
+
+# ---------------------------------------------------------------- model-correct defaults (issue 14)
+
+# kind: (steps, guidance, guidance_2, shift at 832x480, shift at 1280x720), from Wan's generate.py and configs
+OFFICIAL = {
+    "t2v": (50, 5.0, None, 5.0, 5.0),
+    "i2v": (40, 5.0, None, 3.0, 5.0),
+    "flf2v": (50, 5.0, None, 16.0, 16.0),
+    "vace": (50, 5.0, None, 16.0, 16.0),
+    "ti2v-5b": (50, 5.0, None, 5.0, 5.0),
+    "a14b-t2v": (40, 4.0, 3.0, 12.0, 12.0),
+    "a14b-i2v": (40, 3.5, 3.5, 5.0, 5.0),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OFFICIAL))
+def test_each_model_gets_its_official_defaults_with_their_source(kind):
+    steps, guidance, guidance_2, shift_480, shift_720 = OFFICIAL[kind]
+    spec = MODEL_SPECS[kind]
+    for (w, h), shift in (((832, 480), shift_480), ((1280, 720), shift_720)):
+        s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 8, "W": w, "H": h, **INIT})
+        plan = plan_clips(s, spec, PlanOptions(seed=1))
+        clip = plan.clips[0]
+        assert (clip.steps, clip.guidance, clip.guidance_2, clip.flow_shift) == (steps, guidance, guidance_2, shift)
+        sources = {c.name: c.source for c in plan.choices}
+        assert set(sources) == {"size", "steps", "guidance", "flow_shift", "negative_prompt"} | (
+            {"guidance_2"} if guidance_2 is not None else set())
+        for name in ("steps", "guidance", "flow_shift", "negative_prompt") + (("guidance_2",) if guidance_2 else ()):
+            assert sources[name].startswith("official: Wan2."), (name, sources[name])
+            assert ".py" in sources[name]
+        # every official value is cited in specs.py's sources too
+        assert all(spec.source(k) for k in ("steps", "guidance", "flow_shift", "sizes"))
+
+
+def test_user_values_win_over_the_official_ones_and_say_where_they_came_from():
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 8, "wan_inference_steps": 20,
+                            "wan_guidance_scale": 7.5, "wan_flow_shift": 8})
+    plan = plan_clips(s, MODEL_SPECS["a14b-t2v"], PlanOptions(seed=1))
+    clip, sources = plan.clips[0], {c.name: c for c in plan.choices}
+    assert (clip.steps, clip.guidance, clip.guidance_2, clip.flow_shift) == (20, 7.5, 7.5, 8.0)
+    assert sources["steps"].source == "settings: wan_inference_steps"
+    assert sources["guidance_2"].source == "settings: wan_guidance_scale (guidance), for both experts"
+    plan = plan_clips(s, MODEL_SPECS["a14b-t2v"], PlanOptions(seed=1, steps=3, guidance=2, guidance_2=1, flow_shift=4))
+    clip, sources = plan.clips[0], {c.name: c for c in plan.choices}
+    assert (clip.steps, clip.guidance, clip.guidance_2, clip.flow_shift) == (3, 2.0, 1.0, 4.0)
+    assert {sources[n].source for n in ("steps", "guidance", "guidance_2", "flow_shift")} == {
+        "option: steps", "option: guidance", "option: guidance_2", "option: flow_shift"}
+
+
+def test_guidance_2_is_only_for_two_expert_models():
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 8, "wan_guidance_2": 2})
+    plan = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1))
+    assert plan.clips[0].guidance_2 is None and "guidance_2" not in {c.name for c in plan.choices}
+    assert any("guidance_2 (settings: wan_guidance_2) is ignored" in w for w in plan.warnings)
+    with pytest.raises(PlanError, match="^guidance_2: must be between 0 and 30"):
+        plan_clips(s, MODEL_SPECS["a14b-t2v"], PlanOptions(seed=1, guidance_2=99))
+
+
+@pytest.mark.parametrize(
+    "kind, size, expected",
+    [
+        ("vace", (512, 512), (624, 624)),  # A1111's default: square at the 480p area
+        ("t2v", (1280, 720), (1280, 720)),  # a trained size stays
+        ("t2v", (864, 480), (832, 480)),  # Forge's Wan default is Wan's 832x480
+        ("t2v", (1024, 576), (832, 480)),  # nearer 480p than 720p by area
+        ("t2v", (1920, 1080), (1280, 720)),
+        ("t2v", (480, 864), (480, 832)),
+        ("i2v", (640, 480), (720, 544)),  # 4:3 at the 480p area
+        ("ti2v-5b", (512, 512), (928, 928)),  # TI2V-5B: 720p only, multiples of 32
+        ("ti2v-5b", (1280, 720), (1280, 704)),
+        ("a14b-t2v", (2000, 1000), (1344, 672)),  # 2:1 at the 720p area
+    ],
+)
+def test_settings_sizes_go_to_the_nearest_trained_size_with_the_same_shape(kind, size, expected):
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 8, "W": size[0], "H": size[1], **INIT})
+    plan = plan_clips(s, MODEL_SPECS[kind], PlanOptions(seed=1))
+    assert (plan.width, plan.height) == expected
+    (choice,) = [c for c in plan.choices if c.name == "size"]
+    assert choice.value == f"{expected[0]}x{expected[1]}"
+    if expected != size:
+        assert f"W/H {size[0]}x{size[1]} mapped to the nearest size" in choice.source and "SUPPORTED_SIZES" in choice.source
+    assert not any("trained" in w for w in plan.warnings)  # a mapping is a note, not a warning
+    assert f"size            {expected[0]}x{expected[1]}" in format_plan(plan)
+
+
+def test_a_1_3b_model_maps_720p_settings_to_480p():
+    small = spec_for_transformer("t2v", 12 * 128)
+    assert small.label == "Wan2.1 T2V 1.3B" and small.kind == "t2v"
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 8, "W": 1280, "H": 720})
+    assert (plan_clips(s, small, PlanOptions(seed=1)).width, plan_clips(s, small, PlanOptions(seed=1)).height) == (
+        832, 480)
+    assert plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1)).width == 1280  # the 14B was trained at 720p too
+
+
+def test_insisting_on_a_size_keeps_it_with_a_warning():
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 8, "W": 512, "H": 512})
+    for options, how in ((PlanOptions(seed=1, exact_size=True), "exact_size"),
+                         (PlanOptions(seed=1, width=512, height=512), "width/height option")):
+        plan = plan_clips(s, MODEL_SPECS["t2v"], options)
+        assert (plan.width, plan.height) == (512, 512)
+        assert any(f"size 512x512 ({how}) is not a size Wan2.1 T2V was trained for" in w and "624x624" in w
+                   for w in plan.warnings)
+    plan = plan_clips(s.with_wan(exact_size="true"), MODEL_SPECS["t2v"], PlanOptions(seed=1))
+    assert (plan.width, plan.height) == (512, 512)
+    with pytest.raises(PlanError, match="^wan_exact_size: expected true or false"):
+        plan_clips(s.with_wan(exact_size="maybe"), MODEL_SPECS["t2v"], PlanOptions(seed=1))
+    # a trained size given exactly: no warning
+    plan = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1, width=832, height=480))
+    assert not any("trained" in w for w in plan.warnings)
+
+
+def test_an_unofficial_transformer_has_no_trained_sizes():
+    tiny = spec_for_transformer("vace", 24)
+    assert tiny.sizes == () and tiny.default_flow_shift == MODEL_SPECS["vace"].default_flow_shift
+    assert spec_for_transformer("vace", None) is MODEL_SPECS["vace"] is spec_for_transformer("vace", 5120)
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 8, "W": 32, "H": 48})
+    plan = plan_clips(s, tiny, PlanOptions(seed=1))
+    assert (plan.width, plan.height) == (32, 48) and not plan.warnings
+    assert "not an official Wan2.1 VACE checkpoint" in plan.choices[0].source
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(w=st.integers(16, 4096), h=st.integers(16, 4096), kind=st.sampled_from(sorted(MODEL_SPECS)))
+def test_trained_sizes_are_whole_multiples_within_the_trained_area(w, h, kind):
+    spec = MODEL_SPECS[kind]
+    tw, th = trained_size(spec, w, h)
+    assert tw % spec.size_multiple == 0 and th % spec.size_multiple == 0 and 16 <= min(tw, th) <= max(tw, th) <= 4096
+    assert tw * th <= max(a * b for a, b in spec.sizes)
+    if 0.25 <= w / h <= 4:  # any ordinary shape keeps its aspect ratio within a few percent
+        assert abs(math.log(tw / th / (w / h))) < 0.06
+
+
+def test_image_models_need_an_init_image_at_plan_time():
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 8})
+    for kind, label in (("i2v", "Wan2.1 I2V"), ("flf2v", "Wan2.1 FLF2V"), ("a14b-i2v", "Wan2.2 I2V-A14B")):
+        with pytest.raises(PlanError, match=rf"^init_image: {label} \({kind}\) cannot start a clip from text"):
+            plan_clips(s, MODEL_SPECS[kind], PlanOptions(seed=1))
+    unused = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 8, "init_image": "x.png", "use_init": False})
+    with pytest.raises(PlanError, match=r"^use_init: .* init_image is set but use_init is off"):
+        plan_clips(unused, MODEL_SPECS["i2v"], PlanOptions(seed=1))
+    with pytest.raises(PlanError, match="^continuity: none starts every clip from text"):
+        plan_clips(with_init(s), MODEL_SPECS["i2v"], PlanOptions(seed=1, continuity="none"))
+    # a text-to-video model, or a second model that adds T2V... and TI2V-5B starts from text
+    assert plan_clips(s, MODEL_SPECS["ti2v-5b"], PlanOptions(seed=1)).clips[0].mode == "t2v"
+    assert plan_clips(with_init(s), MODEL_SPECS["a14b-i2v"], PlanOptions(seed=1)).clips[0].mode == "i2v"
+
+
+def test_wan_negative_prompt_when_the_settings_give_none():
+    s = settings_from_dict({"prompts": {"0": "a", "4": "b --neg blurry"}, "max_frames": 8, **INIT})
+    plan = plan_clips(s, MODEL_SPECS["i2v"], PlanOptions(seed=1))
+    assert plan.clips[0].negative_prompt.startswith("镜头晃动，色调艳丽，过曝，静态")  # Wan's I2V negative prompt
+    assert plan.clips[1].negative_prompt == "blurry"
+    (choice,) = [c for c in plan.choices if c.name == "negative_prompt"]
+    assert choice.value == "Wan default for clips 0, else settings" and "sample_neg_prompt" in choice.source
+    vace = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1))
+    assert vace.clips[0].negative_prompt.startswith("色调艳丽，过曝，静态")  # the shared one
+    mine = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 8, "negative_prompts": "ugly"})
+    plan = plan_clips(mine, MODEL_SPECS["vace"], PlanOptions(seed=1))
+    assert plan.clips[0].negative_prompt == "ugly" and plan.choices[-1].value == "settings"
+
+
+def test_a1111_syntax_is_stripped_listed_and_shown():
+    s = settings_from_dict({"prompts": {"0": "a (cat:1.5) AND [sunny:rainy:0.5] <lora:x:0.8> day --neg (ugly:1.3)"},
+                            "max_frames": 8})
+    plan = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1))
+    clip = plan.clips[0]
+    assert clip.prompt == "a cat, rainy day" and clip.negative_prompt == "ugly"
+    assert clip.stripped == ("<lora:x:0.8>", "AND", "(cat:1.5)", "[sunny:rainy:0.5]", "(ugly:1.3)")
+    assert clip.loras == (("x", 0.8),)
+    assert clip.render_prompt.startswith("a cat, rainy day")  # what Wan is given: no syntax, no LoRA tag
+    text = format_plan(plan)
+    assert "prompt 0: A1111 syntax removed: <lora:x:0.8> AND (cat:1.5) [sunny:rainy:0.5] (ugly:1.3)" in text
+    assert "LoRA kept for later, not applied: x:0.8" in text
+    assert ClipPlan.from_json(plan.to_json()) == plan
+
+
+def test_plan_header_and_json_show_each_setting_with_its_source():
+    s = load_settings(SHARED / "forge-deforum-default.txt")
+    plan = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1))
+    lines = format_plan(plan).splitlines()
+    assert lines[2].startswith("size            832x480   wan_resolution 864x480 mapped to the nearest size")
+    assert lines[3] == "steps           20        settings: wan_inference_steps"
+    assert lines[4] == "guidance        7.5       settings: wan_guidance_scale"
+    assert lines[5].startswith("flow shift      16        official: Wan2.1 generate.py")
+    assert lines[6].startswith("negative prompt Wan default official: Wan2.1/Wan2.2 wan/configs/shared_config.py")
+    data = json.loads(plan.to_json())
+    assert [c["name"] for c in data["choices"]] == ["size", "steps", "guidance", "flow_shift", "negative_prompt"]
+    assert data["clips"][0]["guidance_2"] is None and data["clips"][0]["stripped"] == []
+
+
+def test_a_plan_saved_before_these_fields_still_loads():
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 8})
+    data = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1)).to_dict()
+    del data["choices"]
+    for clip in data["clips"]:
+        for key in ("guidance_2", "stripped", "loras"):
+            del clip[key]
+    old = ClipPlan.from_dict(data)
+    assert old.choices == () and old.clips[0].stripped == () and old.clips[0].guidance_2 is None

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from deforum_wan.core.prompts import prompt_at, prompt_keyframes, split_negative
+from deforum_wan.core.prompts import plain_prompt, prompt_at, prompt_keyframes, split_negative
 from deforum_wan.core.schedules import ScheduleError
 from deforum_wan.core.settings import SettingsError, load_settings, settings_from_dict
 
@@ -90,3 +90,60 @@ def test_bad_backtick_in_a_later_prompt_is_refused_before_planning():
     s = _s({"0": "a", "50": "b `t.real`"})
     with pytest.raises(ScheduleError, match=r"prompts\['50'\]: cannot evaluate \"t.real\" at frame 50: attribute"):
         prompt_keyframes(s)
+
+
+# ---------------------------------------------------------------- A1111 syntax -> plain words for Wan
+
+PLAIN = [
+    # (prompt, what Wan reads, what was taken out, LoRA tags)
+    ("a cat on a mat", "a cat on a mat", (), ()),
+    ("a (cat:1.5) on a mat", "a cat on a mat", ("(cat:1.5)",), ()),
+    ("((cat)), dog", "cat, dog", ("((cat))",), ()),
+    ("[cat] in rain", "cat in rain", ("[cat]",), ()),
+    ("(red:0.8) (big cat:1.2)", "red big cat", ("(red:0.8)", "(big cat:1.2)"), ()),
+    ("(a photo (35mm))", "a photo 35mm", ("(a photo (35mm))",), ()),
+    # prompt editing: the part in force for most of the steps (25, Deforum's default)
+    ("[sunny:rainy:0.5] day", "rainy day", ("[sunny:rainy:0.5]",), ()),
+    ("[sunny:rainy:0.7] day", "sunny day", ("[sunny:rainy:0.7]",), ()),
+    ("[sunny:rainy:20] day", "sunny day", ("[sunny:rainy:20]",), ()),  # step 20 of 25
+    ("[sunny:rainy:5] day", "rainy day", ("[sunny:rainy:5]",), ()),
+    ("a [hat:0.2] cat", "a hat cat", ("[hat:0.2]",), ()),  # added early: kept
+    ("a [hat:0.8] cat", "a cat", ("[hat:0.8]",), ()),  # added late: dropped
+    ("a [hat::0.8] cat", "a hat cat", ("[hat::0.8]",), ()),  # removed late: kept
+    ("[cat|dog|bird] running", "cat running", ("[cat|dog|bird]",), ()),  # alternation: the first
+    ("(a [b:c:0.9]:1.2) d", "a b d", ("(a [b:c:0.9]:1.2)",), ()),
+    ("a cat AND a dog", "a cat, a dog", ("AND",), ()),
+    ("a cat :1.2 AND a dog :0.8", "a cat, a dog", (":1.2 AND", ":0.8"), ()),
+    ("a cat BREAK a dog", "a cat, a dog", ("BREAK",), ()),
+    ("photo <lora:x:0.8> of a cat", "photo of a cat", ("<lora:x:0.8>",), (("x", 0.8),)),
+    ("<lora:detail tweaker:1.5:0.5> cat, <lyco:y>", "cat", ("<lora:detail tweaker:1.5:0.5>", "<lyco:y>"),
+     (("detail tweaker", 1.5), ("y", 1.0))),
+    ("<hypernet:anime:1> cat", "cat", ("<hypernet:anime:1>",), ()),
+    ("cat, EasyNegative, (bad-hands-5:1.2)", "cat", ("(bad-hands-5:1.2)", "EasyNegative", "bad-hands-5"), ()),
+    ("embedding:my_style a cat", "a cat", ("embedding:my_style",), ()),
+    ("\\(literal\\) parens", "(literal) parens", ("\\(", "\\)"), ()),
+    ("a (cat", "a cat", ("(",), ()),
+    ("a cat) sits", "a cat sits", (")",), ()),
+    ("(a:b) c", "a:b c", ("(a:b)",), ()),  # `:` is a weight only before a number
+    ("cat:1.4 glow:2, 3:4", "cat:1.4 glow:2, 3:4", (), ()),  # outside brackets: plain text
+    ("一只猫（可爱）, 雨天", "一只猫（可爱）, 雨天", (), ()),  # full-width brackets are words
+    ("", "", (), ()),
+]
+
+
+@pytest.mark.parametrize("text, plain, stripped, loras", PLAIN, ids=[p[0] or "empty" for p in PLAIN])
+def test_a1111_syntax_becomes_plain_words(text, plain, stripped, loras):
+    result = plain_prompt(text)
+    assert (result.text, result.stripped, result.loras) == (plain, stripped, loras)
+
+
+def test_prompt_editing_counts_steps_in_the_settings_steps():
+    assert plain_prompt("[a:b:10]", steps=15).text == "a"  # step 10 of 15: `a` for two thirds
+    assert plain_prompt("[a:b:10]", steps=40).text == "b"
+
+
+def test_plan_prompts_have_no_syntax_left_for_deforum_wrappers_and_backticks():
+    s = _s({"0": "(cat:`1+t/10`) --neg (blurry:1.2)"}, positive_prompts="<lora:style:0.6> masterpiece,", max_frames=11)
+    p = prompt_at(s, 4)
+    assert p.positive == "<lora:style:0.6> masterpiece, (cat:1.4)"  # prompt_at stays Deforum's text
+    assert plain_prompt(p.positive).text == "masterpiece, cat" and plain_prompt(p.negative).text == "blurry"

@@ -366,3 +366,39 @@ def test_a_url_soundtrack_is_fetched_by_the_render_not_by_ffmpeg(tiny_models, tm
                           text=True).stderr
     assert "Audio: aac" in info
     assert sorted(p.name for p in result.folder.iterdir() if p.name.startswith(".")) == []  # the fetched copy is gone
+
+
+class _RecordingPipelines:
+    """Stands in for loaded pipelines: records each ClipRequest and returns grey frames of its size."""
+
+    def __init__(self):
+        self.requests = []
+
+    def _frames(self, request):
+        self.requests.append(request)
+        return np.full((request.num_frames, request.height, request.width, 3), 128, np.uint8)
+
+    t2v = i2v = vace = _frames
+
+
+def test_each_clip_gets_the_plans_guidance_2_and_flow_shift(tiny_models, tmp_path):
+    """A14B: the official (high, low) pair reaches the pipeline call as guidance and guidance_2."""
+    pipes = _RecordingPipelines()
+    job = RenderJob(settings=small_settings(), model=str(tiny_models["a14b-t2v"]), outdir=str(tmp_path),
+                    options=PlanOptions(steps=1, max_clip_frames=9), make_video=False)
+    result = render(job, pipelines=pipes)
+    assert result.status == "done" and pipes.requests
+    assert {(r.guidance, r.guidance_2, r.flow_shift) for r in pipes.requests} == {(4.0, 3.0, 12.0)}
+    assert all(r.negative_prompt for r in pipes.requests)  # the settings' --neg, else Wan's default
+
+
+def test_an_i2v_model_without_an_init_image_fails_before_loading(tiny_models, tmp_path, monkeypatch):
+    from deforum_wan.core.plan import PlanError
+    from deforum_wan.renderer import loading
+
+    monkeypatch.setattr(loading, "load_pipelines", lambda *a, **k: pytest.fail("the model was loaded"))
+    job = RenderJob(settings=small_settings(), model=str(tiny_models["i2v"]), outdir=str(tmp_path / "out"),
+                    options=PlanOptions(steps=1, max_clip_frames=9))
+    with pytest.raises(PlanError, match=r"^init_image: Wan2.1 I2V \(i2v\) cannot start a clip from text"):
+        render(job)
+    assert not (tmp_path / "out").exists()

@@ -33,11 +33,16 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--continuity", choices=["auto", "i2v", "vace", "none"], default="auto",
                    help="how each clip continues the previous one")
     p.add_argument("--overlap", type=int, help="VACE: frames carried into the next clip")
-    p.add_argument("--width", type=int, help="render width (rounded to the model's multiple)")
-    p.add_argument("--height", type=int, help="render height (rounded to the model's multiple)")
-    p.add_argument("--steps", type=int, help="denoising steps per clip")
-    p.add_argument("--guidance", type=float, help="guidance scale")
-    p.add_argument("--flow-shift", type=float, help="flow-matching shift")
+    p.add_argument("--width", type=int, help="render width, used as given (rounded to the model's multiple)")
+    p.add_argument("--height", type=int, help="render height, used as given (rounded to the model's multiple)")
+    p.add_argument("--exact-size", action="store_true",
+                   help="render the settings' W/H as given, not the nearest size the model was trained for")
+    p.add_argument("--steps", type=int, help="denoising steps per clip (default: the model's official count)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the model's official value)")
+    p.add_argument("--guidance-2", type=float,
+                   help="two-expert (A14B) models: the low-noise expert's guidance (default: official, or --guidance)")
+    p.add_argument("--flow-shift", type=float,
+                   help="flow-matching shift (default: the model's official value at the render size)")
     p.add_argument("--max-clip-frames", type=int, help="cap Wan frames per clip (4n+1)")
     p.add_argument("--seed", type=int, help="base seed (overrides the settings' seed)")
     p.add_argument("--sensitivity", type=float, default=1.0, help="camera words: higher describes smaller motions")
@@ -51,6 +56,7 @@ def plan_options(args: argparse.Namespace, seed: int, extra_modes: tuple[str, ..
     return PlanOptions(
         continuity=args.continuity, overlap=args.overlap, extra_modes=extra_modes, width=args.width,
         height=args.height, steps=args.steps, guidance=args.guidance, flow_shift=args.flow_shift,
+        guidance_2=args.guidance_2, exact_size=args.exact_size,
         max_clip_frames=args.max_clip_frames, sensitivity=args.sensitivity, language=args.language,
         blend=not args.no_blend, seed=seed,
     )

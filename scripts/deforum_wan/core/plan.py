@@ -15,23 +15,27 @@ already on screen and are dropped at the join. Wan frame counts are rounded *up*
 to 4n+1, never down: surplus frames at a segment's end are generated and dropped,
 and the plan counts them.
 
+Size, steps, guidance, flow shift and negative prompt are resolved by choices.py (the
+user's, else the model's official values, cited in specs.py) and each is kept in
+`ClipPlan.choices` with its source; prompts lose their A1111 syntax
+(prompts.plain_prompt), and each clip lists what was taken out.
+
 The plan is immutable, pure, and round-trips through JSON, so it can be shown
 before rendering, saved beside the frames, and re-checked on resume.
 """
 from __future__ import annotations
 
 import json
-import math
-import numbers
-import re
 from dataclasses import asdict, dataclass, fields, replace
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
+from .choices import Choice, negative_choice, resolve_sampling, resolve_size, round_to_multiple
+from .choices import checked_number as _number, first as _first, wan_option as _wan_option
 from .movement import SCHEDULE_KEYS, CameraPath, describe_movement
-from .prompts import prompt_at, prompt_keyframes
+from .prompts import plain_prompt, prompt_at, prompt_keyframes
 from .schedules import parse_schedule
 from .seeds import frame_seeds
 from .settings import MAX_FPS, MIN_FPS, DeforumSettings
@@ -42,14 +46,12 @@ from .timeline import (
 
 # PlanError, MIN_CLIP_FRAMES and split_segment live in timeline.py (the frame arithmetic) and are part of this API.
 __all__ = [
-    "CONTINUITY", "DEFAULT_VACE_OVERLAP", "MIN_CLIP_FRAMES", "PLAN_VERSION", "Clip", "ClipPlan", "PlanError",
+    "CONTINUITY", "DEFAULT_VACE_OVERLAP", "MIN_CLIP_FRAMES", "PLAN_VERSION", "Choice", "Clip", "ClipPlan", "PlanError",
     "PlanMetrics", "PlanOptions", "camera_path", "format_plan", "plan_clips", "round_to_multiple", "split_segment",
 ]
 
 PLAN_VERSION = 1
 CONTINUITY = ("auto", "i2v", "vace", "none")
-MIN_SIDE, MAX_SIDE = 16, 4096  # Wan render size, per side
-_RESOLUTION = re.compile(r"(\d+)\s*[x×]\s*(\d+)(?:\s*\(.*\))?")  # "864x480", "864x480 (Landscape)"
 DEFAULT_VACE_OVERLAP = 5  # about a third of a second at 16 fps: enough to carry motion on
 
 
@@ -66,6 +68,8 @@ class PlanOptions:
     guidance: float | None = None
     flow_shift: float | None = None
     max_clip_frames: int | None = None
+    guidance_2: float | None = None  # two-expert models: the low-noise expert's guidance
+    exact_size: bool = False  # render the settings' W/H (rounded to the model's multiple), not the trained size
     sensitivity: float = 1.0
     language: str = "en"
     blend: bool = True  # blend two Wan frames for in-between output frames, else nearest
@@ -95,6 +99,9 @@ class Clip:
     guidance: float
     flow_shift: float
     enhanced_prompt: str | None = None
+    guidance_2: float | None = None  # the low-noise expert's guidance (two-expert models), else None
+    stripped: tuple[str, ...] = ()  # A1111 syntax taken out of the prompt and negative prompt
+    loras: tuple[tuple[str, float], ...] = ()  # <lora:name:weight> tags, for LoRA support to come
 
     @property
     def output_frames(self) -> int:
@@ -144,6 +151,7 @@ class ClipPlan:
     clips: tuple[Clip, ...]
     metrics: PlanMetrics
     warnings: tuple[str, ...] = ()
+    choices: tuple[Choice, ...] = ()
 
     def clip_for_frame(self, frame: int) -> Clip:
         for clip in self.clips:
@@ -169,11 +177,14 @@ class ClipPlan:
         if data.get("version") != PLAN_VERSION:
             raise PlanError(f"plan version {data.get('version')!r} is not supported (expected {PLAN_VERSION})")
         clips = tuple(
-            Clip(**{**c, "sources": tuple((int(a), int(b), float(w)) for a, b, w in c["sources"])}) for c in data["clips"]
+            Clip(**{**c, "sources": tuple((int(a), int(b), float(w)) for a, b, w in c["sources"]),
+                    "stripped": tuple(c.get("stripped", ())),
+                    "loras": tuple((str(n), float(w)) for n, w in c.get("loras", ()))}) for c in data["clips"]
         )
         metrics = PlanMetrics(**data["metrics"])
-        rest = {f.name: data[f.name] for f in fields(cls) if f.name not in ("clips", "metrics", "warnings")}
-        return cls(**rest, clips=clips, metrics=metrics, warnings=tuple(data.get("warnings", ())))
+        rest = {f.name: data[f.name] for f in fields(cls) if f.name not in ("clips", "metrics", "warnings", "choices")}
+        return cls(**rest, clips=clips, metrics=metrics, warnings=tuple(data.get("warnings", ())),
+                   choices=tuple(Choice(**c) for c in data.get("choices", ())))
 
     @classmethod
     def from_json(cls, text: str) -> "ClipPlan":
@@ -203,64 +214,6 @@ def camera_path(settings: DeforumSettings) -> CameraPath:
     )
 
 
-def round_to_multiple(value: int, multiple: int) -> int:
-    return max(multiple, int(round(value / multiple)) * multiple)
-
-
-def _wan_option(settings: DeforumSettings, *names: str) -> Any:
-    for name in names:
-        value = settings.wan_value(name)
-        if value is not None and value != "":
-            return value
-    return None
-
-
-def _first(*values: Any) -> Any:
-    return next((v for v in values if v is not None), None)
-
-
-def _number(name: str, value: Any, kind: type, low: float, high: float) -> Any:
-    """A number option within [low, high]; `kind` int also requires a whole number."""
-    number: float | int
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise PlanError(f"{name}: expected a number, got {value!r}") from None
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        number = value if isinstance(value, numbers.Integral) else float(value)
-    else:
-        raise PlanError(f"{name}: expected a number, got {value!r}")
-    if isinstance(number, float) and not math.isfinite(number) or not low <= number <= high:
-        raise PlanError(f"{name}: must be between {low:g} and {high:g}, got {value!r}")
-    if kind is int:
-        if number != int(number):
-            raise PlanError(f"{name}: expected a whole number, got {value!r}")
-        return int(number)
-    return float(number)
-
-
-def _size(settings: DeforumSettings, options: PlanOptions, model: ModelSpec) -> tuple[int, int, list[str]]:
-    """Render size: options, else `wan_resolution`, else W/H; a bad side is named by the field it came from."""
-    warnings: list[str] = []
-    width = ("width", options.width) if options.width is not None else None
-    height = ("height", options.height) if options.height is not None else None
-    resolution = _wan_option(settings, "resolution")
-    if resolution is not None and (width is None or height is None):
-        match = _RESOLUTION.fullmatch(resolution.strip().lower()) if isinstance(resolution, str) else None
-        if match is None:
-            raise PlanError(f"wan_resolution: expected WIDTHxHEIGHT such as 832x480, got {resolution!r}")
-        width = width or ("wan_resolution", int(match[1]))
-        height = height or ("wan_resolution", int(match[2]))
-    width = width or ("W", settings.W)
-    height = height or ("H", settings.H)
-    width, height = (_number(field, value, int, MIN_SIDE, MAX_SIDE) for field, value in (width, height))
-    w2, h2 = round_to_multiple(width, model.size_multiple), round_to_multiple(height, model.size_multiple)
-    if (w2, h2) != (width, height):
-        warnings.append(f"size {width}x{height} rounded to {w2}x{h2}: {model.label} needs multiples of {model.size_multiple}")
-    return w2, h2, warnings
-
-
 def _continuity(options: PlanOptions, modes: set[str]) -> tuple[str, list[str]]:
     if options.continuity not in CONTINUITY:
         raise PlanError(f"continuity: expected one of {', '.join(CONTINUITY)}, got {options.continuity!r}")
@@ -273,6 +226,9 @@ def _continuity(options: PlanOptions, modes: set[str]) -> tuple[str, list[str]]:
         raise PlanError(
             f"continuity: {options.continuity} needs a model that supports it; this job supports {', '.join(sorted(modes))}"
         )
+    if options.continuity == "none" and T2V not in modes:
+        raise PlanError("continuity: none starts every clip from text, which this model cannot (it needs a start "
+                        "image); use continuity auto or i2v")
     return options.continuity, []
 
 
@@ -290,12 +246,16 @@ class _Choices:
     overlap: int  # frames each chained clip repeats: VACE's K, I2V's 1, 0 for independent clips
     steps: int
     guidance: float
+    guidance_2: float | None
     flow_shift: float
     sensitivity: float
     language: str
     init_mode: str | None  # how the first clip starts from the init image, if it does
     culprit: str  # the option to name when clips are too short to reach the next output frame
     warnings: tuple[str, ...]
+    choices: tuple[Choice, ...]  # size, steps, guidance(_2), flow shift: value and source
+    negative_prompt: str  # the model's official negative prompt, for clips whose settings give none
+    prompt_steps: int  # Deforum's steps, which [from:to:when] prompt editing counts in
 
 
 def _clip_limit(settings: DeforumSettings, options: PlanOptions, model: ModelSpec) -> int:
@@ -317,10 +277,21 @@ def _overlap(settings: DeforumSettings, options: PlanOptions, continuity: str, m
     return 0 if continuity == "none" else 1
 
 
-def _init_mode(settings: DeforumSettings, modes: set[str]) -> tuple[str | None, list[str]]:
-    """I2V (else VACE) when the settings start from an init image the model can take, else None."""
+def _init_mode(settings: DeforumSettings, model: ModelSpec, modes: set[str]) -> tuple[str | None, list[str]]:
+    """I2V (else VACE) when the settings start from an init image the model can take, else None.
+
+    A model that cannot start a clip from text (I2V, FLF2V, I2V-A14B) needs the init image: without
+    one the plan fails here, naming the field, before any model is loaded.
+    """
     init = settings.init_image
-    if not (settings.use_init and init and str(init).strip().lower() not in ("", "none")):
+    has_image = bool(init and str(init).strip().lower() not in ("", "none"))
+    if not (settings.use_init and has_image):
+        if T2V not in modes:
+            field, why = ("use_init", "init_image is set but use_init is off") if has_image else (
+                "init_image", "no init_image is set")
+            raise PlanError(f"{field}: {model.label} ({model.kind}) cannot start a clip from text, and {why}; give "
+                            "the first clip an image (init_image with use_init on), or choose a model that starts "
+                            "from text (vace, t2v, ti2v-5b, a14b-t2v)")
         return None, []
     mode = I2V if I2V in modes else VACE if VACE in modes else None
     if mode is None:
@@ -332,20 +303,17 @@ def _choices(settings: DeforumSettings, model: ModelSpec, options: PlanOptions) 
     """Check and resolve every option, in a fixed order so the first bad one is the one named."""
     modes = set(model.modes) | set(options.extra_modes)
     continuity, warnings = _continuity(options, modes)
-    width, height, notes = _size(settings, options, model)
+    width, height, notes, size = resolve_size(settings, options, model)
     max_clip = _clip_limit(settings, options, model)
     overlap = _overlap(settings, options, continuity, max_clip)
-    steps = _number("steps", _first(options.steps, _wan_option(settings, "steps", "inference_steps"),
-                                     model.default_steps), int, 1, 200)
-    guidance = _number("guidance", _first(options.guidance, _wan_option(settings, "guidance", "guidance_scale"),
-                                          model.default_guidance), float, 0, 30)
-    flow_shift = _number("flow_shift", _first(options.flow_shift, _wan_option(settings, "flow_shift"),
-                                              model.default_flow_shift), float, 0.01, 50)
+    steps, guidance, guidance_2, flow_shift, choices, sampling_notes = resolve_sampling(settings, model, options,
+                                                                                       width, height)
     sensitivity = _number("sensitivity", options.sensitivity, float, 0.01, 100)
-    init_mode, init_notes = _init_mode(settings, modes)
+    init_mode, init_notes = _init_mode(settings, model, modes)
     culprit = "max_clip_frames" if max_clip < model.max_frames else "overlap" if continuity == VACE else "fps"
-    return _Choices(continuity, width, height, max_clip, overlap, steps, guidance, flow_shift, sensitivity,
-                    options.language, init_mode, culprit, tuple(warnings + notes + init_notes))
+    return _Choices(continuity, width, height, max_clip, overlap, steps, guidance, guidance_2, flow_shift, sensitivity,
+                    options.language, init_mode, culprit, tuple(warnings + notes + sampling_notes + init_notes),
+                    (size, *choices), model.negative_prompt, settings.steps)
 
 
 def _rate(settings: DeforumSettings, model: ModelSpec) -> Fraction:
@@ -384,6 +352,7 @@ def _clip(index: int, segment: int, frames: ClipFrames, mode: str, choices: _Cho
     text = prompt_at(settings, start, timeline.keyframes)
     movement = describe_movement(timeline.path, start, end, settings.fps, sensitivity=choices.sensitivity,
                                  language=choices.language)
+    positive, negative = (plain_prompt(t, choices.prompt_steps) for t in (text.positive, text.negative))
     return Clip(
         index=index,
         segment=segment,
@@ -393,14 +362,17 @@ def _clip(index: int, segment: int, frames: ClipFrames, mode: str, choices: _Cho
         output_start=start,
         output_end=end,
         sources=frames.sources,
-        prompt=text.positive,
-        negative_prompt=text.negative,
+        prompt=positive.text,
+        negative_prompt=negative.text or choices.negative_prompt,
         prompt_key=timeline.keyframes[segment].key,
         movement=movement.text,
         seed=timeline.seeds[start],
         steps=choices.steps,
         guidance=choices.guidance,
         flow_shift=choices.flow_shift,
+        guidance_2=choices.guidance_2,
+        stripped=positive.stripped + negative.stripped,
+        loras=positive.loras + negative.loras,
     )
 
 
@@ -451,6 +423,7 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
         clips=tuple(clips),
         metrics=metrics,
         warnings=choices.warnings,
+        choices=choices.choices + (negative_choice(clips, model),),
     )
 
 
@@ -464,6 +437,14 @@ def format_plan(plan: ClipPlan, width: int = 120) -> str:
         f"(generated/output {m.generated_per_output:.3f}, generated/needed {m.generated_per_needed:.3f}; "
         f"{m.overlap_frames} overlap, {m.surplus_frames} surplus)",
     ]
+    for choice in plan.choices:
+        value = choice.value if not isinstance(choice.value, float) else f"{choice.value:g}"
+        name = choice.name if choice.name == "guidance_2" else choice.name.replace("_", " ")
+        lines.append(f"{name:<15} {value!s:<9} {choice.source}")
+    syntax = dict.fromkeys((c.prompt_key, c.stripped, c.loras) for c in plan.clips if c.stripped)
+    for key, stripped, loras in syntax:
+        lora = f"; LoRA kept for later, not applied: {', '.join(f'{n}:{w:g}' for n, w in loras)}" if loras else ""
+        lines.append(f"prompt {key}: A1111 syntax removed: {' '.join(stripped)}{lora}")
     lines += [f"warning: {w}" for w in plan.warnings]
     header = f"{'clip':>4} {'frames':>11} {'seconds':>13} {'wan':>4} {'mode':>4} {'seed':>10}  prompt | movement"
     lines += ["", header]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..core.specs import MODEL_SPECS, ModelSpec, default_models_dir
+from ..core.specs import ModelSpec, default_models_dir, spec_for_transformer
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,10 @@ def classify_model(path: str | Path) -> ModelInfo:
     tconfig = _read_json(folder / transformer_key / "config.json", folder)
     vconfig = _read_json(folder / "vae" / "config.json", folder)
     kind = _kind_from_configs(folder, cls, index, present, tconfig, vconfig)
-    return ModelInfo(path=folder, kind=kind, spec=MODEL_SPECS[kind], size_bytes=folder_size(folder), name=folder.name)
+    heads, head_dim = tconfig.get("num_attention_heads"), tconfig.get("attention_head_dim")
+    width = heads * head_dim if isinstance(heads, int) and isinstance(head_dim, int) else None
+    spec = spec_for_transformer(kind, width)  # a 1.3B model's 480p sizes; none for an unofficial transformer
+    return ModelInfo(path=folder, kind=kind, spec=spec, size_bytes=folder_size(folder), name=folder.name)
 
 
 def _kind_from_configs(

@@ -445,7 +445,8 @@ def _render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | 
                  on_preview: Callable[[int, int, np.ndarray], None] | None = None, preview_every: int = 0) -> np.ndarray:
     request = ClipRequest(
         prompt=clip.render_prompt, negative_prompt=clip.negative_prompt, num_frames=clip.num_frames,
-        width=plan.width, height=plan.height, steps=clip.steps, guidance=clip.guidance, seed=clip.seed,
+        width=plan.width, height=plan.height, steps=clip.steps, guidance=clip.guidance, guidance_2=clip.guidance_2,
+        seed=clip.seed,
         flow_shift=clip.flow_shift, on_step=on_step, on_preview=on_preview, preview_every=preview_every,
     )
     if clip.mode == T2V:

@@ -202,7 +202,9 @@ def _override_checks() -> dict[str, Callable[[Any], Any]]:
         "continuity": _choice(CONTINUITY),
         "overlap": lambda v: _int_option(v, 1, 117),
         "guidance": lambda v: _float_option(v, 0, 30),
+        "guidance_2": lambda v: _float_option(v, 0, 30),
         "flow_shift": lambda v: _float_option(v, 0.01, 50),
+        "exact_size": _bool_option,
         "max_clip_frames": lambda v: _int_option(v, 5, 121),
         "seed": lambda v: _int_option(v, -1, 2**32 - 1),
         "sensitivity": lambda v: _float_option(v, 0.01, 100),
@@ -523,6 +525,9 @@ _ALIASES = {"steps": ("wan_steps", "wan_inference_steps"), "guidance": ("wan_gui
             "resolution": ("wan_resolution",)}
 
 
+_MISSING_FIELDS = ("init_image", "use_init")
+
+
 def _settings_key(name: str, data: Mapping[str, Any], overrides: Mapping[str, Any] = ()) -> tuple[str, ...] | None:
     """The key the user wrote for an option a parser names (`steps` -> options_overrides.steps or wan_steps)."""
     candidates = (name, f"wan_{name}", *_ALIASES.get(name.removeprefix("wan_"), ()))
@@ -548,6 +553,8 @@ def _plan_error(text: str, loc: tuple[Any, ...], data: Mapping[str, Any], overri
         where = _settings_key(name, data, overrides)
         if where is not None:
             return ((*where,) if where[0] == "options_overrides" else (*loc, *where)), rest
+        if name in _MISSING_FIELDS:  # a field the settings should have given (an I2V model's init_image)
+            return (*loc, name), rest
     return _guess_loc(text, data, loc, overrides), text
 
 
