@@ -13,9 +13,11 @@ clip. Raising, rather than setting diffusers' `_interrupt` flag, skips the VAE
 decode of a half-denoised clip, which is the slow part the user wants to avoid.
 
 Previews: with `on_preview` and `preview_every` > 0, every `preview_every`th step
-(and the last) hands `on_preview(step, total, latent)` the middle latent frame of
-the current prediction of the finished clip, as a float32 array [C, h, w] on the
-CPU; `preview.py` turns it into an image without the VAE.
+(and the last) hands `on_preview(step, total, image)` a small picture of the
+current prediction of the finished clip: its middle latent frame, projected to
+uint8 RGB [H, W, 3] (the clip's aspect, at most preview.MAX_SIDE on its long side)
+by the map fitted from the pipeline's own VAE (`preview_map`, once per load). If
+that fit fails, the job renders without previews after one warning.
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ class ClipRequest:
     by the mode that uses them: `image` (required) and `last_image` by i2v,
     `known_frames` (the frames the clip continues from; may be empty) by vace.
     `guidance_2` is the low-noise expert's guidance scale; models with one
-    expert ignore it. `on_preview` gets a latent frame every `preview_every` steps (0: never).
+    expert ignore it. `on_preview` gets a preview image every `preview_every` steps (0: never).
     """
 
     prompt: str
@@ -179,6 +181,7 @@ class Pipelines:
     max_sequence_length: int = 512  # prompt tokens; Wan uses 512, a tokenizer may declare fewer
     _active: Any = field(default=None, repr=False)
     _freed: bool = field(default=False, repr=False)
+    _preview_maps: dict = field(default_factory=dict, repr=False)  # id(vae) -> its LatentRGB, None if the fit failed
 
     # -- what this object can do -------------------------------------------------
 
@@ -250,6 +253,7 @@ class Pipelines:
         self.main = None
         self.image = None
         self._active = None
+        self._preview_maps.clear()
         self._freed = True
         gc.collect()
         try:
@@ -260,6 +264,28 @@ class Pipelines:
                 torch.cuda.ipc_collect()
         except ImportError:  # pragma: no cover
             pass
+
+    def preview_map(self, pipe: Any = None) -> preview.LatentRGB | None:
+        """The latent -> RGB map of `pipe`'s VAE (main's by default), fitted or read from the cache once per load.
+
+        None if that failed: one warning, and the job renders without previews.
+        """
+        pipe = self.main if pipe is None else pipe
+        vae = getattr(pipe, "vae", None)
+        if id(vae) not in self._preview_maps:
+            try:
+                if vae is None:
+                    raise ValueError("the pipeline has no VAE")
+                self._preview_maps[id(vae)] = preview.map_for_vae(vae, self.device)
+            except Exception as exc:
+                log.warning("live previews off: no latent -> RGB map from the VAE of %s (%s: %s)",
+                            self.info.name, type(exc).__name__, exc)
+                log.debug("preview map fit", exc_info=True)
+                self._preview_maps[id(vae)] = None
+            finally:
+                with contextlib.suppress(Exception):
+                    pipe.maybe_free_model_hooks()  # with per-model offload, the VAE goes back to the CPU
+        return self._preview_maps[id(vae)]
 
     # -- internals ------------------------------------------------------------------
 
@@ -364,8 +390,12 @@ class Pipelines:
         if r.guidance_2 is not None and getattr(pipe.config, "boundary_ratio", None) is not None:
             kwargs["guidance_scale_2"] = float(r.guidance_2)
         on_preview = r.on_preview if r.preview_every > 0 else None
+        rgb_map = self.preview_map(pipe) if on_preview is not None else None
+        if rgb_map is None:
+            on_preview = None
         if r.on_step is not None or on_preview is not None:
-            kwargs["callback_on_step_end"] = _step_callback(r.on_step, int(r.steps), on_preview, int(r.preview_every))
+            kwargs["callback_on_step_end"] = _step_callback(r.on_step, int(r.steps), on_preview, int(r.preview_every),
+                                                            rgb_map, (int(r.width), int(r.height)))
             kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
         kwargs.update(extra)
         with self._flow_shift(pipe, r.flow_shift):
@@ -396,8 +426,9 @@ def _is_vace(pipe: Any) -> bool:
 
 
 def _step_callback(on_step: StepCallback | None, steps: int, on_preview: PreviewCallback | None = None,
-                   every: int = 0) -> Callable[..., dict]:
-    """Adapt on_step(step, total) -> bool, and the previews, to diffusers' callback_on_step_end."""
+                   every: int = 0, rgb_map: preview.LatentRGB | None = None,
+                   size: tuple[int, int] | None = None) -> Callable[..., dict]:
+    """Adapt on_step(step, total) -> bool, and the previews (projected with `rgb_map`), to callback_on_step_end."""
     failed = [False]
 
     def callback(pipe: Any, i: int, t: Any, callback_kwargs: dict) -> dict:
@@ -405,9 +436,11 @@ def _step_callback(on_step: StepCallback | None, steps: int, on_preview: Preview
         step = i + 1
         if on_step is not None and on_step(step, total) is False:
             raise Interrupted(step, total)
-        if on_preview is not None and preview.due(step, total, every) and callback_kwargs.get("latents") is not None:
+        if (on_preview is not None and rgb_map is not None and preview.due(step, total, every)
+                and callback_kwargs.get("latents") is not None):
             try:
-                on_preview(step, total, _preview_latent(pipe, callback_kwargs["latents"]))
+                latent = _preview_latent(pipe, callback_kwargs["latents"])
+                on_preview(step, total, preview.preview_image(latent, rgb_map, size))
             except Exception as exc:  # a preview never stops a clip
                 if not failed[0]:
                     log.warning("no preview at step %d: %s", step, exc, exc_info=True)
@@ -422,7 +455,7 @@ def _preview_latent(pipe: Any, latents: Any) -> np.ndarray:
 
     `latents` are still noisy until the last step; UniPC (Wan's scheduler, with
     predict_x0) and DPM-Solver++ keep their latest clean prediction (x0) in
-    `model_outputs`, which is what ComfyUI previews too. Other schedulers: the
+    `model_outputs`, the less noisy picture to preview. Other schedulers: the
     noisy latents. Only one frame leaves the device.
     """
     scheduler = getattr(pipe, "scheduler", None)

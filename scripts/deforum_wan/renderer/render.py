@@ -12,7 +12,7 @@ beside them, so a render killed at any moment continues from its last complete
 frame with the same seeds and the same continuity as if it had never stopped.
 
 Previews: every `preview_every`th denoising step a small image made from the
-latents (preview.py, no VAE) is written beside the frames under a hidden name and
+latents (preview.py, no VAE decode) is written beside the frames under a hidden name and
 announced as {"type": "preview", "clip", "step", "steps", "path"}; it is removed
 when the render ends.
 """
@@ -349,8 +349,8 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
                       "frames_written": written["count"], "frames_total": total})
                 return not stopping()
 
-            def on_preview(step: int, steps: int, latent: np.ndarray, _clip: Clip = clip) -> None:
-                path = preview_files.write(preview.preview_image(latent, (plan.width, plan.height)))
+            def on_preview(step: int, steps: int, image: np.ndarray, _clip: Clip = clip) -> None:
+                path = preview_files.write(image)  # projected by the pipelines with the VAE's fitted map
                 if path is not None:
                     showing["preview"] = True
                     emit({"type": "preview", "clip": _clip.index, "step": step, "steps": steps, "path": str(path)})
