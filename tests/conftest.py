@@ -10,6 +10,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Caches (enhancer outputs, fitted preview maps) go to a folder of this run, never the user's ~/.cache.
+if "DEFORUM_WAN_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["DEFORUM_WAN_CACHE"] = tempfile.mkdtemp(prefix="deforum-wan-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["DEFORUM_WAN_CACHE"], True)
 
 
 def require_render_stack() -> None:
