@@ -277,3 +277,13 @@ def default_models_dir() -> Path:
     """
     env = os.environ.get("DEFORUM_WAN_MODELS")
     return Path(env).expanduser() if env else Path("models") / "wan"
+
+
+def cache_root() -> Path:
+    """$DEFORUM_WAN_CACHE, else $XDG_CACHE_HOME or ~/.cache, /deforum-wan: the enhancer and the previews keep
+    their caches in folders below it."""
+    env = os.environ.get("DEFORUM_WAN_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "deforum-wan"

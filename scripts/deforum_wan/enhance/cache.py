@@ -14,17 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..core.specs import cache_root
 from . import prompting
 from .options import EnhanceRequest
 
 
 def default_cache_dir() -> Path:
     """$DEFORUM_WAN_CACHE/enhance, else $XDG_CACHE_HOME or ~/.cache, /deforum-wan/enhance."""
-    env = os.environ.get("DEFORUM_WAN_CACHE")
-    if env:
-        return Path(env).expanduser() / "enhance"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "deforum-wan" / "enhance"
+    return cache_root() / "enhance"
 
 
 class EnhanceCache:

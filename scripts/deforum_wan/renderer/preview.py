@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.specs import cache_root
 from . import outputs
 
 log = logging.getLogger(__name__)
@@ -231,11 +232,7 @@ def fit_map(vae: Any, device: Any = None) -> LatentRGB:
 
 def cache_dir() -> Path:
     """$DEFORUM_WAN_CACHE/preview, else $XDG_CACHE_HOME or ~/.cache, /deforum-wan/preview."""
-    env = os.environ.get("DEFORUM_WAN_CACHE")
-    if env:
-        return Path(env).expanduser() / "preview"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "deforum-wan" / "preview"
+    return cache_root() / "preview"
 
 
 def vae_key(vae: Any) -> str | None:
