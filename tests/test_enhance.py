@@ -1,6 +1,7 @@
 """Prompt enhancer: model discovery and choice, cleaning, cache, and the real tiny Qwen end to end."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -10,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from deforum_wan.enhance import cleaning, prompting
+from deforum_wan.enhance import cleaning, context, prompting
 from deforum_wan.enhance import qwen as qwen_models
 from deforum_wan.enhance.cache import EnhanceCache
 from deforum_wan.enhance.cleaning import clean_output, clean_text
 from deforum_wan.enhance.options import EnhanceError, EnhanceOptions, EnhanceRequest
 from deforum_wan.enhance.qwen import download_qwen, estimate_params, find_qwen_models, resolve_qwen, select_qwen
-from deforum_wan.enhance.rewrite import QwenEnhancer, enhance_plan
+from deforum_wan.enhance.rewrite import QwenEnhancer, clip_requests, enhance_plan
 from deforum_wan.core.plan import PlanOptions, plan_clips
 from deforum_wan.core.settings import settings_from_dict
 from deforum_wan.core.specs import MODEL_SPECS
@@ -272,7 +273,8 @@ def test_user_message_carries_prompt_camera_words_and_style():
 
 
 @pytest.mark.parametrize("bad", [{"target_language": "fr"}, {"style_strength": 1.5}, {"style_strength": "lots"},
-                                 {"timeout_seconds": 0}, {"max_new_tokens": 2}, {"qwne": "x"}])
+                                 {"timeout_seconds": 0}, {"max_new_tokens": 2}, {"qwne": "x"},
+                                 {"shared_context": "maybe"}, {"shared_context": 2}])
 def test_bad_options_are_user_errors(bad):
     with pytest.raises(EnhanceError):
         EnhanceOptions.from_dict(bad)
@@ -298,7 +300,7 @@ def test_cache_key_covers_every_input_and_the_system_prompt_version(monkeypatch)
     key = EnhanceCache.key("model-a", base, 256)
     variants = [EnhanceCache.key("model-b", base, 256), EnhanceCache.key("model-a", base, 128)]
     for change in ({"prompt": "a cat"}, {"movement": "pan right"}, {"style": "oil"}, {"style_strength": 0.6},
-                   {"language": "zh"}):
+                   {"language": "zh"}, {"shared": "a red coat"}, {"previous": "a cat"}, {"next": "a cat"}):
         variants.append(EnhanceCache.key("model-a", EnhanceRequest(**{**base.__dict__, **change}), 256))
     monkeypatch.setattr(prompting, "SYSTEM_PROMPT_VERSION", "999")
     variants.append(EnhanceCache.key("model-a", base, 256))
@@ -315,6 +317,141 @@ def test_cache_round_trip_is_atomic_and_survives_damage(tmp_path):
     assert cache.get("ab" + "0" * 62) is None  # a damaged entry is regenerated, not an error
 
 
+# ---------------------------------------------------------------- the video's context
+
+WOMAN = "a red-haired woman in a yellow coat"
+STORY = [f"{WOMAN}, walking down a rainy street, neon lights, cinematic",
+         "A Red-Haired Woman in a YELLOW coat, sitting in a small cafe, cinematic.",
+         "a rainy street at night. empty, Neon Lights, cinematic",
+         f"{WOMAN}, waving goodbye, cinematic"]
+STORY_SHARED = f"{WOMAN}, neon lights, cinematic"
+
+
+def test_shared_line_keeps_recurring_phrases_in_first_seen_order():
+    assert context.shared_line(STORY) == STORY_SHARED  # first-seen spelling, compared case/space-insensitively
+    assert context.shared_line(STORY[2:] + STORY[:2]).startswith("Neon Lights, cinematic, a red-haired woman")
+    assert context.shared_line(["a fox, snow", "a bird, snow", "a fox, rain"]) == "a fox, snow"
+    assert context.shared_line(["a  Red\tcoat , dawn", "A red coat, dusk"]) == "a Red coat"
+
+
+def test_shared_line_leaves_out_one_off_phrases_and_a_single_prompt():
+    line = context.shared_line(STORY)
+    for one_off in ("walking down", "sitting in a small cafe", "rainy street", "empty", "waving goodbye"):
+        assert one_off not in line
+    assert context.shared_line([STORY[0]]) == ""
+    assert context.shared_line([STORY[0], STORY[0].upper(), f"  {STORY[0]} "]) == ""  # one distinct prompt
+    assert context.shared_line([]) == context.shared_line(["", " "]) == ""
+    assert context.shared_line(["a fox, a fox, snow", "a bird"]) == ""  # repeated within one prompt only
+    # A clip that spans two prompts ("A. Then B") does not make A's phrases shared with the clip "A".
+    merged = ["a fox, deep snow", "a fox, deep snow. Then a bird, deep snow", "a bird, deep snow"]
+    assert context.shared_line(merged) == "deep snow"
+
+
+def test_shared_line_is_bounded_by_whole_phrases():
+    phrases = [f"recurring phrase number {i} with extra words" for i in range(10)]
+    prompts = [", ".join(phrases) + ", in the morning", ", ".join(phrases) + ", at night"]
+    line = context.shared_line(prompts)
+    kept = line.split(", ")
+    assert 0 < len(line) <= context.SHARED_MAX_CHARS == 200
+    assert kept == phrases[: len(kept)] and len(kept) < len(phrases)
+    assert context.shared_line(prompts, max_chars=60) == phrases[0]
+    too_long = "x" * 150 + " " + "y" * 100
+    assert context.shared_line([f"{too_long}, a red coat, day", f"{too_long}, a red coat, night"]) == "a red coat"
+
+
+def test_shared_line_handles_chinese_punctuation():
+    assert context.split_phrases("一位红发女子，身穿黄色外套。坐在 1.5 米高的窗边") == [
+        "一位红发女子", "身穿黄色外套", "坐在 1.5 米高的窗边"]
+    zh = ["一位红发女子，身穿黄色外套，走在雨夜的街道上。", "一位红发女子，身穿黄色外套，坐在咖啡馆里。", "雨夜的街道，空无一人。"]
+    assert context.shared_line(zh) == "一位红发女子，身穿黄色外套"
+    assert context.shared_line(zh, max_chars=10) == "一位红发女子"
+
+
+def test_neighbours_are_the_previous_and_next_distinct_scene():
+    prompts = ["a fox", "A  Fox.", "a bird", "an owl", "an owl", "", "a fox"]
+    assert context.neighbours(prompts) == [("", "a bird"), ("", "a bird"), ("a fox", "an owl"),
+                                           ("a bird", "a fox"), ("a bird", "a fox"), ("", ""), ("an owl", "")]
+    assert context.neighbours(["a fox"]) == [("", "")] and context.neighbours([]) == []
+    long = ", ".join(f"detail number {i}" for i in range(40))
+    previous, _ = context.neighbours(["a fox", long, "a bird"])[2]
+    assert len(previous) <= context.NEIGHBOUR_MAX_CHARS and long.startswith(previous) and previous.endswith(
+        tuple(f"detail number {i}" for i in range(40)))
+    contexts = context.scene_contexts(STORY)
+    assert {c.shared for c in contexts} == {STORY_SHARED}
+    assert [(c.previous, c.next) for c in contexts] == [("", STORY[1]), (STORY[0], STORY[2].rstrip(".")),
+                                                        (STORY[1], STORY[3]), (STORY[2], "")]
+
+
+def test_user_message_carries_the_video_context():
+    request = EnhanceRequest("a woman sits in a small cafe", "slow pan left", shared=STORY_SHARED,
+                             previous="a woman walks down a rainy street", next="a woman waves goodbye")
+    assert prompting.user_message(request).splitlines() == [
+        f"Keep the same across the whole video: {STORY_SHARED}",
+        "Before this scene: a woman walks down a rainy street",
+        "After this scene: a woman waves goodbye",
+        "Scene: a woman sits in a small cafe",
+        "Camera movement (include word for word): slow pan left",
+    ]
+    zh = prompting.user_message(EnhanceRequest("女子坐在咖啡馆里", "镜头缓慢左摇", language="zh", shared="一位红发女子",
+                                               previous="女子走在雨夜的街道上"))
+    assert zh.splitlines()[:3] == ["整个视频中保持一致：一位红发女子", "本场景之前：女子走在雨夜的街道上", "画面：女子坐在咖啡馆里"]
+    plain = prompting.user_message(EnhanceRequest("a fox", "slow pan left"))
+    assert plain.splitlines()[0] == "Scene: a fox" and "whole video" not in plain and "this scene" not in plain
+    assert "same words and details" in prompting.SYSTEM_PROMPTS["en"]
+    assert "Do not describe or narrate them" in prompting.SYSTEM_PROMPTS["en"]
+    assert "相同的词语和细节" in prompting.SYSTEM_PROMPTS["zh"] and "不要描写或叙述它们" in prompting.SYSTEM_PROMPTS["zh"]
+    assert prompting.SYSTEM_PROMPT_VERSION != "1"  # the layout changed: old rewrites are not served
+
+
+def test_shared_context_option():
+    assert EnhanceOptions.from_dict({}).shared_context is True
+    assert EnhanceOptions.from_dict({"shared_context": None}).shared_context is True
+    for off in (False, 0, "false", "OFF", "no", "0"):
+        assert EnhanceOptions.from_dict({"shared_context": off}).shared_context is False
+    for on in (True, 1, "true", "on", "yes"):
+        assert EnhanceOptions.from_dict({"shared_context": on}).shared_context is True
+    clips = [type("Clip", (), {"prompt": p, "movement": "pan left"})() for p in STORY]
+    on = clip_requests(clips, EnhanceOptions.from_dict({}))
+    off = clip_requests(clips, EnhanceOptions.from_dict({"shared_context": False}))
+    assert [r.shared for r in on] == [STORY_SHARED] * 4 and on[0].previous == "" and on[-1].next == ""
+    assert all((r.shared, r.previous, r.next) == ("", "", "") for r in off)
+
+
+def test_cache_key_differs_between_contexts():
+    base = EnhanceRequest("a woman sits in a cafe", "pan left", shared=STORY_SHARED, previous="a street", next="a bus")
+    keys = {EnhanceCache.key("m", base, 256)}
+    for change in ({"shared": ""}, {"shared": "a red coat"}, {"previous": ""}, {"next": ""},
+                   {"previous": "a bus", "next": "a street"}):
+        keys.add(EnhanceCache.key("m", EnhanceRequest(**{**base.__dict__, **change}), 256))
+    assert len(keys) == 6
+
+
+def test_an_output_that_copies_the_neighbouring_scenes_is_rejected():
+    move = "slow pan left"
+    original = f"{WOMAN}, sitting in a small cafe"
+    before = f"{WOMAN}, walking down a rainy street at night"
+    after = f"{WOMAN}, waving goodbye at a train station"
+    good = ("A red-haired woman in a yellow coat sits by the window of a small cafe, steam curling from her cup "
+            "while rain streaks the glass behind her.")
+    text, reason = clean_output(good, move, original, (before, after))
+    assert reason is None and text == good[:-1] + f", {move}."
+    copies = [after + ", " + move,  # the next scene instead of this one
+              before,
+              good + " Later, " + after + ".",  # narrates the next scene too
+              "Before this scene: " + before + ". " + good,  # echoes the context lines
+              good + " After this scene: she leaves."]
+    for raw in copies:
+        assert clean_output(raw, move, original, (before, after)) == (original, "output copies the neighbouring scenes")
+    assert clean_output(after + ", " + move, move, original)[1] is None  # no neighbours given: nothing to check
+    # A scene that continues its neighbour may repeat it.
+    continued = before + ", then she stops under an awning"
+    text, reason = clean_output(f"{good} Earlier, {before}.", move, continued, (before, after))
+    assert reason is None
+    zh_before = "一位红发女子身穿黄色外套走在雨夜的街道上"
+    assert clean_output("本场景之前：" + zh_before + "。她撑着伞慢慢走过霓虹灯下的水洼，倒影闪烁。", "镜头左摇",
+                        "女子坐在咖啡馆里", (zh_before,))[1] == "output copies the neighbouring scenes"
+
+
 # ---------------------------------------------------------------- the real tiny model
 
 
@@ -328,7 +465,8 @@ def spy(monkeypatch):
     """Wraps the generate of every model QwenEnhancer loads: counts calls and rows; can script the output."""
     import torch
 
-    state = {"calls": 0, "rows": [], "enhancers": [], "script": None, "fail": None, "slow": None}
+    state = {"calls": 0, "rows": [], "enhancers": [], "script": None, "fail": None, "slow": None, "chats": [],
+             "inputs": []}
     original_load = QwenEnhancer.load
 
     def load(self):
@@ -339,10 +477,18 @@ def spy(monkeypatch):
         state["enhancers"].append(self)
         model, tok = self.model, self.tokenizer
         real_generate = model.generate
+        real_template = tok.apply_chat_template
+
+        def apply_chat_template(messages, *a, **kw):
+            state["chats"].append([dict(m) for m in messages])  # what the real template is given
+            return real_template(messages, *a, **kw)
+
+        tok.apply_chat_template = apply_chat_template
 
         def generate(**kw):
             state["calls"] += 1
             state["rows"].append(int(kw["input_ids"].shape[0]))
+            state["inputs"].append(tok.batch_decode(kw["input_ids"], skip_special_tokens=True))
             if state["fail"]:
                 raise state["fail"]
             if state["slow"]:
@@ -381,9 +527,11 @@ def realistic(prompt_text: str) -> str:
 def test_one_generate_call_for_all_clips_then_none_from_cache(qwen, spy, tmp_path):
     settings, plan = small_plan()
     assert len(plan.clips) >= 3
-    unique = len({(c.prompt, c.movement) for c in plan.clips})
-    assert unique < len(plan.clips)  # the repeated prompt shares a row
     options = {"qwen": qwen, "cache_dir": str(tmp_path / "c"), "max_new_tokens": 16, "device": "cpu"}
+    unique = len(set(clip_requests(plan.clips, EnhanceOptions.from_dict(options))))
+    # Without the video's context a repeated prompt shares a row (with it, only where its neighbours match too).
+    no_context = EnhanceOptions.from_dict({**options, "shared_context": False})
+    assert len(set(clip_requests(plan.clips, no_context))) == len({(c.prompt, c.movement) for c in plan.clips})
     spy["script"] = realistic
     events = []
     first = enhance_plan(plan, settings, options, events.append)
@@ -463,6 +611,63 @@ def test_enhancer_batch_api(qwen, spy):
     assert enhancer.model is None and spy["calls"] == 1
     assert results[0].enhanced and results[0].text.endswith(", slow pan left.")
     assert results[1].enhanced and "slow pan left" not in results[1].text
+
+
+def story_plan():
+    """Four scenes of 3 s with the same woman in three of them and the same style throughout."""
+    settings = small_settings(prompts={str(24 * i): p for i, p in enumerate(STORY)}, max_frames=96, fps=8)
+    return settings, plan_clips(settings, MODEL_SPECS["t2v"], PlanOptions(seed=11, max_clip_frames=17, steps=1))
+
+
+def user_fields(chat: list[dict]) -> dict[str, str]:
+    assert [m["role"] for m in chat] == ["system", "user"]
+    return dict(line.split(": ", 1) for line in chat[1]["content"].splitlines())
+
+
+def test_every_clip_request_carries_the_shared_line_and_its_neighbours(qwen, spy, tmp_path):
+    settings, plan = story_plan()
+    scenes = [prompt for prompt, _ in itertools.groupby(c.prompt for c in plan.clips)]
+    assert scenes == STORY and len(plan.clips) > len(scenes)  # some scenes span several clips
+    spy["script"] = realistic
+    events = []
+    options = {"qwen": qwen, "cache_dir": str(tmp_path / "c"), "max_new_tokens": 16, "device": "cpu"}
+    out = enhance_plan(plan, settings, options, events.append)
+    assert spy["calls"] == 1 and spy["rows"] == [len(spy["chats"])]
+    by_scene = {f["Scene"]: f for f in map(user_fields, spy["chats"])}
+    assert set(by_scene) == set(STORY)  # clips of one scene share a row: the same prompt in the same context
+    for clip in plan.clips:
+        fields = by_scene[clip.prompt]
+        i = scenes.index(clip.prompt)
+        assert fields["Keep the same across the whole video"] == STORY_SHARED
+        assert fields.get("Before this scene") == (scenes[i - 1] if i > 0 else None)
+        assert fields.get("After this scene", "").rstrip(".") == (scenes[i + 1].rstrip(".") if i + 1 < len(scenes)
+                                                                   else "")
+        assert fields["Camera movement (include word for word)"] == clip.movement
+    first, last = by_scene[STORY[0]], by_scene[STORY[-1]]
+    assert "Before this scene" not in first and first["After this scene"] == STORY[1]
+    assert "After this scene" not in last and last["Before this scene"] == STORY[2].rstrip(".")
+    # What reaches generate: every row carries the same line, through the real chat template.
+    assert all(f"Keep the same across the whole video: {STORY_SHARED}\n" in row for row in spy["inputs"][0])
+    assert any(e["type"] == "status" and STORY_SHARED in e["message"] for e in events)
+    assert [c.enhanced_prompt.split(", shown in rich detail")[0] for c in out.clips] == [c.prompt for c in out.clips]
+
+
+def test_shared_context_off_removes_the_context_and_is_cached_apart(qwen, spy, tmp_path):
+    settings, plan = story_plan()
+    spy["script"] = realistic
+    options = {"qwen": qwen, "cache_dir": str(tmp_path / "c"), "max_new_tokens": 16, "device": "cpu"}
+    on = enhance_plan(plan, settings, options, lambda e: None)
+    assert spy["calls"] == 1 and all("Keep the same" in chat[1]["content"] for chat in spy["chats"])
+    spy["chats"].clear()
+    off = enhance_plan(plan, settings, {**options, "shared_context": False}, lambda e: None)
+    assert spy["calls"] == 2  # the same prompts without the context are not served the rewrites made with it
+    assert [set(user_fields(chat)) for chat in spy["chats"]] == [
+        {"Scene", "Camera movement (include word for word)"}] * len(STORY)
+    assert not any(label in row for row in spy["inputs"][1] for label in prompting.CONTEXT_LABELS["en"])
+    assert [c.enhanced_prompt for c in off.clips] == [c.enhanced_prompt for c in on.clips]
+    enhance_plan(plan, settings, options, lambda e: None)
+    enhance_plan(plan, settings, {**options, "shared_context": "false"}, lambda e: None)
+    assert spy["calls"] == 2  # each context has its own cache entries
 
 
 # ---------------------------------------------------------------- render and CLI

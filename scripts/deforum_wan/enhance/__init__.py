@@ -2,6 +2,7 @@
 
 options    what a caller asks (EnhanceOptions, EnhanceRequest) and gets back (EnhanceResult)
 qwen       finding, inspecting, choosing and downloading Qwen models
+context    what the prompts of a video share, and each clip's neighbouring scenes
 prompting  the system prompt and the per-clip user message
 cleaning   turning model output into a usable prompt, or the reason it is not one
 cache      raw model outputs on disk, so a re-render makes no model call

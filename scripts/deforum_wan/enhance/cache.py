@@ -1,7 +1,8 @@
 """The on-disk cache of raw model outputs, so a re-render makes no model call.
 
 One small JSON file per input, keyed by a hash of the model identity, the system
-prompt version, the language, every request field and the token limit; written
+prompt version, the language, every request field (the video's context included:
+the same prompt between other scenes is another rewrite) and the token limit; written
 atomically, and a missing or damaged entry is simply regenerated. Raw outputs
 are stored, not cleaned prompts: cleaning runs again on every read.
 """
@@ -35,6 +36,7 @@ class EnhanceCache:
         data = {"model": model_id, "system_prompt": prompting.SYSTEM_PROMPT_VERSION, "language": request.language,
                 "prompt": request.prompt, "movement": request.movement, "style": request.style,
                 "style_strength": round(request.style_strength, 3) if request.style else None,
+                "shared": request.shared, "previous": request.previous, "next": request.next,
                 "max_new_tokens": max_new_tokens}
         return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 

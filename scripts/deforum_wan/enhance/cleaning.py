@@ -5,13 +5,17 @@ Small instruct models wrap their answer in think blocks, markdown, preambles
 long, drop the camera words or the user's quoted text, or emit garbage. This
 module strips the wrapping, caps the length at a sentence boundary, appends the
 camera words when they were lost, and falls back to the original prompt with a
-reason when the output is unusable. Pure text functions: the cache stores raw
+reason when the output is unusable, or when it merely copies the neighbouring
+scenes it was given as context. Pure text functions: the cache stores raw
 outputs, so a better cleaner applies to cached rewrites too.
 """
 from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Sequence
+
+from .prompting import CONTEXT_LABELS
 
 MAX_WORDS = 100  # length cap; a CJK character counts as 2/3 of a word (150 characters ~ 100 words)
 MIN_WORDS = 8  # fewer is not an enhancement, whatever it is
@@ -38,6 +42,9 @@ _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "「": "」", "『": 
 _QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|「([^」]+)」|『([^』]+)』|(?<!\w)'([^']+)'(?!\w)")
 _REPEAT = re.compile(r"(.{2,30}?)\1{3,}", re.S)
 _SENTENCE_END = re.compile(r"[.!?](?=[\s\"'”’)]|$)|[。！？]")
+# The context lines of the user message, echoed back: "Before this scene: ..."
+_CONTEXT_ECHO = re.compile("|".join(re.escape(label.rstrip(" :：")) + r"\s*[:：]"
+                                    for labels in CONTEXT_LABELS.values() for label in labels), re.I)
 
 
 def _units(text: str) -> float:
@@ -149,7 +156,26 @@ def _append_movement(text: str, movement: str) -> str:
     return f"{text.rstrip(' .!?,;')}, {movement}."
 
 
-def clean_text(text: str, movement: str, original: str) -> tuple[str, str | None, tuple[str, ...]]:
+def _copies_neighbours(text: str, movement: str, original: str, neighbours: Sequence[str]) -> bool:
+    """Whether `text` is a neighbouring scene rather than this one: it echoes the context labels,
+    is (part of) a neighbour's prompt, or carries a whole neighbour prompt that the original lacks."""
+    if _CONTEXT_ECHO.search(text):
+        return True
+    out = _norm(text)
+    if movement:
+        out = " ".join(out.replace(_norm(movement), " ").split())
+    own = _norm(original)
+    for neighbour in neighbours:
+        other = _norm(neighbour)
+        if not other or other in own:
+            continue  # this scene repeats its neighbour: copying it is keeping the prompt
+        if (out and out in other) or (_units(neighbour) >= 4 and other in out):
+            return True
+    return False
+
+
+def clean_text(text: str, movement: str, original: str,
+               neighbours: Sequence[str] = ()) -> tuple[str, str | None, tuple[str, ...]]:
     """clean_output plus notes on what was repaired (e.g. camera words appended)."""
     notes: list[str] = []
     cleaned = _strip_think(text or "")
@@ -172,6 +198,8 @@ def clean_text(text: str, movement: str, original: str) -> tuple[str, str | None
     for quoted in _quoted_texts(original):
         if _norm(quoted) and _norm(quoted) not in _norm(cleaned):
             return original, f"output dropped the quoted text {quoted!r}", ()
+    if neighbours and _copies_neighbours(cleaned, movement, original, neighbours):
+        return original, "output copies the neighbouring scenes", ()
     cleaned = _truncate(cleaned)
     if movement and _norm(movement) not in _norm(cleaned):
         cleaned = _append_movement(cleaned, movement)
@@ -179,11 +207,12 @@ def clean_text(text: str, movement: str, original: str) -> tuple[str, str | None
     return cleaned, None, tuple(notes)
 
 
-def clean_output(text: str, movement: str, original: str) -> tuple[str, str | None]:
+def clean_output(text: str, movement: str, original: str, neighbours: Sequence[str] = ()) -> tuple[str, str | None]:
     """Model output -> (prompt, None), or (original, reason) when the output is unusable.
 
     Drops think blocks, markdown, preambles, wrapping quotes and trailing notes; caps the
-    length at a sentence boundary; appends the camera words if the model lost them.
+    length at a sentence boundary; appends the camera words if the model lost them; rejects
+    an output that copies the `neighbours` (the previous and next prompts given as context).
     """
-    cleaned, reason, _notes = clean_text(text, movement, original)
+    cleaned, reason, _notes = clean_text(text, movement, original, neighbours)
     return cleaned, reason

@@ -42,6 +42,13 @@ def format_results(plan: ClipPlan, results: Sequence[EnhanceResult], width: int 
     return "\n".join(lines).rstrip()
 
 
+def _shared_context(args: argparse.Namespace) -> bool | None:
+    """--no-shared-context or shared_context=False turn the video's context off; None: the default."""
+    if getattr(args, "no_shared_context", False):
+        return False
+    return getattr(args, "shared_context", None)
+
+
 def run_enhance_command(args: argparse.Namespace, plan: ClipPlan) -> int:
     """`deforum-wan enhance SETTINGS`: rewrite the prompts of `plan`, show before and after.
 
@@ -53,6 +60,7 @@ def run_enhance_command(args: argparse.Namespace, plan: ClipPlan) -> int:
         "models_dir": getattr(args, "models_dir", None), "cache_dir": getattr(args, "cache_dir", None),
         "timeout_seconds": getattr(args, "timeout_seconds", None),
         "max_new_tokens": getattr(args, "max_new_tokens", None),
+        "shared_context": _shared_context(args),
     })
 
     def on_event(event: dict) -> None:
@@ -65,9 +73,12 @@ def run_enhance_command(args: argparse.Namespace, plan: ClipPlan) -> int:
                  "movement": c.movement, "enhanced": r.text if r.enhanced else None,
                  "render_prompt": r.text if r.enhanced else c.render_prompt, "source": r.source,
                  "fallback_reason": r.reason, "notes": list(r.notes)} for c, r in zip(plan.clips, results)]
-        print(json.dumps({"model": str(model.path), "target_language": opts.target_language, "clips": rows},
-                         indent=2, ensure_ascii=False))
+        shared = results[0].request.shared if results else ""
+        print(json.dumps({"model": str(model.path), "target_language": opts.target_language, "shared": shared,
+                          "clips": rows}, indent=2, ensure_ascii=False))
     else:
         print(f"model: {model.label} at {model.path}")
+        if results and results[0].request.shared:
+            print(f"described the same in every clip: {results[0].request.shared}")
         print(format_results(plan, results))
     return 0

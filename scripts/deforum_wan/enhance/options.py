@@ -2,7 +2,8 @@
 
 The vocabulary every other enhance module shares: the options of a render job
 (`EnhanceOptions`, validated once in `from_dict`), one model row
-(`EnhanceRequest`: identical requests share a row and a cache entry), what became
+(`EnhanceRequest`: the clip's prompt and camera words with the video's shared
+context; identical requests share a row and a cache entry), what became
 of it (`EnhanceResult`) and `EnhanceError`, a user error whose message says what
 to do. It lives apart so that the model finder, the prompt templates, the cache
 and the rewrite can all use it without importing one another.
@@ -35,6 +36,7 @@ class EnhanceOptions:
     no_cache: bool = False
     device: str | None = None
     hub_cache: str | None = None  # Hugging Face hub cache to scan (default: HF_HUB_CACHE or ~/.cache/huggingface/hub)
+    shared_context: bool = True  # give every rewrite the phrases the prompts share and the neighbouring scenes
 
     @classmethod
     def from_dict(cls, options: dict | None) -> "EnhanceOptions":
@@ -60,7 +62,22 @@ class EnhanceOptions:
             raise EnhanceError(f"max_new_tokens: expected a whole number from 16 to 4096, got {opts.max_new_tokens!r}")
         qwen = opts.qwen if opts.qwen not in ("", "auto") else None
         return replace(opts, style=str(opts.style or "").strip(), style_strength=strength, qwen=qwen,
-                       no_cache=bool(opts.no_cache))
+                       no_cache=bool(opts.no_cache), shared_context=_switch("shared_context", opts.shared_context))
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _switch(name: str, value: object) -> bool:
+    """A yes/no option as JSON, a form or a command line may send it: a bool, 0/1, or true/false words."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise EnhanceError(f"{name}: expected true or false, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,11 @@ class EnhanceRequest:
     style: str = ""
     style_strength: float = 0.5
     language: str = "en"
+    # The context of the whole video (context.py): the same for every clip of a job, and
+    # the previous and next distinct prompts; "" when there is none or it is turned off.
+    shared: str = ""
+    previous: str = ""
+    next: str = ""
 
 
 @dataclass(frozen=True)

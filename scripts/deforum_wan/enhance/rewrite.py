@@ -6,8 +6,11 @@ render: it runs once per job, before the video model loads, with every unique
 clip prompt in one batched greedy `generate` call, and is freed right after.
 `QwenEnhancer` loads the model and makes that call (torch and transformers are
 imported only there); `enhance_requests` serves the cache first and rewrites the
-rest; `enhance_plan` applies the results to a clip plan. Any failure or timeout
-leaves the original prompts in place and says why.
+rest; `enhance_plan` applies the results to a clip plan. Every clip's request
+carries the context of the whole video (context.py: the phrases its prompts
+share, and the scenes before and after), so what persists is described the same
+way in every clip. Any failure or timeout leaves the original prompts in place
+and says why.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from . import prompting
 from .cache import EnhanceCache
 from .cleaning import clean_text
+from .context import SceneContext, scene_contexts
 from .options import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TIMEOUT_SECONDS, EnhanceOptions, EnhanceRequest, EnhanceResult
 from .prompting import chat_messages
 from .qwen import QwenModel, inspect_qwen_folder, model_identity, resolve_qwen
@@ -159,7 +163,8 @@ class QwenEnhancer:
 
 
 def _result(request: EnhanceRequest, raw: str, source: str) -> EnhanceResult:
-    text, reason, notes = clean_text(raw, request.movement, request.prompt)
+    neighbours = tuple(n for n in (request.previous, request.next) if n)
+    text, reason, notes = clean_text(raw, request.movement, request.prompt, neighbours)
     return EnhanceResult(request=request, text=text, enhanced=reason is None, source=source, reason=reason,
                          notes=notes, raw=raw)
 
@@ -235,10 +240,17 @@ def enhance_requests(requests: Sequence[EnhanceRequest], options: EnhanceOptions
 
 
 def clip_requests(clips: Sequence[Any], opts: EnhanceOptions) -> list[EnhanceRequest]:
-    """One request per clip: its prompt and camera words, with the job's style and language."""
+    """One request per clip: its prompt and camera words, with the job's style and language.
+
+    With `opts.shared_context` (the default) every request also carries the context drawn
+    once from all of `clips`: the same shared line for all, and each clip's neighbours.
+    """
+    none = SceneContext()
+    contexts = scene_contexts([c.prompt for c in clips]) if opts.shared_context else [none] * len(clips)
     return [EnhanceRequest(prompt=c.prompt, movement=c.movement, style=opts.style,
                            style_strength=opts.style_strength if opts.style else 0.0,
-                           language=opts.target_language) for c in clips]
+                           language=opts.target_language, shared=ctx.shared, previous=ctx.previous, next=ctx.next)
+            for c, ctx in zip(clips, contexts)]
 
 
 def enhance_plan(plan: ClipPlan, settings: DeforumSettings, options: dict, on_event: EventCallback) -> ClipPlan:
@@ -253,7 +265,11 @@ def enhance_plan(plan: ClipPlan, settings: DeforumSettings, options: dict, on_ev
         clips = [c for c in plan.clips if c.prompt.strip()]
         if not clips:
             return plan
-        results, _model = enhance_requests(clip_requests(clips, opts), opts, emit)
+        requests = clip_requests(clips, opts)  # the whole plan's context, drawn once
+        if requests[0].shared:
+            emit({"type": "status", "phase": "enhancing",
+                  "message": f"describing the same in every clip: {requests[0].shared}"})
+        results, _model = enhance_requests(requests, opts, emit)
         prompts = {c.index: r.text for c, r in zip(clips, results) if r.enhanced}
         by_reason: dict[str, list[int]] = {}
         for c, r in zip(clips, results):
