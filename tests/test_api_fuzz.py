@@ -37,8 +37,8 @@ SETTINGS_KEYS = [
     "wan_guidance_scale", "wan_flow_shift", "wan_continuity", "wan_seed",
 ]
 OVERRIDE_KEYS = ["steps", "width", "height", "continuity", "overlap", "guidance", "flow_shift", "max_clip_frames",
-                 "seed", "sensitivity", "language", "blend", "color_match", "device", "memory_profile", "attention",
-                 "make_video", "enhance_style_strength", "model", "i2v_model", "outdir"]
+                 "seed", "sensitivity", "language", "timing", "fps_tolerance", "min_clip_seconds", "color_match",
+                 "device", "memory_profile", "attention", "make_video", "enhance_style_strength", "model", "i2v_model", "outdir"]
 # A change to one key can make a parser name its partner (the clip length and its overlap).
 RELATED = {
     "wan_max_clip_frames": {"wan_frame_overlap", "overlap"}, "wan_frame_overlap": {"wan_max_clip_frames"},

@@ -718,7 +718,7 @@ def _cli(*args, env_extra: dict | None = None):
 
 def test_cli_enhances_the_forge_default_settings(qwen, tmp_path):
     env = {"DEFORUM_WAN_CACHE": str(tmp_path / "cache")}
-    out = _cli(FORGE_DEFAULT, "--qwen", qwen, "--seed", "5", env_extra=env)
+    out = _cli(FORGE_DEFAULT, "--qwen", qwen, "--seed", "5", "--min-clip-seconds", "0", env_extra=env)
     assert out.returncode == 0, out.stderr[-3000:]
     blocks = [b for b in out.stdout.split("\n\n") if b.lstrip().startswith(("clip ", "model: "))]
     assert len([b for b in out.stdout.splitlines() if b.startswith("clip ")]) == 18
@@ -726,7 +726,7 @@ def test_cli_enhances_the_forge_default_settings(qwen, tmp_path):
     assert "A cute white bunny sitting in a peaceful meadow" in out.stdout
     assert "fast dolly in" in out.stdout and "kept original: empty output" in out.stdout
 
-    again = _cli(FORGE_DEFAULT, "--qwen", qwen, "--seed", "5", "--json", env_extra=env)
+    again = _cli(FORGE_DEFAULT, "--qwen", qwen, "--seed", "5", "--min-clip-seconds", "0", "--json", env_extra=env)
     assert again.returncode == 0, again.stderr[-3000:]
     data = json.loads(again.stdout)
     assert len(data["clips"]) == 18 and {c["source"] for c in data["clips"]} == {"cache"}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -65,13 +66,22 @@ def check_plan(plan: ClipPlan, settings, spec) -> None:
             assert lo >= c.overlap - 1  # never shows a repeated frame except to blend into the first fresh one
         assert [s[0] + s[2] for s in c.sources] == sorted(s[0] + s[2] for s in c.sources)  # time runs forward
     # Every prompt keyframe lands on its own frame (the first is also held back to frame 0).
+    # Prompt segments shorter than min_clip_seconds are merged into one clip, which lists their keys.
     keyframes = prompt_keyframes(settings)
     assert plan.clips[0].prompt_key == keyframes[0].key
     for kf in keyframes:
+        if kf is not keyframes[0] and kf.frame >= settings.max_frames:
+            continue
         clip = plan.clip_for_frame(kf.frame)
-        assert clip.prompt_key == kf.key
-        if kf is not keyframes[0]:
-            assert clip.output_start == kf.frame
+        if clip.merged:
+            assert kf.key in clip.merged or clip.prompt_key == kf.key
+        else:
+            assert clip.prompt_key == kf.key
+            if kf is not keyframes[0]:
+                assert clip.output_start == kf.frame
+    min_frames = round(next(c.value for c in plan.choices if c.name == "min_clip_seconds") * settings.fps)
+    if min_frames == 0:
+        assert not any(c.merged for c in plan.clips)
 
 
 prompt_texts = st.text(alphabet="abcdefgh ", min_size=1, max_size=12).filter(lambda s: s.strip())
@@ -149,18 +159,30 @@ def test_a1111_default_clips_follow_prompt_keyframes():
     assert plan.clips[2].prompt == "a beautiful coconut"
     assert plan.clips[2].negative_prompt == "photo, realistic nsfw, nude nsfw, nude"
     assert "dolly in" in plan.clips[0].movement
-    # 8 s at 16 fps needs 128 Wan frames; the plan makes few more.
-    assert plan.metrics.needed_frames == 128
-    assert plan.metrics.generated_frames <= 128 * 1.05
+    # 15 fps is within 10% of Wan's 16: one Wan frame per output frame, no crossfades.
+    assert plan.timing == "native"
+    assert plan.metrics.needed_frames == 120
+    assert all(w == 0.0 and lo == hi for c in plan.clips for lo, hi, w in c.sources)
+    assert all(len({lo for lo, _, _ in c.sources}) == c.output_frames for c in plan.clips)
+    assert plan.metrics.generated_per_needed <= 1.25
 
 
-def test_forge_default_at_60fps_generates_few_frames():
+def test_forge_default_at_60fps_merges_short_prompts_and_generates_few_frames():
     s = load_settings(SHARED / "forge-deforum-default.txt")
-    plan = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=5, extra_modes=("i2v",)))
-    assert len(plan.clips) == 18 and plan.max_frames == 334
-    # 5.57 s at Wan's 16 fps, not 334 frames at 60.
-    assert plan.metrics.needed_frames == 90 + 18 - 1 or plan.metrics.needed_frames < 120
-    assert plan.metrics.generated_per_output <= 1.10
+    cut = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=5, min_clip_seconds=0))
+    assert len(cut.clips) == 18 and cut.max_frames == 334 and not any(c.merged for c in cut.clips)
+    # Every 0.2-0.5 s prompt is its own clip: 170 Wan frames for a timeline of 90 (5.57 s at 16 fps).
+    assert cut.metrics.timeline_frames == 90 and cut.metrics.generated_frames == 170
+    plan = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=5))
+    assert plan.timing == "interpolate"
+    # 5.57 s at Wan's 16 fps, not 334 frames at 60; merged clips waste little on joins and rounding.
+    assert plan.metrics.timeline_frames == 90
+    assert plan.metrics.generated_per_timeline <= 1.25
+    assert len(plan.clips) < 6 and all(c.merged for c in plan.clips)
+    merged = [k for c in plan.clips for k in c.merged]
+    assert merged == [kf.key for kf in prompt_keyframes(s) if kf.frame < s.max_frames]
+    assert "Then" in plan.clips[0].prompt
+    assert "merges prompts 0, 12" in format_plan(plan)
 
 
 def test_16fps_maps_one_to_one():
@@ -305,8 +327,8 @@ def test_animation_mode_none_is_a_static_camera():
 @pytest.mark.parametrize("kind", ["t2v", "i2v", "vace", "ti2v-5b"])
 @pytest.mark.parametrize("continuity", ["auto", "none"])
 @pytest.mark.parametrize("fps", [6, 8, 15, 24, 60])
-@pytest.mark.parametrize("blend", [True, False])
-def test_small_clips_give_a_plan_for_every_short_timeline(kind, continuity, fps, blend):
+@pytest.mark.parametrize("timing", ["interpolate", "nearest", "native"])
+def test_small_clips_give_a_plan_for_every_short_timeline(kind, continuity, fps, timing):
     """max_clip_frames 5 with 1..24 frames once gave "internal: clip 1 of segment 0 supplies no output frame".
 
     (At 6 fps and up, consecutive output frames are at most 4 Wan frames apart: a 5-frame chained clip reaches.)
@@ -318,7 +340,7 @@ def test_small_clips_give_a_plan_for_every_short_timeline(kind, continuity, fps,
     for max_frames in range(1, 25):
         for prompts in ({"0": "a"}, {"0": "a", "3": "b"}):
             s = settings_from_dict({"prompts": prompts, "max_frames": max_frames, "fps": fps, "seed": 2, **init})
-            plan = plan_clips(s, spec, PlanOptions(seed=2, continuity=continuity, max_clip_frames=5, blend=blend))
+            plan = plan_clips(s, spec, PlanOptions(seed=2, continuity=continuity, max_clip_frames=5, timing=timing))
             check_plan(plan, s, spec)
             m = plan.metrics
             assert m.generated_frames - m.overlap_frames - m.surplus_frames == m.needed_frames
@@ -508,7 +530,7 @@ def test_each_model_gets_its_official_defaults_with_their_source(kind):
         clip = plan.clips[0]
         assert (clip.steps, clip.guidance, clip.guidance_2, clip.flow_shift) == (steps, guidance, guidance_2, shift)
         sources = {c.name: c.source for c in plan.choices}
-        assert set(sources) == {"size", "steps", "guidance", "flow_shift", "negative_prompt"} | (
+        assert set(sources) == {"size", "steps", "guidance", "flow_shift", "negative_prompt", "timing", "min_clip_seconds", "color_match", "video"} | (
             {"guidance_2"} if guidance_2 is not None else set())
         for name in ("steps", "guidance", "flow_shift", "negative_prompt") + (("guidance_2",) if guidance_2 else ()):
             assert sources[name].startswith("official: Wan2."), (name, sources[name])
@@ -565,7 +587,7 @@ def test_settings_sizes_go_to_the_nearest_trained_size_with_the_same_shape(kind,
     if expected != size:
         assert f"W/H {size[0]}x{size[1]} mapped to the nearest size" in choice.source and "SUPPORTED_SIZES" in choice.source
     assert not any("trained" in w for w in plan.warnings)  # a mapping is a note, not a warning
-    assert f"size            {expected[0]}x{expected[1]}" in format_plan(plan)
+    assert re.search(rf"^size +{expected[0]}x{expected[1]} ", format_plan(plan), re.M)
 
 
 def test_a_1_3b_model_maps_720p_settings_to_480p():
@@ -632,16 +654,16 @@ def test_image_models_need_an_init_image_at_plan_time():
 
 def test_wan_negative_prompt_when_the_settings_give_none():
     s = settings_from_dict({"prompts": {"0": "a", "4": "b --neg blurry"}, "max_frames": 8, **INIT})
-    plan = plan_clips(s, MODEL_SPECS["i2v"], PlanOptions(seed=1))
+    plan = plan_clips(s, MODEL_SPECS["i2v"], PlanOptions(seed=1, min_clip_seconds=0))
     assert plan.clips[0].negative_prompt.startswith("镜头晃动，色调艳丽，过曝，静态")  # Wan's I2V negative prompt
     assert plan.clips[1].negative_prompt == "blurry"
     (choice,) = [c for c in plan.choices if c.name == "negative_prompt"]
     assert choice.value == "Wan default for clips 0, else settings" and "sample_neg_prompt" in choice.source
-    vace = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1))
+    vace = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, min_clip_seconds=0))
     assert vace.clips[0].negative_prompt.startswith("色调艳丽，过曝，静态")  # the shared one
     mine = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 8, "negative_prompts": "ugly"})
     plan = plan_clips(mine, MODEL_SPECS["vace"], PlanOptions(seed=1))
-    assert plan.clips[0].negative_prompt == "ugly" and plan.choices[-1].value == "settings"
+    assert plan.clips[0].negative_prompt == "ugly" and plan.choices[-2].value == "settings"
 
 
 def test_a1111_syntax_is_stripped_listed_and_shown():
@@ -663,13 +685,17 @@ def test_plan_header_and_json_show_each_setting_with_its_source():
     s = load_settings(SHARED / "forge-deforum-default.txt")
     plan = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1))
     lines = format_plan(plan).splitlines()
-    assert lines[2].startswith("size            832x480   wan_resolution 864x480 mapped to the nearest size")
-    assert lines[3] == "steps           20        settings: wan_inference_steps"
-    assert lines[4] == "guidance        7.5       settings: wan_guidance_scale"
-    assert lines[5].startswith("flow shift      16        official: Wan2.1 generate.py")
-    assert lines[6].startswith("negative prompt Wan default official: Wan2.1/Wan2.2 wan/configs/shared_config.py")
+    assert re.match(r"size +832x480 +wan_resolution 864x480 mapped to the nearest size", lines[2])
+    assert re.match(r"steps +20 +settings: wan_inference_steps$", lines[3])
+    assert re.match(r"guidance +7.5 +settings: wan_guidance_scale$", lines[4])
+    assert re.match(r"flow shift +16 +official: Wan2.1 generate.py", lines[5])
+    assert re.match(r"timing +interpolate +auto: 60 fps is more than 10% from Wan2.1 VACE's 16 fps", lines[6])
+    assert re.match(r"min clip seconds +2 +default: shorter prompt segments are merged", lines[7])
+    assert re.match(r"color match +off +settings: color_coherence None", lines[8])
+    assert re.match(r"negative prompt +Wan default +official: Wan2.1/Wan2.2 wan/configs/shared_config.py", lines[9])
     data = json.loads(plan.to_json())
-    assert [c["name"] for c in data["choices"]] == ["size", "steps", "guidance", "flow_shift", "negative_prompt"]
+    assert [c["name"] for c in data["choices"]] == ["size", "steps", "guidance", "flow_shift", "timing",
+                                                    "min_clip_seconds", "color_match", "negative_prompt", "video"]
     assert data["clips"][0]["guidance_2"] is None and data["clips"][0]["stripped"] == []
 
 
@@ -682,3 +708,133 @@ def test_a_plan_saved_before_these_fields_still_loads():
             del clip[key]
     old = ClipPlan.from_dict(data)
     assert old.choices == () and old.clips[0].stripped == () and old.clips[0].guidance_2 is None
+
+
+@pytest.mark.parametrize("fps, timing", [(16, "native"), (15, "native"), (17.5, "native"), (14, "interpolate"),
+                                         (24, "interpolate"), (60, "interpolate"), (8, "interpolate")])
+def test_auto_timing_maps_one_to_one_near_the_model_rate_else_interpolates(fps, timing):
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 48, "fps": fps})
+    plan = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1))
+    assert plan.timing == timing
+    if timing == "native":  # output frame i is Wan frame i: no crossfade, nothing skipped
+        assert [lo for c in plan.clips for lo, _, _ in c.sources] == list(range(48))
+        assert all(w == 0.0 for c in plan.clips for _, _, w in c.sources)
+    else:  # the settings' duration at 16 fps
+        assert plan.metrics.timeline_frames == math.ceil(48 * 16 / fps)
+    tight = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, fps_tolerance=0.0))
+    assert tight.timing == ("native" if fps == 16 else "interpolate")
+
+
+def test_explicit_timings_and_their_warnings():
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 120, "fps": 60})
+    blend = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, timing="blend"))
+    assert any("ghosts" in w for w in blend.warnings) and any(w > 0 for _, _, w in blend.clips[0].sources)
+    nearest = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, timing="nearest"))
+    assert all(w == 0 for c in nearest.clips for _, _, w in c.sources)
+    native = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, timing="native"))
+    assert native.metrics.timeline_frames == 120 and any("3.75x speed" in w for w in native.warnings)
+    with pytest.raises(PlanError, match=r"^timing: expected one of auto, native, interpolate, blend, nearest"):
+        plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, timing="smooth"))
+    wan = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 120, "fps": 60, "wan_timing": "sideways"})
+    with pytest.raises(PlanError, match=r"^wan_timing: expected one of"):
+        plan_clips(wan, MODEL_SPECS["vace"], PlanOptions(seed=1))
+
+
+@pytest.mark.parametrize("fps", [15, 24, 60])
+def test_next_clip_continues_from_the_last_frame_shown(fps):
+    """At a prompt change the chain continues from the last Wan frame an output frame shows, not from
+    the surplus that 4n+1 rounding added after it."""
+    s = settings_from_dict({"prompts": {"0": "a", "37": "b", "90": "c"}, "max_frames": 150, "fps": fps})
+    plan = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, min_clip_seconds=0))
+    assert len(plan.clips) >= 3
+    for clip, nxt in zip(plan.clips, plan.clips[1:]):
+        last_shown = max(max(lo, hi if w > 0 else lo) for lo, hi, w in clip.sources)
+        if nxt.segment != clip.segment:
+            assert clip.tail_end == last_shown + 1 <= clip.num_frames
+        else:
+            assert clip.tail_end == clip.num_frames
+    assert any(c.tail_end < c.num_frames for c in plan.clips)  # surplus exists and is skipped at the join
+
+
+def test_short_prompts_are_merged_into_clips_of_the_minimum_length():
+    s = settings_from_dict({"prompts": {"0": "a red fox", "8": "a red fox, snow", "16": "an owl", "40": "a lake"},
+                            "max_frames": 80, "fps": 16})
+    plan = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1))  # 2 s = 32 frames
+    assert [(c.output_start, c.merged) for c in plan.clips] == [(0, ("0", "8", "16")), (40, ())]
+    assert plan.clips[0].prompt == "a red fox. Then a red fox, snow. Then an owl"
+    assert plan.clips[0].seed == plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, min_clip_seconds=0)).clips[0].seed
+    cut = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, min_clip_seconds=0))
+    assert [c.output_start for c in cut.clips] == [0, 8, 16, 40]
+    assert cut.metrics.generated_frames > plan.metrics.generated_frames
+    # The last short segment joins the group before it.
+    tail = settings_from_dict({"prompts": {"0": "a", "40": "b"}, "max_frames": 50, "fps": 16})
+    assert [c.merged for c in plan_clips(tail, MODEL_SPECS["vace"], PlanOptions(seed=1)).clips] == [("0", "40")]
+    with pytest.raises(PlanError, match=r"^min_clip_seconds: must be between 0 and 3600"):
+        plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, min_clip_seconds=-1))
+
+
+def test_cost_is_frames_times_steps_per_clip_and_in_total():
+    s = settings_from_dict({"prompts": {"0": "a", "40": "b"}, "max_frames": 80, "fps": 16})
+    plan = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, steps=10))
+    assert [c.cost for c in plan.clips] == [c.num_frames * 10 for c in plan.clips]
+    assert plan.metrics.cost == sum(c.cost for c in plan.clips)
+    assert f"cost {plan.metrics.cost} frame-steps" in format_plan(plan)
+
+
+def test_cfg_and_steps_schedules_scale_the_model_values_per_clip():
+    base = {"prompts": {"0": "a", "40": "b"}, "max_frames": 80, "fps": 16}
+    flat = plan_clips(settings_from_dict({**base, "cfg_scale_schedule": "0: (1.0)"}), MODEL_SPECS["vace"],
+                      PlanOptions(seed=1))
+    assert {c.guidance for c in flat.clips} == {5.0}  # a constant schedule keeps the official guidance
+    s = settings_from_dict({**base, "cfg_scale_schedule": "0: (7), 40: (14)", "enable_steps_scheduling": True,
+                            "steps_schedule": "0: (20), 40: (10)"})
+    plan = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1))
+    first, second = plan.clips
+    assert first.guidance < second.guidance and second.guidance == pytest.approx(5.0 * 2, abs=0.01)
+    assert second.steps == 25 and first.steps > second.steps
+    assert {"cfg_scale_schedule", "steps_schedule"} <= {c.name for c in plan.choices}
+    off = settings_from_dict({**base, "steps_schedule": "0: (20), 40: (10)"})  # Deforum ignores it too
+    assert {c.steps for c in plan_clips(off, MODEL_SPECS["vace"], PlanOptions(seed=1)).clips} == {50}
+    zero = settings_from_dict({**base, "cfg_scale_schedule": "0: (0), 40: (7)"})
+    with pytest.raises(PlanError, match=r"^cfg_scale_schedule: its value at frame 0 is 0"):
+        plan_clips(zero, MODEL_SPECS["vace"], PlanOptions(seed=1))
+
+
+@pytest.mark.parametrize("value, space", [("None", None), ("LAB", "LAB"), ("Match Frame 0 HSV", "HSV"),
+                                          ("RGB", "RGB"), (None, "LAB")])
+def test_color_coherence_sets_colour_matching(value, space):
+    data = {"prompts": {"0": "a"}, "max_frames": 20}
+    if value is not None:
+        data["color_coherence"] = value
+    plan = plan_clips(settings_from_dict(data), MODEL_SPECS["vace"], PlanOptions(seed=1))
+    assert (plan.color_match, plan.color_space, plan.color_reference) == (space is not None, space, "frame0")
+    off = plan_clips(settings_from_dict(data), MODEL_SPECS["vace"], PlanOptions(seed=1, color_match=False))
+    assert not off.color_match and off.color_space is None
+
+
+def test_color_coherence_image_and_bad_values():
+    data = {"prompts": {"0": "a"}, "max_frames": 20}
+    image = plan_clips(settings_from_dict({**data, "color_coherence": "Image", "color_coherence_image_path": "ref.png"}),
+                       MODEL_SPECS["vace"], PlanOptions(seed=1))
+    assert (image.color_reference, image.color_image) == ("image", "ref.png")
+    with pytest.raises(PlanError, match=r"^color_coherence_image_path: color_coherence is 'Image' but no image"):
+        plan_clips(settings_from_dict({**data, "color_coherence": "Image"}), MODEL_SPECS["vace"], PlanOptions(seed=1))
+    with pytest.raises(PlanError, match=r"^color_coherence: expected None, RGB, HSV, LAB, Image or Video Input"):
+        plan_clips(settings_from_dict({**data, "color_coherence": "sepia"}), MODEL_SPECS["vace"], PlanOptions(seed=1))
+    video = plan_clips(settings_from_dict({**data, "color_coherence": "Video Input"}), MODEL_SPECS["vace"],
+                       PlanOptions(seed=1))
+    assert not video.color_match and any("Video Input" in w for w in video.warnings)
+
+
+def test_deforum_video_settings_reach_the_plan():
+    data = {"prompts": {"0": "a"}, "max_frames": 20}
+    plan = plan_clips(settings_from_dict(data), MODEL_SPECS["vace"], PlanOptions(seed=1))
+    assert (plan.video, plan.crf, plan.preset) == (True, 17, "slow")  # Deforum's defaults
+    mine = settings_from_dict({**data, "ffmpeg_crf": 23, "ffmpeg_preset": "veryfast", "skip_video_creation": True})
+    plan = plan_clips(mine, MODEL_SPECS["vace"], PlanOptions(seed=1))
+    assert (plan.video, plan.crf, plan.preset) == (False, 23, "veryfast")
+    with pytest.raises(PlanError, match=r"^ffmpeg_preset: expected one of ultrafast"):
+        plan_clips(settings_from_dict({**data, "ffmpeg_preset": "slow; rm -rf /"}), MODEL_SPECS["vace"],
+                   PlanOptions(seed=1))
+    with pytest.raises(PlanError, match=r"^ffmpeg_crf: must be between 0 and 51"):
+        plan_clips(settings_from_dict({**data, "ffmpeg_crf": 99}), MODEL_SPECS["vace"], PlanOptions(seed=1))

@@ -164,11 +164,11 @@ def test_resume_refuses_changed_settings(tiny_models, tmp_path):
 
     s = small_settings(max_frames=10)
     r = render(RenderJob(settings=s, model=str(tiny_models["t2v"]), outdir=str(tmp_path),
-                         options=PlanOptions(steps=1, seed=2), make_video=False))
-    changed = small_settings(max_frames=10, prompts={"0": "a", "5": "b"})
+                         options=PlanOptions(steps=1, seed=2, min_clip_seconds=0), make_video=False))
+    changed = small_settings(max_frames=10, prompts={"0": "a", "5": "b"})  # a new cut at frame 5
     with pytest.raises(RenderError, match="changed since it started"):
         render(RenderJob(settings=changed, model=str(tiny_models["t2v"]), outdir=str(tmp_path),
-                         options=PlanOptions(steps=1), resume=r.timestring))
+                         options=PlanOptions(steps=1, min_clip_seconds=0), resume=r.timestring))
 
 
 def _worker_job(path: Path, **job) -> Path:

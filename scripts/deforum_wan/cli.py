@@ -47,7 +47,16 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="base seed (overrides the settings' seed)")
     p.add_argument("--sensitivity", type=float, default=1.0, help="camera words: higher describes smaller motions")
     p.add_argument("--language", choices=["en", "zh"], default="en", help="language of the camera words")
-    p.add_argument("--no-blend", action="store_true", help="nearest Wan frame instead of blending two")
+    p.add_argument("--timing", choices=["auto", "native", "interpolate", "blend", "nearest"],
+                   help="output frames from Wan frames: native = one for one (motion at fps/native speed), "
+                        "interpolate = motion-compensated in-betweens, blend = crossfades (ghosting), nearest; "
+                        "auto (default): native within --fps-tolerance of the model's rate, else interpolate")
+    p.add_argument("--fps-tolerance", type=float,
+                   help="auto timing maps frames one for one when fps is within this fraction of the model's "
+                        "rate (default 0.1: 15 fps on a 16 fps model plays its motion at 0.94x)")
+    p.add_argument("--min-clip-seconds", type=float,
+                   help="merge prompt segments shorter than this into one clip (default 2; 0 keeps every "
+                        "prompt change as a cut)")
 
 
 def plan_options(args: argparse.Namespace, seed: int, extra_modes: tuple[str, ...] = ()):
@@ -58,7 +67,7 @@ def plan_options(args: argparse.Namespace, seed: int, extra_modes: tuple[str, ..
         height=args.height, steps=args.steps, guidance=args.guidance, flow_shift=args.flow_shift,
         guidance_2=args.guidance_2, exact_size=args.exact_size,
         max_clip_frames=args.max_clip_frames, sensitivity=args.sensitivity, language=args.language,
-        blend=not args.no_blend, seed=seed,
+        timing=args.timing, fps_tolerance=args.fps_tolerance, min_clip_seconds=args.min_clip_seconds, seed=seed,
     )
 
 

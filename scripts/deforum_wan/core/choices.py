@@ -13,11 +13,12 @@ import math
 import numbers
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from .settings import DeforumSettings
 from .specs import NEG_SHARED, ModelSpec, is_480p, trained_size
-from .timeline import PlanError
+from .timeline import PlanError, wan_rate
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plan import Clip, PlanOptions
@@ -208,3 +209,146 @@ def _ranges(indices: list[int]) -> str:
         else:
             runs.append([i])
     return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+TIMINGS = ("auto", "native", "interpolate", "blend", "nearest")
+# Within 10% of the model's rate, output frames are Wan frames one for one: 15 fps on Wan 2.1's 16 plays
+# its motion at 0.94x speed and keeps Deforum's duration; further off, frames are interpolated.
+DEFAULT_FPS_TOLERANCE = 0.1
+
+
+def resolve_timing(settings: DeforumSettings, options: PlanOptions, model: ModelSpec,
+                   ) -> tuple[str, Fraction, Choice, list[str]]:
+    """How output frames at the settings' fps are made from Wan frames at the model's rate.
+
+    native: one Wan frame per output frame (the clip plays at fps, so motion runs at fps/native
+    speed); interpolate: Wan renders the settings' duration at its own rate and motion-compensated
+    interpolation makes the frames in between; blend: crossfades of two Wan frames (ghosts
+    anything that moves; kept only as an explicit choice); nearest: the nearest Wan frame
+    (repeats or skips frames). auto: native within the tolerance, else interpolate.
+    """
+    raw = first(options.timing, wan_option(settings, "timing"))
+    where = "option: timing" if options.timing is not None else "settings: wan_timing" if raw is not None else None
+    timing = str(raw if raw is not None else "auto").strip().lower()
+    if timing not in TIMINGS:
+        field = "timing" if options.timing is not None else "wan_timing"
+        raise PlanError(f"{field}: expected one of {', '.join(TIMINGS)}, got {raw!r}")
+    tolerance = checked_number("fps_tolerance", first(options.fps_tolerance, DEFAULT_FPS_TOLERANCE), float, 0, 1)
+    fps, native = float(settings.fps), model.native_fps
+    off = fps / native - 1
+    warnings: list[str] = []
+    if timing == "auto":
+        timing = "native" if abs(off) <= tolerance + 1e-9 else "interpolate"
+        where = (f"auto: {fps:g} fps is within {tolerance:.0%} of {model.label}'s {native} fps" if timing == "native"
+                 else f"auto: {fps:g} fps is more than {tolerance:.0%} from {model.label}'s {native} fps "
+                      f"(--fps-tolerance)")
+    if timing == "native":
+        note = (f"one Wan frame per output frame; motion plays at {fps / native:.2f}x the model's speed, the "
+                f"duration stays {settings.max_frames / fps:.2f} s")
+        if abs(off) > 0.25:
+            warnings.append(f"timing native at {fps:g} fps on a {native} fps model: motion plays at "
+                            f"{fps / native:.2f}x speed")
+        return timing, Fraction(1), Choice("timing", timing, f"{where}: {note}"), warnings
+    rate = wan_rate(native, fps)
+    notes = {
+        "interpolate": f"Wan renders {settings.max_frames / fps:.2f} s at {native} fps; motion-compensated "
+                       "interpolation (ffmpeg minterpolate) makes the frames in between",
+        "blend": "in-between frames crossfade two Wan frames (moving things ghost)",
+        "nearest": "each output frame shows the nearest Wan frame",
+    }
+    if timing == "blend":
+        warnings.append("timing blend: in-between frames are crossfades, so anything that moves ghosts; "
+                        "timing interpolate avoids that")
+    return timing, rate, Choice("timing", timing, f"{where}: {notes[timing]}"), warnings
+
+
+# Deforum's color_coherence values, old and new spellings, to the colour space matched in.
+_COLOR_SPACES = {"rgb": "RGB", "hsv": "HSV", "lab": "LAB", "match frame 0 rgb": "RGB", "match frame 0 hsv": "HSV",
+                 "match frame 0 lab": "LAB"}
+DEFAULT_COLOR_COHERENCE = "LAB"  # Deforum's default (args.py)
+
+
+@dataclass(frozen=True)
+class ColorChoice:
+    """Colour matching as Deforum's color_coherence asks: the space, and the fixed reference every clip matches."""
+
+    space: str | None  # RGB | HSV | LAB; None: no matching
+    reference: str  # "frame0" (the first frame, or the init image when the render starts from one) | "image"
+    image: str | None  # color_coherence_image_path, for reference "image"
+    choice: Choice
+
+
+def resolve_color(settings: DeforumSettings, options: PlanOptions) -> tuple[ColorChoice, list[str]]:
+    """color_coherence mapped onto matching to a fixed reference, so drift cannot build up clip after clip."""
+    raw = settings.raw.get("color_coherence", DEFAULT_COLOR_COHERENCE)
+    text = str(raw if raw is not None else "None").strip()
+    key = text.lower()
+    if not options.color_match:
+        return ColorChoice(None, "frame0", None, Choice("color_match", "off", "option: color_match off")), []
+    if key in ("none", ""):
+        return ColorChoice(None, "frame0", None, Choice("color_match", "off", "settings: color_coherence None")), []
+    if key == "video input":
+        return (ColorChoice(None, "frame0", None, Choice("color_match", "off", "settings: color_coherence Video "
+                                                         "Input (not supported)")),
+                ["color_coherence 'Video Input' is not supported: colour matching is off"])
+    if key == "image":
+        path = str(settings.raw.get("color_coherence_image_path") or "").strip()
+        if not path:
+            raise PlanError("color_coherence_image_path: color_coherence is 'Image' but no image path is set")
+        space = "LAB"
+        return ColorChoice(space, "image", path, Choice("color_match", f"{space} to image",
+                                                        "settings: color_coherence Image, color_coherence_image_path")), []
+    if key not in _COLOR_SPACES:
+        raise PlanError(f"color_coherence: expected None, RGB, HSV, LAB, Image or Video Input, got {raw!r}")
+    space = _COLOR_SPACES[key]
+    where = "settings: color_coherence" if "color_coherence" in settings.raw else "Deforum's default color_coherence"
+    return ColorChoice(space, "frame0", None, Choice("color_match", f"{space} to frame 0",
+                                                     f"{where} {text}: every clip matched to the first frame")), []
+
+
+def schedule_ratios(values: Any, spans: list[tuple[int, int]], key: str) -> list[float] | None:
+    """Each span's mean of a Deforum schedule over its value at frame 0; None for a constant schedule.
+
+    Deforum's cfg and steps values are an image model's, not Wan's, so their shape is followed and their
+    units are not: the model's guidance (or steps) is scaled by how far the schedule moved from its start.
+    """
+    values = [float(v) for v in values]
+    if max(values) == min(values):
+        return None
+    if values[0] <= 0:
+        raise PlanError(f"{key}: its value at frame 0 is {values[0]:g}; it must be above 0 to scale the model's "
+                        "values by the schedule's changes")
+    return [sum(values[a:b]) / max(b - a, 1) / values[0] for a, b in spans]
+
+
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+DEFAULT_CRF, DEFAULT_PRESET = 17, "slow"  # Deforum's defaults (video_audio_utilities.get_ffmpeg_params)
+
+
+@dataclass(frozen=True)
+class VideoChoice:
+    """The mp4 as Deforum's video settings ask for it: made or skipped, x264 quality and speed."""
+
+    make: bool
+    crf: int
+    preset: str
+    choice: Choice
+
+
+def resolve_video(settings: DeforumSettings) -> VideoChoice:
+    """skip_video_creation, ffmpeg_crf and ffmpeg_preset, checked (a preset reaches ffmpeg only from an allowlist)."""
+    raw = settings.raw
+    skip = raw.get("skip_video_creation")
+    make = not (skip is True or str(skip).strip().lower() in ("true", "1", "yes", "on"))
+    crf_raw = raw.get("ffmpeg_crf")
+    crf = DEFAULT_CRF if crf_raw in (None, "") else checked_number("ffmpeg_crf", crf_raw, int, 0, 51)
+    preset_raw = raw.get("ffmpeg_preset")
+    preset = DEFAULT_PRESET if preset_raw in (None, "") else str(preset_raw).strip().lower()
+    if preset not in X264_PRESETS:
+        raise PlanError(f"ffmpeg_preset: expected one of {', '.join(X264_PRESETS)}, got {preset_raw!r}")
+    if not make:
+        return VideoChoice(False, crf, preset, Choice("video", "none", "settings: skip_video_creation"))
+    where = "settings: ffmpeg_crf/ffmpeg_preset" if crf_raw not in (None, "") or preset_raw not in (None, "") \
+        else "Deforum's defaults"
+    return VideoChoice(True, crf, preset, Choice("video", f"crf {crf}, {preset}", f"{where} (libx264 mp4)"))

@@ -26,13 +26,17 @@ before rendering, saved beside the frames, and re-checked on resume.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from .choices import Choice, negative_choice, resolve_sampling, resolve_size, round_to_multiple
+from .choices import (
+    ColorChoice, Choice, negative_choice, resolve_color, resolve_sampling, resolve_size, resolve_timing, resolve_video,
+    round_to_multiple, schedule_ratios,
+)
 from .choices import checked_number as _number, first as _first, wan_option as _wan_option
 from .movement import SCHEDULE_KEYS, CameraPath, describe_movement
 from .prompts import plain_prompt, prompt_at, prompt_keyframes
@@ -41,7 +45,8 @@ from .seeds import frame_seeds
 from .settings import MAX_FPS, MIN_FPS, DeforumSettings
 from .specs import I2V, T2V, VACE, ModelSpec
 from .timeline import (
-    MIN_CLIP_FRAMES, ClipFrames, ClipGapError, PlanError, Segment, SegmentFrames, map_segment, split_segment, wan_rate,
+    MIN_CLIP_FRAMES, ClipFrames, ClipGapError, PlanError, Segment, SegmentFrames, group_segments, map_segment,
+    split_segment,
 )
 
 # PlanError, MIN_CLIP_FRAMES and split_segment live in timeline.py (the frame arithmetic) and are part of this API.
@@ -53,6 +58,9 @@ __all__ = [
 PLAN_VERSION = 1
 CONTINUITY = ("auto", "i2v", "vace", "none")
 DEFAULT_VACE_OVERLAP = 5  # about a third of a second at 16 fps: enough to carry motion on
+# Prompt segments shorter than this are merged into one clip: each clip costs a join and its 4n+1 rounding,
+# and Wan needs a couple of seconds to show a scene (its clips are 5 s at most).
+DEFAULT_MIN_CLIP_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -72,8 +80,10 @@ class PlanOptions:
     exact_size: bool = False  # render the settings' W/H (rounded to the model's multiple), not the trained size
     sensitivity: float = 1.0
     language: str = "en"
-    blend: bool = True  # blend two Wan frames for in-between output frames, else nearest
-    color_match: bool = True
+    timing: str | None = None  # auto | native | interpolate | blend | nearest (choices.resolve_timing)
+    fps_tolerance: float | None = None  # auto timing maps 1:1 within this fraction of the model's rate
+    min_clip_seconds: float | None = None  # merge prompt segments shorter than this; 0 keeps every cut
+    color_match: bool = True  # False turns matching off whatever color_coherence says
     seed: int | None = None  # the resolved base seed when settings.seed is -1
 
 
@@ -102,6 +112,17 @@ class Clip:
     guidance_2: float | None = None  # the low-noise expert's guidance (two-expert models), else None
     stripped: tuple[str, ...] = ()  # A1111 syntax taken out of the prompt and negative prompt
     loras: tuple[tuple[str, float], ...] = ()  # <lora:name:weight> tags, for LoRA support to come
+    shown_end: int = 0  # one past the last Wan frame the timeline uses; the next clip continues from before it
+    merged: tuple[str, ...] = ()  # prompt keys merged into this clip (prompts shorter than min_clip_seconds)
+
+    @property
+    def cost(self) -> int:
+        """Relative cost: Wan frames x denoising steps."""
+        return self.num_frames * self.steps
+
+    @property
+    def tail_end(self) -> int:
+        return self.shown_end or self.num_frames
 
     @property
     def output_frames(self) -> int:
@@ -126,6 +147,8 @@ class PlanMetrics:
     overlap_frames: int  # repeated at joins and dropped
     clip_count: int
     seconds: float
+    cost: int = 0  # Wan frames x steps over all clips
+    timeline_frames: int = 0  # Wan frames the whole timeline spans at the model's rate (duration x native fps)
 
     @property
     def generated_per_output(self) -> float:
@@ -134,6 +157,11 @@ class PlanMetrics:
     @property
     def generated_per_needed(self) -> float:
         return self.generated_frames / max(self.needed_frames, 1)
+
+    @property
+    def generated_per_timeline(self) -> float:
+        """Wan frames generated per Wan frame of the timeline: what joins, overlaps and rounding cost."""
+        return self.generated_frames / max(self.timeline_frames, 1)
 
 
 @dataclass(frozen=True)
@@ -152,6 +180,13 @@ class ClipPlan:
     metrics: PlanMetrics
     warnings: tuple[str, ...] = ()
     choices: tuple[Choice, ...] = ()
+    timing: str = "blend"  # how output frames come from Wan frames (choices.resolve_timing)
+    color_space: str | None = None  # RGB | HSV | LAB when clips are matched to a fixed reference
+    color_reference: str = "frame0"  # frame0 | image
+    color_image: str | None = None  # color_coherence_image_path, for reference "image"
+    video: bool = True  # make the mp4 (skip_video_creation turns it off)
+    crf: int = 17  # libx264 quality (ffmpeg_crf)
+    preset: str = "slow"  # libx264 preset (ffmpeg_preset)
 
     def clip_for_frame(self, frame: int) -> Clip:
         for clip in self.clips:
@@ -178,7 +213,7 @@ class ClipPlan:
             raise PlanError(f"plan version {data.get('version')!r} is not supported (expected {PLAN_VERSION})")
         clips = tuple(
             Clip(**{**c, "sources": tuple((int(a), int(b), float(w)) for a, b, w in c["sources"]),
-                    "stripped": tuple(c.get("stripped", ())),
+                    "stripped": tuple(c.get("stripped", ())), "merged": tuple(c.get("merged", ())),
                     "loras": tuple((str(n), float(w)) for n, w in c.get("loras", ()))}) for c in data["clips"]
         )
         metrics = PlanMetrics(**data["metrics"])
@@ -253,9 +288,13 @@ class _Choices:
     init_mode: str | None  # how the first clip starts from the init image, if it does
     culprit: str  # the option to name when clips are too short to reach the next output frame
     warnings: tuple[str, ...]
-    choices: tuple[Choice, ...]  # size, steps, guidance(_2), flow shift: value and source
+    choices: tuple[Choice, ...]  # size, steps, guidance(_2), flow shift, timing, colour: value and source
     negative_prompt: str  # the model's official negative prompt, for clips whose settings give none
     prompt_steps: int  # Deforum's steps, which [from:to:when] prompt editing counts in
+    timing: str  # native | interpolate | blend | nearest
+    rate: Fraction  # Wan frames per output frame
+    min_clip_frames: int  # output frames below which prompt segments are merged
+    color: ColorChoice
 
 
 def _clip_limit(settings: DeforumSettings, options: PlanOptions, model: ModelSpec) -> int:
@@ -299,6 +338,16 @@ def _init_mode(settings: DeforumSettings, model: ModelSpec, modes: set[str]) -> 
     return mode, []
 
 
+def _min_clip_frames(settings: DeforumSettings, options: PlanOptions) -> tuple[int, Choice]:
+    """Output frames a clip should at least span: min_clip_seconds (option, `wan_min_clip_seconds`, default)."""
+    raw = _first(options.min_clip_seconds, _wan_option(settings, "min_clip_seconds"))
+    where = ("option: min_clip_seconds" if options.min_clip_seconds is not None
+             else "settings: wan_min_clip_seconds" if raw is not None else "default")
+    seconds = _number("min_clip_seconds", _first(raw, DEFAULT_MIN_CLIP_SECONDS), float, 0, 3600)
+    note = "every prompt change cuts a clip" if seconds == 0 else "shorter prompt segments are merged into one clip"
+    return round(seconds * settings.fps), Choice("min_clip_seconds", seconds, f"{where}: {note}")
+
+
 def _choices(settings: DeforumSettings, model: ModelSpec, options: PlanOptions) -> _Choices:
     """Check and resolve every option, in a fixed order so the first bad one is the one named."""
     modes = set(model.modes) | set(options.extra_modes)
@@ -308,18 +357,23 @@ def _choices(settings: DeforumSettings, model: ModelSpec, options: PlanOptions) 
     overlap = _overlap(settings, options, continuity, max_clip)
     steps, guidance, guidance_2, flow_shift, choices, sampling_notes = resolve_sampling(settings, model, options,
                                                                                        width, height)
+    _check_fps(settings)
+    timing, rate, timing_choice, timing_notes = resolve_timing(settings, options, model)
+    min_frames, min_choice = _min_clip_frames(settings, options)
+    color, color_notes = resolve_color(settings, options)
     sensitivity = _number("sensitivity", options.sensitivity, float, 0.01, 100)
     init_mode, init_notes = _init_mode(settings, model, modes)
     culprit = "max_clip_frames" if max_clip < model.max_frames else "overlap" if continuity == VACE else "fps"
+    notes = warnings + notes + sampling_notes + timing_notes + color_notes + init_notes
     return _Choices(continuity, width, height, max_clip, overlap, steps, guidance, guidance_2, flow_shift, sensitivity,
-                    options.language, init_mode, culprit, tuple(warnings + notes + sampling_notes + init_notes),
-                    (size, *choices), model.negative_prompt, settings.steps)
+                    options.language, init_mode, culprit, tuple(notes),
+                    (size, *choices, timing_choice, min_choice, color.choice), model.negative_prompt, settings.steps,
+                    timing, rate, min_frames, color)
 
 
-def _rate(settings: DeforumSettings, model: ModelSpec) -> Fraction:
+def _check_fps(settings: DeforumSettings) -> None:
     if not MIN_FPS <= settings.fps <= MAX_FPS:  # settings_from_dict checks this; a hand-built one may not
         raise PlanError(f"fps: must be between {MIN_FPS} and {MAX_FPS}, got {settings.fps!r}")
-    return wan_rate(model.native_fps, settings.fps)
 
 
 def _map_segment(segment: Segment, choices: _Choices, fps: float) -> SegmentFrames:
@@ -346,59 +400,112 @@ class _Timeline:
         return [(seg, a, b) for seg, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a]
 
 
-def _clip(index: int, segment: int, frames: ClipFrames, mode: str, choices: _Choices, timeline: _Timeline) -> Clip:
-    """A clip of the plan: its frames, with the prompt, camera words and seed of its first output frame."""
+def _merged_text(texts: list[str], joiner: str) -> str:
+    """Distinct prompt texts in order, one sentence each, for a clip that spans several prompts."""
+    distinct = [t for t in dict.fromkeys(t.strip() for t in texts) if t]
+    return joiner.join(t.rstrip(" ,.") if i < len(distinct) - 1 else t for i, t in enumerate(distinct))
+
+
+def _clip(index: int, members: list[tuple[int, int, int]], frames: ClipFrames, mode: str, choices: _Choices,
+          timeline: _Timeline) -> Clip:
+    """A clip of the plan: its frames, with the prompts, camera words and seed of the output frames it shows.
+
+    A clip spanning several (merged) prompt segments gets their prompts in order, joined as sentences.
+    """
     settings, start, end = timeline.settings, frames.output_start, frames.output_end
-    text = prompt_at(settings, start, timeline.keyframes)
+    shown = [(seg, max(a, start)) for seg, a, b in members if a < end and b > start]
+    texts = [prompt_at(settings, at, timeline.keyframes) for _, at in shown]
+    positives = [plain_prompt(t.positive, choices.prompt_steps) for t in texts]
+    negatives = [plain_prompt(t.negative, choices.prompt_steps) for t in texts]
+    keys = tuple(dict.fromkeys(timeline.keyframes[seg].key for seg, _ in shown))
     movement = describe_movement(timeline.path, start, end, settings.fps, sensitivity=choices.sensitivity,
                                  language=choices.language)
-    positive, negative = (plain_prompt(t, choices.prompt_steps) for t in (text.positive, text.negative))
+    negative = _merged_text([n.text for n in negatives], ", ")
     return Clip(
         index=index,
-        segment=segment,
+        segment=shown[0][0],
         mode=mode,
         num_frames=frames.num_frames,
         overlap=frames.overlap,
         output_start=start,
         output_end=end,
         sources=frames.sources,
-        prompt=positive.text,
-        negative_prompt=negative.text or choices.negative_prompt,
-        prompt_key=timeline.keyframes[segment].key,
+        prompt=_merged_text([p.text for p in positives], ". Then "),
+        negative_prompt=negative or choices.negative_prompt,
+        prompt_key=keys[0],
         movement=movement.text,
         seed=timeline.seeds[start],
         steps=choices.steps,
         guidance=choices.guidance,
         flow_shift=choices.flow_shift,
         guidance_2=choices.guidance_2,
-        stripped=positive.stripped + negative.stripped,
-        loras=positive.loras + negative.loras,
+        stripped=tuple(dict.fromkeys(x for p in positives + negatives for x in p.stripped)),
+        loras=tuple(dict.fromkeys(x for p in positives + negatives for x in p.loras)),
+        shown_end=frames.shown_end,
+        merged=keys if len(keys) > 1 else (),
     )
+
+
+def _scheduled(settings: DeforumSettings, clips: list[Clip]) -> tuple[list[Clip], list[Choice]]:
+    """Deforum's cfg_scale_schedule (and steps_schedule, when enabled) applied per clip, relative to frame 0.
+
+    Their units are an image model's, so the shape is followed: a clip whose frames average 1.2x the
+    schedule's first value gets 1.2x the model's guidance (or steps). A constant schedule changes nothing.
+    """
+    spans = [(c.output_start, c.output_end) for c in clips]
+    notes: list[Choice] = []
+    cfg = parse_schedule(settings.cfg_scale_schedule, settings.max_frames, settings.seed, key="cfg_scale_schedule")
+    ratios = schedule_ratios(cfg, spans, "cfg_scale_schedule")
+    if ratios is not None:
+        clips = [replace(c, guidance=round(min(30.0, c.guidance * r), 2),
+                         guidance_2=None if c.guidance_2 is None else round(min(30.0, c.guidance_2 * r), 2))
+                 for c, r in zip(clips, ratios)]
+        notes.append(Choice("cfg_scale_schedule", f"x{min(ratios):.2f}-x{max(ratios):.2f}",
+                            "settings: guidance scaled per clip by the schedule relative to frame 0"))
+    steps_text = settings.raw.get("steps_schedule")
+    if _truthy(settings.raw.get("enable_steps_scheduling")) and steps_text:
+        values = parse_schedule(str(steps_text), settings.max_frames, settings.seed, key="steps_schedule")
+        ratios = schedule_ratios(values, spans, "steps_schedule")
+        if ratios is not None:
+            clips = [replace(c, steps=max(1, min(200, round(c.steps * r)))) for c, r in zip(clips, ratios)]
+            notes.append(Choice("steps_schedule", f"x{min(ratios):.2f}-x{max(ratios):.2f}",
+                                "settings: steps scaled per clip by the schedule relative to frame 0"))
+    return clips, notes
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "1", "yes", "on")
 
 
 def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions = PlanOptions()) -> ClipPlan:
     """Cut the settings' timeline into Wan clips for `model`.
 
-    Resolve the options; parse seeds, prompt keyframes and the camera path once; map each
-    prompt segment's output frames onto a chain of Wan clips (`timeline.map_segment`); give
-    each clip the prompt, camera words and seed of its first output frame. The first clip
-    starts fresh (or from the init image); every later one continues the one before.
+    Resolve the options; parse seeds, prompt keyframes and the camera path once; merge prompt
+    segments shorter than min_clip_seconds; map each group's output frames onto a chain of Wan
+    clips (`timeline.map_segment`); give each clip the prompts, camera words and seed of the
+    output frames it shows. The first clip starts fresh (or from the init image); every later
+    one continues the one before.
     """
     choices = _choices(settings, model, options)
     seed = options.seed if options.seed is not None else settings.seed
     timeline = _Timeline(settings, frame_seeds(settings, seed), prompt_keyframes(settings), camera_path(settings))
-    rate = _rate(settings, model)
     chained = T2V if choices.continuity == "none" else choices.continuity
+    blend = choices.timing in ("interpolate", "blend")
+    segments = timeline.segments()
+    groups = group_segments([(a, b) for _, a, b in segments], choices.min_clip_frames)
     clips: list[Clip] = []
     needed = surplus = 0
-    for seg, start, end in timeline.segments():
+    for group in groups:
+        members = [segments[i] for i in group]
+        start, end = members[0][1], members[-1][2]
         first_overlap = choices.overlap if clips else (1 if choices.init_mode else 0)
-        segment = Segment(start, end, rate, choices.max_clip, first_overlap, choices.overlap, options.blend)
+        segment = Segment(start, end, choices.rate, choices.max_clip, first_overlap, choices.overlap, blend)
         frames = _map_segment(segment, choices, settings.fps)
         needed, surplus = needed + frames.needed, surplus + frames.surplus
         for piece in frames.clips:
             mode = chained if clips else choices.init_mode or T2V
-            clips.append(_clip(len(clips), seg, piece, mode, choices, timeline))
+            clips.append(_clip(len(clips), members, piece, mode, choices, timeline))
+    clips, scheduled = _scheduled(settings, clips)
 
     metrics = PlanMetrics(
         output_frames=settings.max_frames,
@@ -408,7 +515,11 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
         overlap_frames=sum(c.overlap for c in clips),
         clip_count=len(clips),
         seconds=settings.max_frames / settings.fps,
+        cost=sum(c.cost for c in clips),
+        timeline_frames=math.ceil(settings.max_frames * choices.rate),
     )
+    color = choices.color
+    video = resolve_video(settings)
     return ClipPlan(
         version=PLAN_VERSION,
         model_kind=model.kind,
@@ -419,11 +530,18 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
         height=choices.height,
         seed=seed,
         continuity=choices.continuity,
-        color_match=options.color_match and choices.continuity != "none",
+        color_match=color.space is not None,
         clips=tuple(clips),
         metrics=metrics,
         warnings=choices.warnings,
-        choices=choices.choices + (negative_choice(clips, model),),
+        choices=choices.choices + tuple(scheduled) + (negative_choice(clips, model), video.choice),
+        timing=choices.timing,
+        color_space=color.space,
+        color_reference=color.reference,
+        color_image=color.image,
+        video=video.make,
+        crf=video.crf,
+        preset=video.preset,
     )
 
 
@@ -432,28 +550,39 @@ def format_plan(plan: ClipPlan, width: int = 120) -> str:
     m = plan.metrics
     lines = [
         f"{plan.model_kind} at {plan.native_fps} fps -> {plan.max_frames} frames at {plan.fps:g} fps "
-        f"({m.seconds:.2f} s), {plan.width}x{plan.height}, continuity {plan.continuity}",
-        f"{m.clip_count} clips, {m.generated_frames} Wan frames generated for {m.needed_frames} needed "
-        f"(generated/output {m.generated_per_output:.3f}, generated/needed {m.generated_per_needed:.3f}; "
-        f"{m.overlap_frames} overlap, {m.surplus_frames} surplus)",
+        f"({m.seconds:.2f} s), {plan.width}x{plan.height}, continuity {plan.continuity}, timing {plan.timing}",
+        f"{m.clip_count} clips, {m.generated_frames} Wan frames generated for a timeline of {m.timeline_frames} "
+        f"(x{m.generated_per_timeline:.2f}; {m.needed_frames} needed, {m.overlap_frames} overlap, "
+        f"{m.surplus_frames} surplus); cost {m.cost} frame-steps (Wan frames x steps)",
     ]
     for choice in plan.choices:
         value = choice.value if not isinstance(choice.value, float) else f"{choice.value:g}"
-        name = choice.name if choice.name == "guidance_2" else choice.name.replace("_", " ")
-        lines.append(f"{name:<15} {value!s:<9} {choice.source}")
+        name = choice.name if "_" in choice.name and choice.name.endswith(("_2", "schedule")) else \
+            choice.name.replace("_", " ")
+        lines.append(f"{name:<18} {value!s:<12} {choice.source}")
     syntax = dict.fromkeys((c.prompt_key, c.stripped, c.loras) for c in plan.clips if c.stripped)
     for key, stripped, loras in syntax:
         lora = f"; LoRA kept for later, not applied: {', '.join(f'{n}:{w:g}' for n, w in loras)}" if loras else ""
         lines.append(f"prompt {key}: A1111 syntax removed: {' '.join(stripped)}{lora}")
+    for c in plan.clips:
+        if c.merged:
+            lines.append(f"clip {c.index} merges prompts {', '.join(c.merged)} (min clip length "
+                         f"{_min_seconds(plan):g} s; 0 keeps every cut)")
     lines += [f"warning: {w}" for w in plan.warnings]
-    header = f"{'clip':>4} {'frames':>11} {'seconds':>13} {'wan':>4} {'mode':>4} {'seed':>10}  prompt | movement"
+    header = (f"{'clip':>4} {'frames':>11} {'seconds':>13} {'wan':>4} {'mode':>4} {'seed':>10} {'cost':>5}  "
+              "prompt | movement")
     lines += ["", header]
+    total = max(m.cost, 1)
     for c in plan.clips:
         t0, t1 = c.output_start / plan.fps, c.output_end / plan.fps
         head = (f"{c.index:>4} {c.output_start:>5}-{c.output_end - 1:<5} {t0:>6.2f}-{t1:<6.2f} {c.num_frames:>4} "
-                f"{c.mode:>4} {c.seed:>10}  ")
+                f"{c.mode:>4} {c.seed:>10} {c.cost / total:>5.0%}  ")
         room = max(width - len(head), 30)
         prompt_room = max(room - len(c.movement) - 3, 20)
         prompt = c.prompt if len(c.prompt) <= prompt_room else c.prompt[: prompt_room - 1] + "…"
         lines.append(f"{head}{prompt} | {c.movement}")
     return "\n".join(lines)
+
+
+def _min_seconds(plan: ClipPlan) -> float:
+    return next((float(c.value) for c in plan.choices if c.name == "min_clip_seconds"), DEFAULT_MIN_CLIP_SECONDS)

@@ -100,6 +100,9 @@ class ClipFrames:
     output_end: int  # one past the last
     # For each output frame: (Wan frame, next Wan frame, weight of the next one), in this clip's frames.
     sources: tuple[tuple[int, int, float], ...]
+    # One past the last Wan frame the timeline uses: the next clip continues from the frames before it, so a
+    # join follows the last frame the viewer saw, not the surplus that 4n+1 rounding adds at a segment's end.
+    shown_end: int = 0
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,8 @@ def _collect(segment: Segment, spans: list[tuple[int, int, int, int]], rows: lis
     out = segment.start
     for (a, b, k, n), sources in zip(spans, rows):
         if sources:
-            clips.append(ClipFrames(n, k, out, out + len(sources), tuple(sources)))
+            shown_end = k + max(1, min(needed - a, n - k))
+            clips.append(ClipFrames(n, k, out, out + len(sources), tuple(sources), shown_end))
             out += len(sources)
         elif segment.overlap == 0:
             unshown += max(0, min(b, needed) - a)
@@ -192,3 +196,27 @@ def _collect(segment: Segment, spans: list[tuple[int, int, int, int]], rows: lis
     needed -= unshown
     surplus = sum(c.num_frames - c.overlap for c in clips) - needed
     return SegmentFrames(tuple(clips), needed, surplus)
+
+
+def group_segments(spans: list[tuple[int, int]], min_frames: int) -> list[tuple[int, ...]]:
+    """Indices of consecutive prompt segments merged so that each group lasts at least `min_frames`.
+
+    Short prompt segments become short clips, and every clip costs a join and its 4n+1
+    rounding. Segments are gathered in order until the group is long enough; a short
+    remainder joins the group before it. `min_frames` 0 keeps every segment alone.
+    """
+    groups: list[list[int]] = []
+    current: list[int] = []
+    length = 0
+    for i, (start, end) in enumerate(spans):
+        current.append(i)
+        length += end - start
+        if length >= min_frames:
+            groups.append(current)
+            current, length = [], 0
+    if current:
+        if groups:
+            groups[-1].extend(current)
+        else:
+            groups.append(current)
+    return [tuple(g) for g in groups]

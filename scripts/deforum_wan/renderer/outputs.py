@@ -201,8 +201,11 @@ def stitch_video(
     *,
     soundtrack: str | None = None,
     crf: int = 17,
+    preset: str = "slow",
 ) -> tuple[Path, list[str]]:
     """Encode frames 0..frame_count-1 into `{timestring}.mp4` (H.264, yuv420p, exactly `fps`).
+
+    crf and preset are Deforum's ffmpeg_crf and ffmpeg_preset (checked against x264's presets by the plan).
 
     Returns the path and any warnings (a soundtrack that could not be added is a
     warning, not a lost video).
@@ -220,7 +223,8 @@ def stitch_video(
     video_opts = [
         "-frames:v", str(frame_count),
         "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
-        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf), "-r", _fps_arg(fps),
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(int(crf)), "-preset", _preset(preset),
+        "-r", _fps_arg(fps),
     ]
     tmp = folder / f".{timestring}.tmp.mp4"
     audio = _soundtrack_input(soundtrack, warnings)
@@ -240,6 +244,14 @@ def stitch_video(
         raise OutputError(f"ffmpeg could not encode {out.name}: {_last_line(result.stderr)}")
     os.replace(tmp, out)
     return out, warnings
+
+
+def _preset(preset: str) -> str:
+    from ..core.choices import X264_PRESETS
+
+    if preset not in X264_PRESETS:
+        raise OutputError(f"ffmpeg_preset: expected one of {', '.join(X264_PRESETS)}, got {preset!r}")
+    return preset
 
 
 def probe_video(path: str | Path) -> tuple[int, float]:

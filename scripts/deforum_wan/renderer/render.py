@@ -361,8 +361,9 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
             if plan.color_match and clip.overlap and tail is not None:
                 frames = match_colors(frames, clip.overlap, tail[-clip.overlap:])
             keep = _tail_length(plan, clip)
-            save_tail(folder, timestring, clip.index, frames[-keep:])
-            previous_tail = frames[-keep:]
+            shown = frames[:clip.tail_end]  # the next clip continues from the last frame shown, not the surplus
+            save_tail(folder, timestring, clip.index, shown[-keep:])
+            previous_tail = shown[-keep:]
             out = resample(frames, clip.sources)
             for offset, frame in enumerate(out):
                 index = clip.output_start + offset
@@ -387,13 +388,16 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
         emit({"type": "preview", "clip": None, "step": None, "steps": None,
               "path": str(folder / outputs.frame_name(timestring, on_disk - 1)) if on_disk else None})
     video = None
-    if status == "done" and job.make_video:
+    if status == "done" and job.make_video and not plan.video:
+        emit({"type": "warning", "message": "no mp4: the settings ask for none (skip_video_creation)"})
+    if status == "done" and job.make_video and plan.video:
         emit({"type": "status", "phase": "encoding", "message": f"encoding {outputs.video_file(folder, timestring).name}"})
         encode_start = time.perf_counter()
         notes: list[str] = []
         soundtrack = _local_soundtrack(_soundtrack(settings), folder, timestring, notes)
         try:
-            video, encoded = outputs.stitch_video(folder, timestring, settings.fps, total, soundtrack=soundtrack)
+            video, encoded = outputs.stitch_video(folder, timestring, settings.fps, total, soundtrack=soundtrack,
+                                                  crf=plan.crf, preset=plan.preset)
         finally:
             if soundtrack and soundtrack != _soundtrack(settings):
                 Path(soundtrack).unlink(missing_ok=True)  # the fetched copy

@@ -4,7 +4,8 @@ Every bad input comes back as an ApiError: 422 (413 when too large) with the
 field named, e.g. `deforum_settings[0].translation_x: cannot evaluate "sin(t"
 at frame 12: ...`. The settings go through the same parsers the renderer uses,
 so what is accepted here also renders. URLs the render will use (`init_image`
-with `use_init`, `soundtrack_path` with `add_soundtrack: File`) are fetched here,
+with `use_init`, `soundtrack_path` with `add_soundtrack: File`, `color_coherence_image_path` with
+color_coherence Image) are fetched here,
 through deforum_wan.service.fetch, and replaced by the saved file: the worker and
 ffmpeg only ever read local files, and a URL we refuse is a 422 naming its field.
 
@@ -191,6 +192,7 @@ def _device(value: Any) -> str:
 def _override_checks() -> dict[str, Callable[[Any], Any]]:
     from ..renderer.loading import ATTENTION_CHOICES
     from ..renderer.memory import MEMORY_PROFILES
+    from ..core.choices import TIMINGS
     from ..core.plan import CONTINUITY
 
     return {
@@ -209,7 +211,9 @@ def _override_checks() -> dict[str, Callable[[Any], Any]]:
         "seed": lambda v: _int_option(v, -1, 2**32 - 1),
         "sensitivity": lambda v: _float_option(v, 0.01, 100),
         "language": _choice(("en", "zh")),
-        "blend": _bool_option,
+        "timing": _choice(TIMINGS),
+        "fps_tolerance": lambda v: _float_option(v, 0, 1),
+        "min_clip_seconds": lambda v: _float_option(v, 0, 3600),
         "color_match": _bool_option,
         "device": _device,
         "memory_profile": _choice(MEMORY_PROFILES),
@@ -391,7 +395,8 @@ class Validator:
         _text_limits(data, loc)
         if "batch_name" in data:
             self.check_batch_name(data["batch_name"], (*loc, "batch_name"))
-        for key, kind in (("init_image", fetch.IMAGE), ("soundtrack_path", fetch.AUDIO)):
+        for key, kind in (("init_image", fetch.IMAGE), ("soundtrack_path", fetch.AUDIO),
+                          ("color_coherence_image_path", fetch.IMAGE)):
             if key in data:
                 data[key] = self.check_source(data[key], (*loc, key), kind)
         try:
@@ -430,7 +435,8 @@ class Validator:
                         fetched: dict[tuple[str, str], str]) -> None:
         """Fetch the URLs this render will read and put the saved files in their place."""
         used = (("init_image", fetch.IMAGE, bool(parsed.use_init)),
-                ("soundtrack_path", fetch.AUDIO, parsed.add_soundtrack == "File"))
+                ("soundtrack_path", fetch.AUDIO, parsed.add_soundtrack == "File"),
+                ("color_coherence_image_path", fetch.IMAGE, str(parsed.raw.get("color_coherence")).lower() == "image"))
         for key, kind, in_use in used:
             url = data.get(key)
             if not in_use or not fetch.is_url(url):
@@ -460,7 +466,8 @@ class Validator:
             raise ApiError(422, [(loc, "at most 200 characters")])
 
     def check_source(self, value: Any, loc: tuple[Any, ...], kind: str) -> Any:
-        """init_image / soundtrack_path: http(s) URL, data URL (saved to a file), or a file inside the allowed folders."""
+        """init_image / soundtrack_path / color_coherence_image_path: http(s) URL, data URL (saved to a file), or a
+        file inside the allowed folders."""
         if value is None:
             return None
         if not isinstance(value, str):
