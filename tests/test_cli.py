@@ -28,6 +28,12 @@ def test_inspect_json(path: Path):
     assert data["prompts"][0]["start"] == 0 and data["prompts"][-1]["end"] == original["max_frames"]
     stats = {s["key"]: s for s in data["schedules"]}
     assert stats["fov_schedule"]["minimum"] == stats["fov_schedule"]["maximum"] == 70
+    # Every covered Deforum key is reported with its status; each ignored change has its warning.
+    entries = {e["key"]: e for e in data["keys"]["entries"]}
+    assert {"strength_schedule", "color_coherence", "noise_schedule", "cn_1_enabled", "parseq_manifest"} <= set(entries)
+    assert {e["status"] for e in entries.values()} <= {"used", "mapped", "ignored"}
+    ignored = [k for k, e in entries.items() if e["status"] == "ignored" and e["changed"]]
+    assert len(data["keys"]["warnings"]) == len(ignored)
 
 
 def test_inspect_text_a1111_default():
@@ -35,6 +41,8 @@ def test_inspect_text_a1111_default():
     assert out.returncode == 0, out.stderr
     assert "frames 120 at 15 fps = 8.00 s, 512x512, 3D mode" in out.stdout
     assert "60-89" in out.stdout and "a beautiful coconut" in out.stdout
+    assert "Deforum keys: 13 used, 14 mapped" in out.stdout
+    assert re.search(r"^   color_coherence +'LAB' +each clip matched to frame 0", out.stdout, re.M)
     zoom = next(line for line in out.stdout.splitlines() if line.strip().startswith("zoom"))
     assert zoom.split()[1:] and float(zoom.split()[1]) < 1.0025 < float(zoom.split()[2])
 

@@ -838,3 +838,21 @@ def test_deforum_video_settings_reach_the_plan():
                    PlanOptions(seed=1))
     with pytest.raises(PlanError, match=r"^ffmpeg_crf: must be between 0 and 51"):
         plan_clips(settings_from_dict({**data, "ffmpeg_crf": 99}), MODEL_SPECS["vace"], PlanOptions(seed=1))
+
+
+@pytest.mark.parametrize("name", ["a1111-deforum-default.txt", "a1111-deforum-test-simple.txt",
+                                  "forge-deforum-default.txt"])
+def test_plan_reports_deforum_keys_and_warns_for_each_ignored_change(name):
+    from deforum_wan.core.coverage import key_report
+
+    s = load_settings(SHARED / name)
+    plan = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1))
+    report = key_report(s)
+    ignored = [e for e in report.entries if e.status == "ignored" and e.changed]
+    for entry in ignored:
+        assert sum(w.startswith(f"{entry.key} is ") for w in plan.warnings) == 1
+    text = format_plan(plan)
+    assert text.count("Deforum keys: ") == 1
+    for entry in report.entries:
+        if entry.changed:
+            assert re.search(rf"^ \* {re.escape(entry.key)} ", text, re.M), entry.key

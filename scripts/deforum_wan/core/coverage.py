@@ -340,7 +340,7 @@ def _prompts(r: _Report) -> None:
         r.add(r.settings.prompts_key, USED, "the keyframe prompts, A1111 syntax made plain for Wan")
     for new, old, note in (("positive_prompts", "animation_prompts_positive", "added to every prompt"),
                            ("negative_prompts", "animation_prompts_negative",
-                            "added to every negative prompt (none set: Wan's official negative)")):
+                            "added to every negative prompt (with none anywhere, Wan's official one is used)")):
         r.add(old if old in r.raw and new not in r.raw else new, USED, note)
 
 

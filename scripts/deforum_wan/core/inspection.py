@@ -1,8 +1,10 @@
-"""What a user checks before rendering: length, size, prompts over time, camera ranges."""
+"""What a user checks before rendering: length, size, prompts over time, camera ranges, and what
+happens to every Deforum key (used, mapped or ignored: coverage.py)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .coverage import format_key_report, key_report
 from .prompts import prompt_at, prompt_keyframes
 from .schedules import parse_schedule
 from .settings import CAMERA_KEYS, DeforumSettings
@@ -39,6 +41,8 @@ class Inspection:
     seed_behavior: str
     prompts: tuple[PromptSpan, ...]
     schedules: tuple[ScheduleStats, ...]
+    keys: dict  # coverage.KeyReport.to_dict(): every covered key with its status and note, and the warnings
+    keys_text: str = ""  # the same as a table
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +63,7 @@ def inspect_settings(settings: DeforumSettings) -> Inspection:
         text = getattr(settings, key)
         values = parse_schedule(text, settings.max_frames, settings.seed, key=key)
         stats.append(ScheduleStats(key, text, float(values.min()), float(values.max()), float(values.mean())))
+    report = key_report(settings)
     return Inspection(
         max_frames=settings.max_frames,
         fps=settings.fps,
@@ -70,6 +75,8 @@ def inspect_settings(settings: DeforumSettings) -> Inspection:
         seed_behavior=settings.seed_behavior,
         prompts=tuple(spans),
         schedules=tuple(stats),
+        keys=report.to_dict(),
+        keys_text=format_key_report(report),
     )
 
 
@@ -88,6 +95,8 @@ def format_inspection(ins: Inspection, width: int = 100) -> str:
     lines += ["", "camera schedules (per-frame values):", f"  {'key':<20}{'min':>10}{'max':>10}{'mean':>10}"]
     for s in ins.schedules:
         lines.append(f"  {s.key:<20}{s.minimum:>10.4g}{s.maximum:>10.4g}{s.mean:>10.4g}")
+    if ins.keys_text:
+        lines += ["", ins.keys_text]
     return "\n".join(lines)
 
 

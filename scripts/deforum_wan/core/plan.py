@@ -38,6 +38,7 @@ from .choices import (
     round_to_multiple, schedule_ratios,
 )
 from .choices import checked_number as _number, first as _first, wan_option as _wan_option
+from .coverage import format_key_report, key_report
 from .movement import SCHEDULE_KEYS, CameraPath, describe_movement
 from .prompts import plain_prompt, prompt_at, prompt_keyframes
 from .schedules import parse_schedule
@@ -187,6 +188,7 @@ class ClipPlan:
     video: bool = True  # make the mp4 (skip_video_creation turns it off)
     crf: int = 17  # libx264 quality (ffmpeg_crf)
     preset: str = "slow"  # libx264 preset (ffmpeg_preset)
+    keys: str = ""  # the Deforum keys set away from their defaults: used, mapped (to what) or ignored (why)
 
     def clip_for_frame(self, frame: int) -> Clip:
         for clip in self.clips:
@@ -520,6 +522,7 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
     )
     color = choices.color
     video = resolve_video(settings)
+    keys = key_report(settings)
     return ClipPlan(
         version=PLAN_VERSION,
         model_kind=model.kind,
@@ -533,7 +536,7 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
         color_match=color.space is not None,
         clips=tuple(clips),
         metrics=metrics,
-        warnings=choices.warnings,
+        warnings=choices.warnings + keys.warnings,
         choices=choices.choices + tuple(scheduled) + (negative_choice(clips, model), video.choice),
         timing=choices.timing,
         color_space=color.space,
@@ -542,6 +545,7 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
         video=video.make,
         crf=video.crf,
         preset=video.preset,
+        keys=format_key_report(keys, changed_only=True),
     )
 
 
@@ -568,7 +572,10 @@ def format_plan(plan: ClipPlan, width: int = 120) -> str:
         if c.merged:
             lines.append(f"clip {c.index} merges prompts {', '.join(c.merged)} (min clip length "
                          f"{_min_seconds(plan):g} s; 0 keeps every cut)")
-    lines += [f"warning: {w}" for w in plan.warnings]
+    if plan.keys:  # the table without its warnings: they follow with the plan's own
+        lines += [""] + plan.keys.split("\n\nwarnings:")[0].splitlines()
+    if plan.warnings:
+        lines += [""] + [f"warning: {w}" for w in plan.warnings]
     header = (f"{'clip':>4} {'frames':>11} {'seconds':>13} {'wan':>4} {'mode':>4} {'seed':>10} {'cost':>5}  "
               "prompt | movement")
     lines += ["", header]
