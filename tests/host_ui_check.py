@@ -188,14 +188,16 @@ def check(settings_path: Path) -> dict:
     css = (REPO / "style.css").read_text(encoding="utf-8")
     assert "#tab_deforum_wan #deforum_wan_plan_table .controls-wrap" in css
     # Size, steps and guidance re-plan the note as they change, not only on "Update plan".
-    for elem_id in ("deforum_wan_width", "deforum_wan_height", "deforum_wan_steps", "deforum_wan_guidance"):
+    for elem_id in ("deforum_wan_width", "deforum_wan_height", "deforum_wan_steps", "deforum_wan_guidance",
+                    "deforum_wan_timing", "deforum_wan_min_clip"):
         assert (elem_id, "change") in _triggers(blocks, "on_plan_note"), elem_id
     assert ("page", "load") in _triggers(blocks, "on_page_load")
 
     # The import and plan handlers on a real Deforum file.
     state, summary, status, _plan = _fn(blocks, "on_load")(str(settings_path))
     assert state and "frames" in summary, status
-    defaults = ["", 32, 32, 2, 0, "auto", 0, True, "auto", False, "", 0.5, ""]
+    # model, width, height, steps, guidance, continuity, overlap, colour, timing, min clip s, memory, enhancer (4)
+    defaults = ["", 32, 32, 2, 0, "auto", 0, True, "auto", 2, "auto", False, "", 0.5, ""]
     plan_dict, table, figure, note, state = _fn(blocks, "on_plan")(state, None, None, *defaults)
     rows = _value(table)
     assert plan_dict and rows and figure is not None and table["visible"] is True, note

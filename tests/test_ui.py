@@ -32,7 +32,8 @@ def _settings(**changes):
 def _plan(settings, kind: str = "vace") -> ClipPlan:
     from deforum_wan.core.plan import PlanOptions
 
-    return plan_clips(settings, MODEL_SPECS[kind], PlanOptions(width=32, height=32, max_clip_frames=21))
+    return plan_clips(settings, MODEL_SPECS[kind], PlanOptions(width=32, height=32, max_clip_frames=21,
+                                                                min_clip_seconds=0))
 
 
 # ---------------------------------------------------------------- plan table and prompt edits

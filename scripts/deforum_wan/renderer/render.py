@@ -364,7 +364,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
             shown = frames[:clip.tail_end]  # the next clip continues from the last frame shown, not the surplus
             save_tail(folder, timestring, clip.index, shown[-keep:])
             previous_tail = shown[-keep:]
-            out = resample(frames, clip.sources)
+            out = _onto_timeline(plan, clip, frames)
             for offset, frame in enumerate(out):
                 index = clip.output_start + offset
                 if index >= done:
@@ -418,6 +418,20 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
           "frames_on_disk": on_disk, "frames_total": total, "video": str(video) if video else None,
           "resume": None if status == "done" else f"--resume {timestring}"})
     return result
+
+
+def _onto_timeline(plan: ClipPlan, clip: Clip, frames: np.ndarray) -> np.ndarray:
+    """The clip's output frames: Wan frames as they are, with motion-compensated in-betweens (timing
+    interpolate) or crossfades (timing blend) where an output frame falls between two."""
+    if plan.timing != "interpolate":
+        return resample(frames, clip.sources)
+    from .interpolate import InterpolationError, motion_resample
+
+    try:
+        return motion_resample(frames, clip.sources)
+    except InterpolationError as exc:
+        raise RenderError(f"clip {clip.index}: the in-between frames could not be made ({exc}); the frames so far "
+                          "are kept: resume once ffmpeg works, or choose timing blend or nearest") from exc
 
 
 def _tail_length(plan: ClipPlan, clip: Clip) -> int:

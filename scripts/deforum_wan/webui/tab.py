@@ -19,12 +19,13 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..service import bridge, doctor
 from . import tab_data
+from .tab_data import Controls, none_if_zero as _none_if_zero
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[2]
 EXTENSION_DIR = SCRIPTS_DIR.parent
@@ -160,52 +161,6 @@ def model_spec_and_note(model_path: str | None):
     return fallback, f"no model chosen: planned for {fallback.label}"
 
 
-def _none_if_zero(value: Any, kind: type = int) -> Any:
-    if value in (None, ""):
-        return None
-    number = kind(value)
-    return None if number <= 0 else number
-
-
-@dataclass
-class Controls:
-    """The option controls' values, in one place for the plan, the job and the enhancer."""
-
-    model_path: str | None = None
-    width: Any = 0
-    height: Any = 0
-    steps: Any = 0
-    guidance: Any = 0
-    continuity: str = "auto"
-    overlap: Any = 0
-    color_match: bool = True
-    memory_profile: str = "auto"
-    enhance: bool = False
-    style: str = ""
-    style_strength: float = 0.5
-    qwen: str = ""
-    extra: dict = field(default_factory=dict)
-
-    def plan_options(self, seed: int | None = None):
-        from ..core.plan import PlanOptions
-
-        return PlanOptions(continuity=self.continuity or "auto", overlap=_none_if_zero(self.overlap),
-                           width=_none_if_zero(self.width), height=_none_if_zero(self.height),
-                           steps=_none_if_zero(self.steps), guidance=_none_if_zero(self.guidance, float),
-                           color_match=bool(self.color_match), seed=seed)
-
-    def overrides(self) -> dict:
-        """options_overrides for JobQueue.submit (the same keys the API takes); 0 means "the default"."""
-        values = {"model": self.model_path, "memory_profile": self.memory_profile or "auto",
-                  "continuity": self.continuity or "auto", "overlap": _none_if_zero(self.overlap),
-                  "width": _none_if_zero(self.width), "height": _none_if_zero(self.height),
-                  "steps": _none_if_zero(self.steps), "guidance": _none_if_zero(self.guidance, float),
-                  "color_match": bool(self.color_match), "enhance": bool(self.enhance)}
-        if self.enhance:
-            values.update(enhance_style=self.style or "", enhance_style_strength=float(self.style_strength or 0.5))
-        return {k: v for k, v in values.items() if v is not None}
-
-
 def make_plan(settings_state: Any, rows: Any, plan_state: Any, controls: Controls):
     """Settings with table edits applied, the new plan, and a note; raises ValueError for the user."""
     from ..core.plan import ClipPlan, plan_clips
@@ -283,7 +238,8 @@ def build_tab(ctx: TabContext):
     import gradio as gr
 
     from ..renderer.memory import MEMORY_PROFILES
-    from ..core.plan import CONTINUITY
+    from ..core.choices import TIMINGS
+    from ..core.plan import CONTINUITY, DEFAULT_MIN_CLIP_SECONDS
 
     choices = scan_model_choices(ctx.models_dir())
     default_model = tab_data.pick_default_model(choices, ctx.default_model())
@@ -344,6 +300,11 @@ def build_tab(ctx: TabContext):
                         overlap = gr.Number(label="Overlap", value=0, precision=0, elem_id="deforum_wan_overlap",
                                             info="VACE frames carried over; 0: default")
                     with gr.Row():
+                        timing = gr.Dropdown(label="Timing", choices=list(TIMINGS), value="auto",
+                                             elem_id="deforum_wan_timing")
+                        min_clip = gr.Number(label="Min clip seconds", value=DEFAULT_MIN_CLIP_SECONDS,
+                                             elem_id="deforum_wan_min_clip", info="0: a clip per prompt")
+                    with gr.Row():
                         color_match = gr.Checkbox(label="Colour matching", value=True,
                                                   elem_id="deforum_wan_color_match")
                         memory = gr.Dropdown(label="Memory profile", choices=list(MEMORY_PROFILES),
@@ -394,14 +355,14 @@ def build_tab(ctx: TabContext):
                                                elem_classes=["deforum-wan-tool"], scale=1)
                 resume_btn = gr.Button("Resume", elem_id="deforum_wan_resume", scale=1)
 
-        option_inputs = [model_dd, width, height, steps, guidance, continuity, overlap, color_match, memory, enhance,
-                         style, style_strength, qwen]
+        option_inputs = [model_dd, width, height, steps, guidance, continuity, overlap, color_match, timing, min_clip,
+                         memory, enhance, style, style_strength, qwen]
 
         def controls_of(values: tuple) -> Controls:
-            (label, w, h, st, g, cont, ov, cm, mem, enh, sty, strength, qw) = values
+            (label, w, h, st, g, cont, ov, cm, tm, mc, mem, enh, sty, strength, qw) = values
             return Controls(model_path=model_paths.get(label) if label else None, width=w, height=h, steps=st,
-                            guidance=g, continuity=cont, overlap=ov, color_match=cm, memory_profile=mem, enhance=enh,
-                            style=sty, style_strength=strength, qwen=qw)
+                            guidance=g, continuity=cont, overlap=ov, color_match=cm, timing=tm, min_clip_seconds=mc,
+                            memory_profile=mem, enhance=enh, style=sty, style_strength=strength, qwen=qw)
 
         # -- import
         def on_load(path: Any):
@@ -459,7 +420,7 @@ def build_tab(ctx: TabContext):
                 return gr.update(), f"**Cannot plan:** {exc}"
             return plan.to_dict(), plan_summary(plan, notes)
 
-        for control in (width, height, steps, guidance, color_match):
+        for control in (width, height, steps, guidance, color_match, timing, min_clip):
             control.change(on_plan_note, inputs=plan_inputs, outputs=[plan_state, plan_note])
 
         # -- models

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
@@ -25,6 +25,69 @@ PLAN_DATATYPES = ["number", "str", "str", "number", "str", "number", "str", "str
 PROMPT_COLUMN = PLAN_HEADERS.index("prompt")
 ENHANCE_HEADERS = ["clip", "before", "after"]
 TERMINAL_STATUSES = {"SUCCEEDED", "FAILED", "CANCELLED", "INTERRUPTED", "DONE", "CRASHED"}
+
+
+def none_if_zero(value: Any, kind: type = int) -> Any:
+    if value in (None, ""):
+        return None
+    number = kind(value)
+    return None if number <= 0 else number
+
+
+@dataclass
+class Controls:
+    """The option controls' values, in one place for the plan, the job and the enhancer."""
+
+    model_path: str | None = None
+    width: Any = 0
+    height: Any = 0
+    steps: Any = 0
+    guidance: Any = 0
+    continuity: str = "auto"
+    overlap: Any = 0
+    color_match: bool = True
+    timing: str = "auto"
+    min_clip_seconds: Any = None  # None: the default (2 s); 0 keeps every prompt change as a cut
+    memory_profile: str = "auto"
+    enhance: bool = False
+    style: str = ""
+    style_strength: float = 0.5
+    qwen: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def plan_options(self, seed: int | None = None):
+        from ..core.plan import PlanOptions
+
+        return PlanOptions(continuity=self.continuity or "auto", overlap=none_if_zero(self.overlap),
+                           width=none_if_zero(self.width), height=none_if_zero(self.height),
+                           steps=none_if_zero(self.steps), guidance=none_if_zero(self.guidance, float),
+                           color_match=bool(self.color_match), timing=_timing(self.timing),
+                           min_clip_seconds=_seconds(self.min_clip_seconds), seed=seed)
+
+    def overrides(self) -> dict:
+        """options_overrides for JobQueue.submit (the same keys the API takes); 0 means "the default"."""
+        values = {"model": self.model_path, "memory_profile": self.memory_profile or "auto",
+                  "continuity": self.continuity or "auto", "overlap": none_if_zero(self.overlap),
+                  "width": none_if_zero(self.width), "height": none_if_zero(self.height),
+                  "steps": none_if_zero(self.steps), "guidance": none_if_zero(self.guidance, float),
+                  "color_match": bool(self.color_match), "enhance": bool(self.enhance),
+                  "timing": _timing(self.timing), "min_clip_seconds": _seconds(self.min_clip_seconds)}
+        if self.enhance:
+            values.update(enhance_style=self.style or "", enhance_style_strength=float(self.style_strength or 0.5))
+        return {k: v for k, v in values.items() if v is not None}
+
+
+def _timing(value: Any) -> str | None:
+    """auto is no choice: the settings' wan_timing, else the automatic one."""
+    return None if not value or value == "auto" else str(value)
+
+
+def _seconds(value: Any) -> float | None:
+    """A seconds control: empty is the default (None); 0 is a real value."""
+    if value is None or value == "":
+        return None
+    return float(value)
+
 
 # Where Deforum leaves the settings of its last run (see `settings_candidates`).
 DEFORUM_SETTINGS_NAME = "deforum_settings.txt"
