@@ -402,3 +402,92 @@ def test_an_i2v_model_without_an_init_image_fails_before_loading(tiny_models, tm
     with pytest.raises(PlanError, match=r"^init_image: Wan2.1 I2V \(i2v\) cannot start a clip from text"):
         render(job)
     assert not (tmp_path / "out").exists()
+
+
+class _Calls(Recorder):
+    """Real pipelines; every request and the frames it returned are kept."""
+
+    def __init__(self, pipelines):
+        super().__init__(pipelines)
+        self.requests = []
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if name not in ("t2v", "i2v", "vace"):
+            return attr
+
+        def call(request):
+            frames = attr(request)
+            self.requests.append(request)
+            self.clips.append(frames)
+            return frames
+
+        return call
+
+
+def test_a_chained_clip_continues_from_the_last_frame_shown(tiny_models, tmp_path):
+    """At 24 fps a prompt segment's last clip has surplus Wan frames (4n+1 rounding) no output frame shows:
+    the next clip must continue from the frames before them, not from the surplus."""
+    from deforum_wan.renderer.loading import load_pipelines
+    from deforum_wan.renderer.models import classify_model
+
+    s = small_settings(max_frames=40, fps=24, prompts={"0": "a red fox", "13": "a blue bird", "27": "a cat"})
+    pipes = _Calls(load_pipelines(classify_model(tiny_models["vace"])))
+    job = RenderJob(settings=s, model=str(tiny_models["vace"]), outdir=str(tmp_path), make_video=False,
+                    options=PlanOptions(steps=1, overlap=2, min_clip_seconds=0, color_match=False))
+    result = render(job, pipelines=pipes)
+    plan = result.plan
+    assert result.status == "done" and plan.timing == "interpolate" and len(plan.clips) == len(pipes.clips) >= 3
+    assert any(c.tail_end < c.num_frames for c in plan.clips[:-1])  # surplus exists before some join
+    for (clip, frames), nxt, request in zip(zip(plan.clips, pipes.clips), plan.clips[1:], pipes.requests[1:]):
+        assert nxt.mode == "vace" and len(request.known_frames) == nxt.overlap == 2
+        expected = frames[clip.tail_end - 2:clip.tail_end]
+        np.testing.assert_array_equal(np.stack(request.known_frames), expected)
+    assert outputs.existing_frames(result.folder, result.timestring) == list(range(40))
+
+
+def _mean_rgb(frames: np.ndarray) -> np.ndarray:
+    return frames.reshape(-1, 3).astype(np.float64).mean(axis=0)
+
+
+def test_colour_stays_anchored_to_frame_0_over_20_chained_clips(tiny_models, tmp_path):
+    """color_coherence LAB matches every clip to frame 0: however the tiny VACE drifts clip after clip, the last
+    clip's mean colour stays near frame 0's. Without matching it wanders off."""
+    from deforum_wan.renderer.loading import load_pipelines
+    from deforum_wan.renderer.models import classify_model
+
+    pipes = load_pipelines(classify_model(tiny_models["vace"]))
+    means = {}
+    for matched in (True, False):
+        s = small_settings(max_frames=20 * 4 + 1, fps=16, prompts={"0": "a red fox"}, color_coherence="LAB")
+        job = RenderJob(settings=s, model=str(tiny_models["vace"]), outdir=str(tmp_path / str(matched)),
+                        make_video=False, options=PlanOptions(steps=1, seed=3, max_clip_frames=5, overlap=1,
+                                                              color_match=matched))
+        result = render(job, pipelines=pipes)
+        assert len(result.plan.clips) == 20 and result.plan.color_match is matched
+        disk = read_frames(result.folder, result.timestring)
+        last = result.plan.clips[-1]
+        means[matched] = (_mean_rgb(disk[:1]), _mean_rgb(disk[last.output_start:last.output_end]))
+    reference, last = means[True]
+    assert np.abs(last - reference).max() <= 12, (reference, last)
+    free_reference, free_last = means[False]
+    np.testing.assert_allclose(free_reference, reference, atol=1)  # the same frame 0: it is the reference
+    assert np.abs(free_last - free_reference).max() > np.abs(last - reference).max()
+
+
+def test_colour_reference_image_and_init_image(tiny_models, tmp_path):
+    """color_coherence Image matches every clip (the first too) to color_coherence_image_path."""
+    red = tmp_path / "red.png"
+    Image.fromarray(np.tile(np.array([200, 40, 30], np.uint8), (32, 32, 1))).save(red)
+    s = small_settings(max_frames=24, color_coherence="Image", color_coherence_image_path=str(red))
+    job = RenderJob(settings=s, model=str(tiny_models["vace"]), outdir=str(tmp_path), make_video=False,
+                    options=PlanOptions(steps=1, seed=3))
+    result = render(job, pipelines=None)
+    mean = _mean_rgb(read_frames(result.folder, result.timestring))
+    assert mean[0] > 150 and mean[1] < 90 and mean[2] < 90, mean
+    missing = small_settings(max_frames=24, color_coherence="Image", color_coherence_image_path=str(tmp_path / "no.png"))
+    from deforum_wan.renderer.render import RenderError
+
+    with pytest.raises(RenderError, match=r"^color_coherence_image_path '.*no.png' cannot be read"):
+        render(RenderJob(settings=missing, model=str(tiny_models["vace"]), outdir=str(tmp_path), make_video=False,
+                         options=PlanOptions(steps=1, seed=3)))

@@ -35,7 +35,7 @@ import numpy as np
 from . import fetch
 from . import outputs
 from . import preview
-from .frames import fit_image, match_colors, resample
+from .frames import ColorReference, fit_image, match_to_reference, resample
 from .pipelines import ClipRequest, Interrupted
 from ..core.plan import Clip, ClipPlan, PlanOptions, plan_clips
 from ..core.seeds import resolve_seed
@@ -152,8 +152,8 @@ def load_tail(folder: Path, timestring: str, clip: int, count: int) -> np.ndarra
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
 
 
-def load_image(source: str, policy: fetch.FetchPolicy | None = None) -> np.ndarray:
-    """An init image from a local path or an http(s) URL (fetched with the SSRF checks of deforum_wan.service.fetch)."""
+def load_image(source: str, policy: fetch.FetchPolicy | None = None, field: str = "init_image") -> np.ndarray:
+    """An image from a local path or an http(s) URL (fetched with the SSRF checks of renderer.fetch); errors name `field`."""
     import io
 
     from PIL import Image
@@ -165,7 +165,7 @@ def load_image(source: str, policy: fetch.FetchPolicy | None = None) -> np.ndarr
             image = Image.open(Path(source).expanduser())
         return np.asarray(image.convert("RGB"))
     except Exception as exc:
-        raise RenderError(f"init_image {source!r} cannot be read: {exc}") from None
+        raise RenderError(f"{field} {source!r} cannot be read: {exc}") from None
 
 
 def _same_layout(a: ClipPlan, b: ClipPlan) -> bool:
@@ -325,6 +325,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
             emit({"type": "status", "phase": "loaded", "message": f"{info.name}: attention {pipelines.attention}, "
                   f"memory profile {pipelines.memory_profile}, {pipelines.device}"})
         previous_tail: np.ndarray | None = None
+        anchor = _ColorAnchor(plan, settings, folder, timestring)
         for clip in pending:
             if stopping():
                 raise Stopped()
@@ -358,8 +359,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
             frames = _render_clip(pipelines, plan, clip, tail, settings, on_step,
                                   on_preview if preview_every else None, preview_every)
             pipeline_seconds += time.perf_counter() - clip_start
-            if plan.color_match and clip.overlap and tail is not None:
-                frames = match_colors(frames, clip.overlap, tail[-clip.overlap:])
+            frames = anchor.match(clip, frames)
             keep = _tail_length(plan, clip)
             shown = frames[:clip.tail_end]  # the next clip continues from the last frame shown, not the surplus
             save_tail(folder, timestring, clip.index, shown[-keep:])
@@ -418,6 +418,44 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
           "frames_on_disk": on_disk, "frames_total": total, "video": str(video) if video else None,
           "resume": None if status == "done" else f"--resume {timestring}"})
     return result
+
+
+class _ColorAnchor:
+    """Every clip matched to one fixed reference, as Deforum's color_coherence does, so drift cannot build up.
+
+    The reference is color_coherence_image_path (color_coherence Image), else the init image when the
+    render starts from one, else output frame 0 (the first clip is then the reference and left as it is;
+    on resume frame 0 is read back from disk).
+    """
+
+    def __init__(self, plan: ClipPlan, settings: DeforumSettings, folder: Path, timestring: str):
+        self.plan, self.settings, self.folder, self.timestring = plan, settings, folder, timestring
+        self.reference: ColorReference | None = None
+
+    def match(self, clip: Clip, frames: np.ndarray) -> np.ndarray:
+        space = self.plan.color_space
+        if not (self.plan.color_match and space):
+            return frames
+        if self.reference is None:
+            image = self._reference_image()
+            if image is None:  # the first clip of a text-started render is the reference itself
+                self.reference = ColorReference.from_frames(frames[clip.sources[0][0]], space)
+                return frames
+            self.reference = ColorReference.from_frames(image, space)
+        return match_to_reference(frames, self.reference)
+
+    def _reference_image(self) -> np.ndarray | None:
+        plan = self.plan
+        if plan.color_reference == "image":
+            return load_image(str(plan.color_image), field="color_coherence_image_path")
+        if plan.clips[0].mode != T2V:  # started from the init image
+            return fit_image(load_image(str(self.settings.init_image)), plan.width, plan.height)
+        first = self.folder / outputs.frame_name(self.timestring, 0)
+        if outputs.contiguous_frames(self.folder, self.timestring) > 0:
+            from PIL import Image
+
+            return np.asarray(Image.open(first).convert("RGB"))
+        return None
 
 
 def _onto_timeline(plan: ClipPlan, clip: Clip, frames: np.ndarray) -> np.ndarray:
