@@ -107,12 +107,15 @@ def add_render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles to save memory")
     p.add_argument("--stop-file", help="stop cleanly between steps when this file appears")
     p.add_argument("--no-video", action="store_true", help="write frames only")
-    p.add_argument("--no-color-match", action="store_true", help="do not match colours to the previous clip")
+    p.add_argument("--no-color-match", action="store_true",
+                   help="no colour matching, whatever color_coherence says (default: as color_coherence)")
     p.add_argument("--enhance", action="store_true", help="rewrite prompts with a local Qwen model first")
     p.add_argument("--qwen", help="Qwen instruct model folder for --enhance (default: auto-select)")
     p.add_argument("--style", default="", help="--enhance: style prompt added to every clip")
     p.add_argument("--style-strength", type=float, default=0.5, help="--enhance: 0..1")
     p.add_argument("--target-language", choices=["en", "zh"], default="en", help="--enhance: output language")
+    p.add_argument("--no-shared-context", action="store_true",
+                   help="--enhance: rewrite each clip alone, without what the prompts share and the neighbouring scenes")
 
 
 def render_job(args: argparse.Namespace):
@@ -129,7 +132,7 @@ def render_job(args: argparse.Namespace):
         make_video=not args.no_video, enhance=args.enhance,
         enhance_options={"qwen": args.qwen, "style": args.style, "style_strength": args.style_strength,
                          "target_language": args.target_language, "models_dir": args.models_dir,
-                         "device": args.device},
+                         "device": args.device, "shared_context": not args.no_shared_context},
     )
 
 
@@ -275,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style-strength", type=float, default=0.5, help="0..1: how strongly the style is applied")
     p.add_argument("--target-language", choices=["en", "zh"], default="en", help="language of the rewritten prompts")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the prompt cache")
+    p.add_argument("--no-shared-context", action="store_true",
+                   help="rewrite each clip alone, without what the prompts share and the neighbouring scenes")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--models-dir", help="models folder (default: $DEFORUM_WAN_MODELS or models/wan)")
     p.add_argument("--timeout-seconds", type=float, help="give up on the model after this long (default 600)")

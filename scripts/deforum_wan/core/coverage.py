@@ -223,7 +223,7 @@ def _norm(value: Any) -> Any:
     if isinstance(value, bool):
         return value
     if isinstance(value, (int, float)):
-        return float(value)
+        return value  # ints and floats compare by value; float() of a huge int would overflow
     if isinstance(value, (Mapping, list, tuple)):
         return json.dumps(value, sort_keys=True, default=str)
     text = str(value).strip()
@@ -256,11 +256,15 @@ def _plain_pairs(text: str) -> tuple[tuple[int, float], ...] | None:
     return tuple(sorted(dict(pairs).items()))
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _same(value: Any, default: Any) -> bool:
     a, b = _norm(value), _norm(default)
-    if isinstance(a, float) and isinstance(b, tuple):
+    if _number(a) and isinstance(b, tuple):
         a = ((0, a),)
-    if isinstance(b, float) and isinstance(a, tuple):
+    if _number(b) and isinstance(a, tuple):
         b = ((0, b),)
     return a == b
 

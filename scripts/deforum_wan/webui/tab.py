@@ -181,7 +181,10 @@ def plan_summary(plan: Any, notes: list[str]) -> str:
     m = plan.metrics
     lines = [f"**{plan.model_kind}** at {plan.native_fps} fps → {plan.max_frames} frames at {plan.fps:g} fps "
              f"({m.seconds:.2f} s), {plan.width}×{plan.height}, continuity **{plan.continuity}**; "
-             f"{m.clip_count} clip(s), {m.generated_frames} Wan frames"]
+             f"timing **{plan.timing}**; {m.clip_count} clip(s), {m.generated_frames} Wan frames for a timeline of "
+             f"{m.timeline_frames} (×{m.generated_per_timeline:.2f}), cost {m.cost} frame-steps"]
+    lines += [f"- clip {c.index} merges prompts {', '.join(c.merged)} (shorter than the minimum clip length; the "
+              "table edits the first)" for c in plan.clips if c.merged]
     lines += [f"- {w}" for w in (*plan.warnings, *notes)]
     return "\n".join(lines)
 
