@@ -57,12 +57,16 @@ MANIFEST = "deforum_wan_deps.json"
 MANIFEST_FORMAT = 2  # 2: records the worker's torch
 ENV_DEPS_DIR = "DEFORUM_WAN_DEPS_DIR"
 
-# Tested sets. diffusers 0.42 and transformers >= 5.21 need Python >= 3.11.
+# Tested sets. diffusers 0.42 and transformers >= 5.21 need Python >= 3.11. peft is diffusers' LoRA
+# backend (load_lora_weights; diffusers 0.41/0.42 need >= 0.17), gguf reads GGUF checkpoints (>= 0.10);
+# both are pure Python for 3.10 and newer.
 _PINS: dict[str, dict[str, str]] = {
-    "py310": {"diffusers": "0.41.0", "transformers": "5.20.2", "accelerate": "1.15.0"},
-    "newest": {"diffusers": "0.42.1", "transformers": "5.23.0", "accelerate": "1.15.0"},
+    "py310": {"diffusers": "0.41.0", "transformers": "5.20.2", "accelerate": "1.15.0", "peft": "0.21.2",
+              "gguf": "0.19.0"},
+    "newest": {"diffusers": "0.42.1", "transformers": "5.23.0", "accelerate": "1.15.0", "peft": "0.21.2",
+               "gguf": "0.19.0"},
 }
-# What the Wan pipelines and the Qwen enhancer import beyond the three above, and what this package's
+# What the Wan pipelines and the Qwen enhancer import beyond the pins above, and what this package's
 # own core needs (pyproject's dependencies): the worker sees nothing of the host but its torch.
 _COMMON = ["huggingface_hub>=1.0", "tokenizers>=0.22", "safetensors>=0.4.3", "ftfy>=6.0", "tqdm>=4.60", "regex",
            "numpy>=1.23", "numexpr>=2.8", "pillow>=9.0", "imageio-ffmpeg>=0.4.9"]
