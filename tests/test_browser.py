@@ -212,7 +212,8 @@ def _check_page_before_and_after_import(page, settings: Path) -> None:
         _set_number(page, elem_id, value)
     page.wait_for_selector("#deforum_wan_plan_note :text('48×32')", timeout=20_000)
     long = settings.with_name("long_" + settings.name)
-    long.write_text(json.dumps({**json.loads(settings.read_text()), "max_frames": 120, "fps": 16}))
+    # 2 s per prompt at 15 fps: each prompt stays its own clip (shorter ones are merged).
+    long.write_text(json.dumps({**json.loads(settings.read_text()), "max_frames": 120, "fps": 15}))
     _load(page, long)  # four clips with long prompts
     page.wait_for_selector("#deforum_wan_plan_table :text('a beautiful durian')")
     assert _seed_lines(page) == [1, 1, 1, 1]
@@ -272,7 +273,7 @@ def test_import_plan_generate_interrupt(app, page, tmp_path):
 
     # 3. A longer render, interrupted once frames are on disk: the frames stay and it is listed for resume.
     data = json.loads(settings.read_text())
-    data.update(max_frames=120, fps=16, wan_max_clip_frames=21, batch_name="Long_{timestring}")
+    data.update(max_frames=120, fps=15, wan_max_clip_frames=21, batch_name="Long_{timestring}")
     long_settings = tmp_path / "long_settings.txt"
     long_settings.write_text(json.dumps(data, indent=4))
     _load(page, long_settings)
@@ -297,7 +298,7 @@ def test_import_plan_generate_interrupt(app, page, tmp_path):
     listed = f"{long_folder.name} / "
 
     # 4. A render stopped before its first frame leaves its settings and plan, but nothing to resume.
-    early = _settings_file(tmp_path, "early_settings.txt", max_frames=120, fps=16, wan_max_clip_frames=21,
+    early = _settings_file(tmp_path, "early_settings.txt", max_frames=120, fps=15, wan_max_clip_frames=21,
                            batch_name="Early_{timestring}")
     _load(page, early)
     page.wait_for_selector("#deforum_wan_plan_table :text('a beautiful durian')")

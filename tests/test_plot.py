@@ -143,7 +143,8 @@ def _plan(settings):
     from deforum_wan.core.plan import PlanOptions, plan_clips
     from deforum_wan.core.specs import MODEL_SPECS
 
-    return plan_clips(settings, MODEL_SPECS["vace"], PlanOptions(width=64, height=64))
+    # A clip per prompt (no merging): the most crowded plot.
+    return plan_clips(settings, MODEL_SPECS["vace"], PlanOptions(width=64, height=64, min_clip_seconds=0))
 
 
 def _drawn_texts(fig, renderer) -> list[tuple[str, tuple[float, float, float, float]]]:
