@@ -98,6 +98,8 @@ def test_the_worker_sees_its_private_folder_and_allowed_host_packages_only(tmp_p
     _fake_dist(host, "kornia", "0.6.7")
     _fake_dist(host, "goodtorch", "2.1.2")
     _fake_dist(private, "newlib", "1.0")
+    _fake_dist(host, "peft", "0.13.2")
+    _fake_dist(private, "peft", "0.21.2")  # the private folder's own peft (for LoRAs) is not a host package seen
     config = {"trusted": [str(private)], "allow": ["goodtorch"]}
     code = textwrap.dedent("""
         import importlib.metadata as md, importlib.util, json, sys
@@ -112,7 +114,9 @@ def test_the_worker_sees_its_private_folder_and_allowed_host_packages_only(tmp_p
         print(json.dumps({"kornia_spec": importlib.util.find_spec("kornia") is not None,
                           "kornia_meta": version("kornia"), "goodtorch": version("goodtorch"),
                           "newlib": newlib.__file__, "dists": sorted(d.metadata["Name"] for d in md.distributions()
-                                                                    if d.metadata["Name"] in ("kornia", "goodtorch"))}))
+                                                                    if d.metadata["Name"] in ("kornia", "goodtorch")),
+                          "peft_from_host": isolation.from_host(importlib.util.find_spec("peft").origin),
+                          "goodtorch_from_host": isolation.from_host(importlib.util.find_spec("goodtorch").origin)}))
         try:
             import kornia
         except ModuleNotFoundError as exc:
@@ -127,6 +131,7 @@ def test_the_worker_sees_its_private_folder_and_allowed_host_packages_only(tmp_p
     assert seen["kornia_spec"] is False and seen["kornia_meta"] is None  # diffusers' availability checks say "absent"
     assert seen["goodtorch"] == "2.1.2" and seen["dists"] == ["goodtorch"]
     assert seen["newlib"].startswith(str(private))
+    assert seen["peft_from_host"] is False and seen["goodtorch_from_host"] is True
     assert lines[1] == "refused kornia"
 
 

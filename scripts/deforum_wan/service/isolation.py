@@ -141,6 +141,15 @@ def install_from_environment() -> HostFilter | None:
     return install(config.get("trusted") or [], config.get("allow") or [])
 
 
+def from_host(path: str | None) -> bool:
+    """Whether a module file comes from the host: outside the folders the installed filter trusts (the private
+    folder, this package). Without a filter the worker runs unconfined and everything it sees is the host's."""
+    finder = next((m for m in sys.meta_path if isinstance(m, HostFilter)), None)
+    if not path or path == "namespace":
+        return bool(path)
+    return finder is None or not _under(path, finder.trusted)
+
+
 def describe() -> dict[str, Any] | None:
     """What the installed filter trusts and allows (for the worker's environment event)."""
     finder = next((m for m in sys.meta_path if isinstance(m, HostFilter)), None)

@@ -114,7 +114,9 @@ def environment_facts() -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001
             facts["errors"][name] = f"{type(exc).__name__}: {exc}"
     facts["attention"] = ["sdpa"] + [n for n in ATTENTION_PACKAGES if _module_file(n)] if "torch" in facts else []
-    facts["host_packages_seen"] = {n: _dist_version(n) for n in WATCHED_HOST_PACKAGES if _module_file(n)}
+    # A watched package the private folder carries itself (peft, for LoRAs) is not the host's.
+    facts["host_packages_seen"] = {n: _dist_version(n) for n in WATCHED_HOST_PACKAGES
+                                   if isolation.from_host(_module_file(n))}
     return facts
 
 
