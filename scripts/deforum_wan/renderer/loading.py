@@ -1,9 +1,13 @@
-"""Load a Wan model folder into diffusers pipelines for a whole job.
+"""Load a Wan model into diffusers pipelines for a whole job.
 
-Loading goes through `from_pretrained(folder, local_files_only=True)`, exactly as
-for the tiny test models, then places the pipelines with a memory profile
-(`memory.py`), picks the attention backend and optionally compiles the
-transformers. The result is a `pipelines.Pipelines`, which renders the clips.
+A model folder loads through `from_pretrained(folder, local_files_only=True)`,
+exactly as the tiny test models do. A single-file model (`models.SingleFileModel`:
+ComfyUI's transformer, text encoder, VAE and CLIP vision files) loads component by
+component through `single_file` (diffusers' `from_single_file` with the configs
+shipped in the package, GGUF transformers quantized) and is assembled into the
+same pipeline class the folder would give. Then both place the pipelines with a
+memory profile (`memory.py`), pick the attention backend and optionally compile
+the transformers. The result is a `pipelines.Pipelines`, which renders the clips.
 torch and diffusers are imported inside the functions.
 """
 from __future__ import annotations
@@ -14,8 +18,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .memory import MEMORY_PROFILES, apply_memory_profile, choose_memory_profile, default_device, default_dtype
-from .models import ModelError, ModelInfo
+from . import single_file
+from .memory import GIB, MEMORY_PROFILES, apply_memory_profile, choose_memory_profile, default_device, default_dtype
+from .models import IncompleteModel, ModelError, ModelInfo, SingleFileModel, folder_size
 from .pipelines import Pipelines, patch_prompt_cleaning
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,6 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 ATTENTION_CHOICES = ("auto", "native", "flash")
+# Where a Wan2.2 A14B pipeline hands over from the high- to the low-noise expert: wan/configs/wan_{t2v,i2v}_A14B.py
+# `boundary` (the Wan-AI diffusers folders' model_index.json boundary_ratio)
+BOUNDARY_RATIOS = {"a14b-t2v": 0.875, "a14b-i2v": 0.9}
 
 
 def _setup_attention(transformers: list[Any], attention: str, device: str) -> str:
@@ -57,15 +65,6 @@ def _setup_attention(transformers: list[Any], attention: str, device: str) -> st
     return "flash"
 
 
-def _dtype_kwarg() -> str:
-    """diffusers 0.42 renamed from_pretrained's torch_dtype to dtype (the old name warns)."""
-    try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
-    except ImportError:
-        return "torch_dtype"
-    return "dtype"
-
-
 def _same_config(a: Path, b: Path) -> bool:
     """Whether two component folders hold the same architecture (so one can serve both pipelines)."""
     def load(p: Path) -> dict:
@@ -82,18 +81,111 @@ def _same_config(a: Path, b: Path) -> bool:
     return bool(ca) and ca == cb
 
 
+def _single_file_pipeline(info: SingleFileModel, dtype: Any, shared: dict[str, Any] | None = None) -> Any:
+    """The diffusers pipeline of a single-file model, its components loaded file by file (`single_file`)."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline, WanVACEPipeline
+
+    if info.missing or info.text_encoder is None or info.vae is None:
+        raise IncompleteModel(info)
+    source = single_file.config_source()  # None: the configs shipped in the package
+    parts = dict(shared or {})
+    current: Any = info.transformer
+    try:
+        for transformer in (info.transformer, info.transformer_2):
+            if transformer is not None:
+                single_file.require_config(transformer, source)
+        if "tokenizer" not in parts:
+            current = info.text_encoder
+            parts["tokenizer"] = single_file.load_tokenizer(info.text_encoder, info.tokenizer, source)
+        if "text_encoder" not in parts:
+            current = info.text_encoder
+            parts["text_encoder"] = single_file.load_text_encoder(info.text_encoder, dtype, source)
+        if "vae" not in parts:
+            current = info.vae
+            parts["vae"] = single_file.load_vae(info.vae, source)
+        current = info.transformer
+        parts["transformer"] = single_file.load_transformer(info.transformer, dtype, source)
+        if info.transformer_2 is not None:
+            current = info.transformer_2
+            parts["transformer_2"] = single_file.load_transformer(info.transformer_2, dtype, source, "transformer_2")
+        if info.image_encoder is not None:
+            current = info.image_encoder
+            parts["image_encoder"], parts["image_processor"] = single_file.load_image_encoder(info.image_encoder, source)
+        parts["scheduler"] = single_file.load_scheduler(info.kind, source)
+    except single_file.SingleFileError as exc:
+        raise ModelError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a file that is not what its header says: name it, no deep traceback
+        path = getattr(current, "path", info.path)
+        what = current.describe() if hasattr(current, "describe") else info.name
+        raise ModelError(f"{path}: could not load {what}: {type(exc).__name__}: {exc}") from None
+    if info.kind in BOUNDARY_RATIOS:
+        parts["boundary_ratio"] = BOUNDARY_RATIOS[info.kind]
+    if info.kind == "vace":
+        return WanVACEPipeline(**parts)
+    if info.kind in ("i2v", "flf2v", "a14b-i2v"):
+        parts.setdefault("image_encoder", None)
+        parts.setdefault("image_processor", None)
+        return WanImageToVideoPipeline(**parts)
+    return WanPipeline(**parts, expand_timesteps=info.kind == "ti2v-5b")
+
+
+def _load(info: ModelInfo | SingleFileModel, dtype: Any, load_kwargs: dict[str, Any],
+          shared: dict[str, Any] | None = None) -> Any:
+    """One model's pipeline: from_pretrained on a folder, or assembled from single files."""
+    if isinstance(info, SingleFileModel):
+        return _single_file_pipeline(info, dtype, shared)
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.from_pretrained(str(info.path), **(shared or {}), **load_kwargs)
+    except Exception as exc:
+        raise ModelError(f"{info.path}: could not load: {exc}") from exc
+
+
+def _shareable(info: ModelInfo | SingleFileModel, other: ModelInfo | SingleFileModel, key: str) -> bool:
+    """Whether `other` can use `info`'s text encoder or VAE (the same architecture, or the same file)."""
+    if isinstance(info, SingleFileModel) and isinstance(other, SingleFileModel):
+        mine, theirs = getattr(info, key), getattr(other, key)
+        return mine is not None and theirs is not None and mine.path == theirs.path
+    if isinstance(info, SingleFileModel) or isinstance(other, SingleFileModel):
+        return False
+    return _same_config(info.path / key, other.path / key)
+
+
+def _memory_profile(info: ModelInfo | SingleFileModel, device: str, extra: list[Any]) -> str:
+    """memory.choose_memory_profile, with single files counted file by file (fp8 ones upcast: twice their size)."""
+    models = [info, *extra]
+    if not any(isinstance(m, SingleFileModel) for m in models):
+        return choose_memory_profile(info, device, extra)
+    if not str(device).startswith("cuda"):
+        return "none"
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    sizes = []
+    for model in models:
+        if isinstance(model, SingleFileModel):
+            sizes += [f.size_bytes * (2 if f.dtype.startswith("fp8") else 1) for f in model.files().values()]
+        else:
+            sizes += [folder_size(sub) for sub in model.path.iterdir() if sub.is_dir()]
+    headroom = 3 * GIB
+    if free >= sum(sizes) * 1.1 + headroom:
+        return "none"
+    return "model" if free >= max(sizes, default=0) * 1.1 + headroom else "group"
+
+
 def load_pipelines(
-    info: ModelInfo,
+    info: ModelInfo | SingleFileModel,
     *,
     device: str | None = None,
     dtype: torch.dtype | None = None,
     memory_profile: str = "auto",
     attention: str = "auto",
     compile: bool = False,
-    i2v_info: ModelInfo | None = None,
+    i2v_info: ModelInfo | SingleFileModel | None = None,
     vae_tiling: bool = False,
 ) -> Pipelines:
-    """Load a model folder once for a whole job.
+    """Load a model (folder or single files) once for a whole job.
 
     With i2v_info (an I2V model used for a T2V/VACE model's i2v clips) the second
     pipeline reuses the first one's text encoder, tokenizer and VAE where they are
@@ -101,7 +193,7 @@ def load_pipelines(
     pipeline over its own components.
     """
     import torch
-    from diffusers import DiffusionPipeline, WanImageToVideoPipeline
+    from diffusers import WanImageToVideoPipeline
 
     if memory_profile not in MEMORY_PROFILES:
         raise ValueError(f"unknown memory profile {memory_profile!r}; choose one of {', '.join(MEMORY_PROFILES)}")
@@ -112,12 +204,9 @@ def load_pipelines(
     dtype = dtype or default_dtype(device)
     # The Wan VAE and CLIP image encoder stay in fp32, as Wan's own examples load them.
     dtypes = {"default": dtype, "vae": torch.float32, "image_encoder": torch.float32}
-    load_kwargs = {_dtype_kwarg(): dtypes, "local_files_only": True}
+    load_kwargs = {single_file.dtype_kwarg(): dtypes, "local_files_only": True}
 
-    try:
-        main = DiffusionPipeline.from_pretrained(str(info.path), **load_kwargs)
-    except Exception as exc:
-        raise ModelError(f"{info.path}: could not load: {exc}") from exc
+    main = _load(info, dtype, load_kwargs)
 
     image = None
     image_info = None
@@ -140,14 +229,11 @@ def load_pipelines(
             raise ModelError(f"{i2v_info.path}: a {i2v_info.label} model cannot render i2v clips")
         shared: dict[str, Any] = {"tokenizer": main.tokenizer}
         for key in ("text_encoder", "vae"):
-            if _same_config(info.path / key, i2v_info.path / key):
+            if _shareable(info, i2v_info, key):
                 shared[key] = getattr(main, key)
             else:
                 log.info("%s of %s differs from %s; loading it separately", key, i2v_info.name, info.name)
-        try:
-            image = DiffusionPipeline.from_pretrained(str(i2v_info.path), **shared, **load_kwargs)
-        except Exception as exc:
-            raise ModelError(f"{i2v_info.path}: could not load: {exc}") from exc
+        image = _load(i2v_info, dtype, load_kwargs, shared)
         image_info = i2v_info
     elif i2v_info is not None:
         log.info("%s renders i2v clips itself; not loading %s", info.name, i2v_info.name)
@@ -158,7 +244,7 @@ def load_pipelines(
 
     resolved = memory_profile
     if resolved == "auto":
-        resolved = choose_memory_profile(info, device, [i2v_info] if i2v_info is not None and image is not None else [])
+        resolved = _memory_profile(info, device, [i2v_info] if i2v_info is not None and image is not None else [])
     if resolved != "none" and not device.startswith("cuda"):
         log.info("memory profile %r needs a GPU; on %s everything stays resident", resolved, device)
         resolved = "none"

@@ -1,4 +1,4 @@
-"""Find Wan model folders on disk and tell which kind each is.
+"""Find Wan models on disk and tell which kind each is.
 
 Users download the Wan-AI "-Diffusers" repositories into `<models>/wan/`. Each is
 a diffusers folder (model_index.json + one subfolder per component); its kind
@@ -7,6 +7,16 @@ the transformer's config, so classification reads only small JSON files and neve
 imports torch. That keeps this module light enough for the web UI, the service
 and the CLI's `models` command; putting a model in memory is `loading.py`'s job,
 and the offload profiles are `memory.py`'s.
+
+ComfyUI users have single files instead: a transformer in `diffusion_models/` (or
+`unet/`), a UMT5 text encoder in `text_encoders/` (or `clip/`), a VAE in `vae/`
+and, for Wan2.1 I2V/FLF2V, a CLIP vision encoder in `clip_vision/`. Those folders
+are looked for inside the models folder and beside it (`<models>/wan/../vae`), each
+file is classified from its header (`single_file.classify_file`), and every
+transformer is paired with the parts it needs into a `SingleFileModel`, which has
+the `.path`, `.kind`, `.spec` and `.name` of a `ModelInfo` (its path is the
+transformer file). A transformer whose parts are not all there is reported as an
+`IncompleteModel` problem saying what was found and what is missing.
 """
 from __future__ import annotations
 
@@ -18,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..core.specs import ModelSpec, default_models_dir, spec_for_transformer
+from .single_file import ROLE_WORDS, SUFFIXES, TOKENIZER_HELP, SingleFileError, WeightsFile, classify_file
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,209 @@ class ModelInfo:
     @property
     def label(self) -> str:
         return self.spec.label
+
+
+COMFY_FOLDERS = ("diffusion_models", "unet", "text_encoders", "clip", "vae", "clip_vision")
+TOKENIZER_FOLDERS = ("umt5-xxl", "umt5_xxl", "umt5-xxl-tokenizer", "google_umt5-xxl", "tokenizer")
+_WHERE = {"transformer": "diffusion_models/", "text_encoder": "text_encoders/ (e.g. umt5_xxl_fp8_e4m3fn_scaled"
+          ".safetensors)", "vae": "vae/", "clip_vision": "clip_vision/ (clip_vision_h.safetensors)"}
+_PRECISION = ("bf16", "fp32", "fp16", "fp8_e4m3fn", "fp8_e5m2")  # text encoders: the most precise first
+
+
+class IncompleteModel(ModelError):
+    """A single-file transformer without all the parts it needs; `.model` says what was found and what is missing."""
+
+    def __init__(self, model: "SingleFileModel") -> None:
+        super().__init__(f"{model.path} ({model.transformer.describe_kind()}): found {model.pairing()}; "
+                         f"missing {'; '.join(model.missing)}")
+        self.model = model
+
+
+@dataclass(frozen=True)
+class SingleFileModel:
+    """A Wan model made of single files (ComfyUI's layout); `path` is its transformer file."""
+
+    path: Path
+    kind: str
+    spec: ModelSpec
+    size_bytes: int
+    name: str
+    transformer: WeightsFile
+    transformer_2: WeightsFile | None = None  # Wan2.2 A14B: the low-noise expert
+    text_encoder: WeightsFile | None = None
+    vae: WeightsFile | None = None
+    image_encoder: WeightsFile | None = None  # CLIP vision, Wan2.1 I2V/FLF2V
+    tokenizer: Path | None = None  # a tokenizer folder, when the text encoder carries none
+    missing: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    def files(self) -> dict[str, WeightsFile]:
+        parts = {"transformer": self.transformer, "transformer_2": self.transformer_2, "text_encoder": self.text_encoder,
+                 "vae": self.vae, "image_encoder": self.image_encoder}
+        return {key: value for key, value in parts.items() if value is not None}
+
+    def pairing(self) -> str:
+        """What the transformer is paired with: 'low-noise expert b.safetensors (fp16), text encoder c (fp8_e4m3fn
+        scaled), tokenizer inside the text encoder, VAE d (fp32)'."""
+        words = {"transformer_2": "low-noise expert", "text_encoder": "text encoder", "vae": "VAE",
+                 "image_encoder": "CLIP vision"}
+        parts = [f"{words[key]} {file.name} ({file.precision})" for key, file in self.files().items() if key in words]
+        if self.text_encoder is not None:
+            parts.insert(2 if self.transformer_2 else 1, f"tokenizer {self.tokenizer}" if self.tokenizer else
+                         "tokenizer inside the text encoder" if self.text_encoder.has_tokenizer else "no tokenizer")
+        return ", ".join(parts) or "nothing to pair it with"
+
+
+def _weight_files(root: Path) -> list[Path]:
+    """Single files directly in root, and anywhere (3 levels) under ComfyUI's folders in or beside root."""
+    found = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES] if root.is_dir() else []
+    for base in (root, root.parent):
+        for name in COMFY_FOLDERS:
+            top = base / name
+            if not top.is_dir():
+                continue
+            for dirpath, dirs, files in os.walk(top, followlinks=True):
+                here = Path(dirpath)
+                dirs[:] = [] if len(here.relative_to(top).parts) >= 3 else sorted(d for d in dirs if not d.startswith("."))
+                if (here / "model_index.json").is_file() or (here / "config.json").is_file():
+                    dirs[:] = []  # a diffusers/transformers folder, not single files
+                    continue
+                found += [here / f for f in sorted(files) if f.lower().endswith(SUFFIXES)]
+    unique: dict[str, Path] = {}
+    for path in found:
+        unique.setdefault(os.path.realpath(path), path)
+    return list(unique.values())
+
+
+_CLASSIFIED: dict[tuple[str, int, int], Any] = {}
+
+
+def _classify_cached(path: Path) -> WeightsFile | SingleFileError | None:
+    """classify_file, remembered per (path, size, mtime): the tab and the API scan often."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        return SingleFileError(f"{path}: {exc.strerror or exc}")
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _CLASSIFIED:
+        try:
+            _CLASSIFIED[key] = classify_file(path)
+        except SingleFileError as exc:
+            _CLASSIFIED[key] = exc
+    return _CLASSIFIED[key]
+
+
+def _tokenizer_folders(places: Iterable[Path]) -> list[Path]:
+    folders = []
+    for place in places:
+        for name in TOKENIZER_FOLDERS:
+            folder = place / name
+            if any((folder / f).is_file() for f in ("spiece.model", "tokenizer.json")) and folder not in folders:
+                folders.append(folder)
+    return folders
+
+
+def _text_encoder_rank(file: WeightsFile, have_folder: bool) -> tuple:
+    precision = _PRECISION.index(file.dtype) if file.dtype in _PRECISION else len(_PRECISION)
+    return (not (file.has_tokenizer or have_folder), precision, file.scaled, file.name.lower())
+
+
+def pair_single_files(files: list[WeightsFile], tokenizer_folders: list[Path]) -> tuple[list[SingleFileModel],
+                                                                                        list[ModelError]]:
+    """Each transformer with a text encoder, a VAE of its family, a CLIP vision encoder where needed and, for a
+    Wan2.2 A14B high-noise expert, its low-noise one. Complete ones are models; the rest IncompleteModel problems."""
+    roles = {role: sorted((f for f in files if f.role == role), key=lambda f: f.name.lower())
+             for role in ("transformer", "text_encoder", "vae", "clip_vision")}
+    lows = [t for t in roles["transformer"] if t.expert == "low"]
+    text_encoders = sorted(roles["text_encoder"], key=lambda f: _text_encoder_rank(f, bool(tokenizer_folders)))
+    models: list[SingleFileModel] = []
+    problems: list[ModelError] = []
+    used: set[Path] = set()
+    for t in (t for t in roles["transformer"] if t.expert != "low"):
+        missing: list[str] = []
+        low = None
+        if t.expert == "high":
+            twins = [x for x in lows if x.kind == t.kind and x.path not in used]
+            twin_name = t.name.lower().replace("high", "low")
+            low = next((x for x in twins if x.name.lower() == twin_name), twins[0] if twins else None)
+            if low is None:
+                missing.append(f"its low-noise expert (a {t.kind} file with low_noise in its name) in {_WHERE['transformer']}")
+            else:
+                used.add(low.path)
+        te = text_encoders[0] if text_encoders else None
+        tokenizer = tokenizer_folders[0] if te is not None and not te.has_tokenizer and tokenizer_folders else None
+        if te is None:
+            missing.append(f"a {ROLE_WORDS['text_encoder']} in {_WHERE['text_encoder']}")
+        elif not te.has_tokenizer and tokenizer is None:
+            missing.append(f"the UMT5 tokenizer ({te.name} carries none): {TOKENIZER_HELP}")
+        vae = next((v for v in roles["vae"] if v.family == t.family), None)
+        if vae is None:
+            example = "wan2.2_vae.safetensors" if t.family == "wan2.2" else "wan_2.1_vae.safetensors"
+            missing.append(f"a {t.family} VAE in vae/ (e.g. {example})")
+        clip = None
+        if t.kind in ("i2v", "flf2v"):
+            clip = next((c for c in roles["clip_vision"] if c.width == 1280), None) or next(iter(roles["clip_vision"]), None)
+            if clip is None:
+                missing.append(f"a {ROLE_WORDS['clip_vision']} in {_WHERE['clip_vision']}")
+        parts = [p for p in (t, low, te, vae, clip) if p is not None]
+        model = SingleFileModel(path=t.path, kind=str(t.kind), spec=spec_for_transformer(str(t.kind), t.width),
+                                size_bytes=sum(p.size_bytes for p in parts), name=t.name, transformer=t,
+                                transformer_2=low, text_encoder=te, vae=vae, image_encoder=clip, tokenizer=tokenizer,
+                                missing=tuple(missing))
+        (problems.append(IncompleteModel(model)) if missing else models.append(model))
+    for low in lows:
+        if low.path not in used:
+            problems.append(ModelError(f"{low.path}: a Wan2.2 A14B low-noise expert without its high-noise one "
+                                       f"({low.kind}, with high_noise in its name) in {_WHERE['transformer']}"))
+    return models, problems
+
+
+def scan_single_files(root: str | Path, diffusers_folders: Iterable[Path] = ()) -> tuple[list[SingleFileModel],
+                                                                                          list[ModelError]]:
+    """Single-file models in and beside root (see _weight_files), paired; unreadable files become problems."""
+    root = Path(root)
+    files: list[WeightsFile] = []
+    problems: list[ModelError] = []
+    for path in _weight_files(root):
+        result = _classify_cached(path)
+        if isinstance(result, SingleFileError):
+            problems.append(ModelError(str(result)))
+        elif result is not None:
+            files.append(result)
+    places = [root, *(root / n for n in COMFY_FOLDERS), *(root.parent / n for n in COMFY_FOLDERS),
+              *(f.path.parent for f in files if f.role == "text_encoder")]
+    folders = _tokenizer_folders(places) + [f / "tokenizer" for f in diffusers_folders
+                                            if (f / "tokenizer" / "tokenizer_config.json").is_file()]
+    models, paired_problems = pair_single_files(files, folders)
+    return models, problems + paired_problems
+
+
+def single_file_model(path: str | Path, root: str | Path | None = None) -> SingleFileModel:
+    """The model whose transformer is the file at `path`, paired with the parts in and beside its models folder."""
+    path = Path(path)
+    if root is None:  # <models>/diffusion_models/wan/x.safetensors -> <models>/wan if there is one, else <models>
+        base = next((p.parent for p in path.parents if p.name in COMFY_FOLDERS), path.parent)
+        root = base / "wan" if (base / "wan").is_dir() else base
+    models, problems = scan_models(root)  # its diffusers folders may lend their tokenizer
+    for model in models:
+        if isinstance(model, SingleFileModel) and os.path.realpath(model.path) == os.path.realpath(path):
+            return model
+    for problem in problems:
+        if isinstance(problem, IncompleteModel) and os.path.realpath(problem.model.path) == os.path.realpath(path):
+            raise problem
+    try:
+        file = classify_file(path)
+    except SingleFileError as exc:
+        raise ModelError(str(exc)) from None
+    if file is None:
+        raise ModelError(f"{path}: not a Wan file (no Wan transformer, text encoder, VAE or CLIP vision tensors)")
+    if file.role != "transformer":
+        raise ModelError(f"{path}: a {ROLE_WORDS[file.role]}, not a model: choose a transformer file "
+                         f"(in {_WHERE['transformer']}); this file is paired with it")
+    raise ModelError(f"{path}: a Wan2.2 A14B low-noise expert: choose its high-noise file")
 
 
 # ---------------------------------------------------------------------------
@@ -82,9 +296,11 @@ def folder_size(path: Path) -> int:
     return total
 
 
-def classify_model(path: str | Path) -> ModelInfo:
-    """Read one diffusers folder and decide its kind; raise ModelError saying what is wrong."""
+def classify_model(path: str | Path) -> ModelInfo | SingleFileModel:
+    """Read one diffusers folder (or a single transformer file) and decide its kind; ModelError says what is wrong."""
     folder = Path(path)
+    if folder.is_file() and folder.suffix.lower() in SUFFIXES:
+        return single_file_model(folder)
     if not folder.is_dir():
         raise ModelError(f"{folder}: not a folder")
     index_path = folder / "model_index.json"
@@ -152,8 +368,9 @@ def _kind_from_configs(
     return "i2v"
 
 
-def scan_models(root: str | Path) -> tuple[list[ModelInfo], list[ModelError]]:
-    """Classify every folder with model_index.json at root, directly under it, or one level deeper.
+def scan_models(root: str | Path) -> tuple[list[ModelInfo | SingleFileModel], list[ModelError]]:
+    """Classify every folder with model_index.json at root, directly under it, or one level deeper, and the
+    single-file models in and beside root (`scan_single_files`).
 
     Returns (models sorted by name, problems); a broken download shows up as a problem
     instead of hiding the good models.
@@ -172,18 +389,20 @@ def scan_models(root: str | Path) -> tuple[list[ModelInfo], list[ModelError]]:
             for grandchild in sorted(p for p in child.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 if (grandchild / "model_index.json").is_file():
                     candidates.append(grandchild)
-    infos: list[ModelInfo] = []
+    infos: list[ModelInfo | SingleFileModel] = []
     problems: list[ModelError] = []
     for folder in candidates:
         try:
             infos.append(classify_model(folder))
         except ModelError as exc:
             problems.append(exc)
+    singles, single_problems = scan_single_files(root, candidates)
+    infos += singles
     infos.sort(key=lambda info: info.name.lower())
-    return infos, problems
+    return infos, problems + single_problems
 
 
-def discover_models(root: str | Path) -> list[ModelInfo]:
+def discover_models(root: str | Path) -> list[ModelInfo | SingleFileModel]:
     """Usable Wan models under root (see scan_models); broken folders are logged and skipped."""
     infos, problems = scan_models(root)
     for problem in problems:
@@ -191,21 +410,35 @@ def discover_models(root: str | Path) -> list[ModelInfo]:
     return infos
 
 
-def find_model(name_or_path: str | Path, root: str | Path | None = None) -> ModelInfo:
-    """A model by folder path, or by folder name / kind among the models under root."""
+def find_model(name_or_path: str | Path, root: str | Path | None = None) -> ModelInfo | SingleFileModel:
+    """A model by folder (or transformer file) path, or by name / kind among the models under root."""
     candidate = Path(name_or_path)
     if candidate.is_dir():
         return classify_model(candidate)
+    if candidate.is_file():
+        return single_file_model(candidate, root if root is not None and _inside(candidate, Path(root)) else None)
     root = Path(root) if root is not None else default_models_dir()
-    infos = discover_models(root)
+    infos, problems = scan_models(root)
+    for problem in problems:
+        log.warning("skipping model: %s", problem)
     for info in infos:
-        if info.name == str(name_or_path):
+        if info.name == str(name_or_path) or (isinstance(info, SingleFileModel) and info.path.stem == str(name_or_path)):
             return info
+    for problem in problems:  # a single-file model by name, but incomplete: say what it lacks
+        if isinstance(problem, IncompleteModel) and str(name_or_path) in (problem.model.name, problem.model.path.stem):
+            raise problem
     for info in infos:
         if info.kind == str(name_or_path):
             return info
     known = ", ".join(info.name for info in infos) or "none"
     raise ModelError(f"{name_or_path}: no such model folder, and no model of that name or kind in {root} (found: {known})")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return os.path.realpath(path).startswith(os.path.realpath(root) + os.sep)
+    except OSError:  # pragma: no cover
+        return False
 
 
 def human_size(num_bytes: int) -> str:
@@ -218,8 +451,10 @@ def human_size(num_bytes: int) -> str:
     return f"{size:.1f} TiB"  # pragma: no cover
 
 
-def format_models_table(infos: Iterable[ModelInfo]) -> str:
-    """A plain-text table for `deforum-wan models`: name, kind, label, fps, max frames, size."""
+def format_models_table(infos: Iterable[ModelInfo | SingleFileModel]) -> str:
+    """A plain-text table for `deforum-wan models`: name, kind, label, fps, max frames, size; then the files
+    each single-file model is made of."""
+    infos = list(infos)
     rows = [("NAME", "KIND", "MODEL", "FPS", "MAX FRAMES", "SIZE")]
     for info in infos:
         rows.append(
@@ -233,4 +468,8 @@ def format_models_table(infos: Iterable[ModelInfo]) -> str:
     for row in rows:
         cells = [cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(row)]
         lines.append("  ".join(cells).rstrip())
+    singles = [info for info in infos if isinstance(info, SingleFileModel)]
+    if singles:
+        lines += ["", "single-file models (transformer: what it is paired with):"]
+        lines += [f"  {info.name} ({info.transformer.precision}): {info.pairing()}" for info in singles]
     return "\n".join(lines)

@@ -24,7 +24,7 @@ def diagnose(models_dir: str | Path | None = None, probe: bool = True, config: A
     from .bridge import WorkerConfig, probe_worker, resolve_deps_dir
     from ..enhance.qwen import find_qwen_models
     from ..core.specs import default_models_dir
-    from ..renderer.models import scan_models
+    from ..renderer.models import IncompleteModel, SingleFileModel, scan_models
 
     config = config or WorkerConfig()
     host = torchenv.read_host_torch()
@@ -58,9 +58,15 @@ def diagnose(models_dir: str | Path | None = None, probe: bool = True, config: A
     root = Path(models_dir) if models_dir else default_models_dir()
     models, problems = scan_models(root)
     report["models_dir"] = str(root)
-    report["models"] = [{"name": m.name, "kind": m.kind, "path": str(m.path)} for m in models]
-    report["model_problems"] = [str(p) for p in problems]
-    if not models:
+    report["models"] = [_model_entry(m) if isinstance(m, SingleFileModel) else
+                        {"name": m.name, "kind": m.kind, "path": str(m.path)} for m in models]
+    # single-file transformers (ComfyUI's layout) whose text encoder, VAE, CLIP vision or expert is not there
+    report["incomplete_models"] = [dict(_model_entry(p.model), missing=list(p.model.missing))
+                                   for p in problems if isinstance(p, IncompleteModel)]
+    report["model_problems"] = [str(p) for p in problems if not isinstance(p, IncompleteModel)]
+    for entry in report["incomplete_models"]:
+        fixes.append(f"{entry['name']} ({entry['kind']}, single file) needs {'; '.join(entry['missing'])}")
+    if not models and not report["incomplete_models"]:
         fixes.append(f"no Wan model in {root}: download a diffusers folder, e.g. `huggingface-cli download "
                      f"{WAN_SUGGESTION} --local-dir {root / WAN_SUGGESTION.split('/')[1]}`")
     try:
@@ -72,6 +78,15 @@ def diagnose(models_dir: str | Path | None = None, probe: bool = True, config: A
         report["qwen_hint"] = f"optional, for --enhance: deforum-wan qwen download {QWEN_SUGGESTION}"
     report["ok"] = not fixes
     return report
+
+
+def _model_entry(model: Any) -> dict[str, Any]:
+    """A single-file model for the report: its files by role, the tokenizer's source, its pairing in words."""
+    tokenizer = str(model.tokenizer) if model.tokenizer else (
+        "inside the text encoder" if model.text_encoder is not None and model.text_encoder.has_tokenizer else None)
+    return {"name": model.name, "kind": model.kind, "path": str(model.path), "format": "single files",
+            "files": {role: str(f.path) for role, f in model.files().items()}, "tokenizer": tokenizer,
+            "pairing": model.pairing()}
 
 
 def _row(label: str, value: Any) -> str:
@@ -110,8 +125,12 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(_row("host packages", "hidden except " + ", ".join(hidden[:6]) + (", ..." if len(hidden) > 6 else "")
                               if hidden is not None and worker.get("isolation") else "not isolated"))
     lines += ["Models", _row("folder", report["models_dir"]),
-              _row("Wan models", ", ".join(f"{m['name']} ({m['kind']})" for m in report["models"]) or "none"),
-              _row("Qwen models", ", ".join(q["name"] for q in report["qwen_models"]) or report.get("qwen_hint", "none"))]
+              _row("Wan models", ", ".join(f"{m['name']} ({m['kind']})" for m in report["models"]) or "none")]
+    lines += [_row("", f"{m['name']}: {m['pairing']}") for m in report["models"] if m.get("format") == "single files"]
+    lines += [_row("incomplete", f"{m['name']}: {m['pairing']}; missing {'; '.join(m['missing'])}")
+              for m in report.get("incomplete_models") or []]
+    lines += [_row("skipped", problem) for problem in report.get("model_problems") or []]
+    lines.append(_row("Qwen models", ", ".join(q["name"] for q in report["qwen_models"]) or report.get("qwen_hint", "none")))
     lines.append("To do" if report["fixes"] else "Nothing to fix.")
     lines += [f"  - {fix}" for fix in report["fixes"]]
     return "\n".join(lines)
