@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
+from .schedules import parse_schedule
 from .settings import DeforumSettings
 from .specs import NEG_SHARED, ModelSpec, is_480p, trained_size
 from .timeline import PlanError, wan_rate
@@ -352,3 +353,34 @@ def resolve_video(settings: DeforumSettings) -> VideoChoice:
     where = "settings: ffmpeg_crf/ffmpeg_preset" if crf_raw not in (None, "") or preset_raw not in (None, "") \
         else "Deforum's defaults"
     return VideoChoice(True, crf, preset, Choice("video", f"crf {crf}, {preset}", f"{where} (libx264 mp4)"))
+
+
+def scale_by_schedules(settings: DeforumSettings, clips: list[Clip]) -> tuple[list[Clip], list[Choice]]:
+    """Deforum's cfg_scale_schedule (and steps_schedule, when enabled) applied per clip, relative to frame 0.
+
+    Their units are an image model's, so the shape is followed: a clip whose frames average 1.2x the
+    schedule's first value gets 1.2x the model's guidance (or steps). A constant schedule changes nothing.
+    """
+    spans = [(c.output_start, c.output_end) for c in clips]
+    notes: list[Choice] = []
+    cfg = parse_schedule(settings.cfg_scale_schedule, settings.max_frames, settings.seed, key="cfg_scale_schedule")
+    ratios = schedule_ratios(cfg, spans, "cfg_scale_schedule")
+    if ratios is not None:
+        clips = [replace(c, guidance=round(min(30.0, c.guidance * r), 2),
+                         guidance_2=None if c.guidance_2 is None else round(min(30.0, c.guidance_2 * r), 2))
+                 for c, r in zip(clips, ratios)]
+        notes.append(Choice("cfg_scale_schedule", f"x{min(ratios):.2f}-x{max(ratios):.2f}",
+                            "settings: guidance scaled per clip by the schedule relative to frame 0"))
+    steps_text = settings.raw.get("steps_schedule")
+    if truthy(settings.raw.get("enable_steps_scheduling")) and steps_text:
+        values = parse_schedule(str(steps_text), settings.max_frames, settings.seed, key="steps_schedule")
+        ratios = schedule_ratios(values, spans, "steps_schedule")
+        if ratios is not None:
+            clips = [replace(c, steps=max(1, min(200, round(c.steps * r)))) for c, r in zip(clips, ratios)]
+            notes.append(Choice("steps_schedule", f"x{min(ratios):.2f}-x{max(ratios):.2f}",
+                                "settings: steps scaled per clip by the schedule relative to frame 0"))
+    return clips, notes
+
+
+def truthy(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "1", "yes", "on")

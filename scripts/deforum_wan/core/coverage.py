@@ -256,15 +256,12 @@ def _plain_pairs(text: str) -> tuple[tuple[int, float], ...] | None:
     return tuple(sorted(dict(pairs).items()))
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _same(value: Any, default: Any) -> bool:
     a, b = _norm(value), _norm(default)
-    if _number(a) and isinstance(b, tuple):
+    number = (int, float)  # bools are the ints that stay themselves here
+    if isinstance(a, number) and not isinstance(a, bool) and isinstance(b, tuple):
         a = ((0, a),)
-    if _number(b) and isinstance(a, tuple):
+    if isinstance(b, number) and not isinstance(b, bool) and isinstance(a, tuple):
         b = ((0, b),)
     return a == b
 

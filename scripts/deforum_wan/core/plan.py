@@ -35,7 +35,7 @@ import numpy as np
 
 from .choices import (
     ColorChoice, Choice, negative_choice, resolve_color, resolve_sampling, resolve_size, resolve_timing, resolve_video,
-    round_to_multiple, schedule_ratios,
+    round_to_multiple, scale_by_schedules,
 )
 from .choices import checked_number as _number, first as _first, wan_option as _wan_option
 from .coverage import format_key_report, key_report
@@ -448,37 +448,6 @@ def _clip(index: int, members: list[tuple[int, int, int]], frames: ClipFrames, m
     )
 
 
-def _scheduled(settings: DeforumSettings, clips: list[Clip]) -> tuple[list[Clip], list[Choice]]:
-    """Deforum's cfg_scale_schedule (and steps_schedule, when enabled) applied per clip, relative to frame 0.
-
-    Their units are an image model's, so the shape is followed: a clip whose frames average 1.2x the
-    schedule's first value gets 1.2x the model's guidance (or steps). A constant schedule changes nothing.
-    """
-    spans = [(c.output_start, c.output_end) for c in clips]
-    notes: list[Choice] = []
-    cfg = parse_schedule(settings.cfg_scale_schedule, settings.max_frames, settings.seed, key="cfg_scale_schedule")
-    ratios = schedule_ratios(cfg, spans, "cfg_scale_schedule")
-    if ratios is not None:
-        clips = [replace(c, guidance=round(min(30.0, c.guidance * r), 2),
-                         guidance_2=None if c.guidance_2 is None else round(min(30.0, c.guidance_2 * r), 2))
-                 for c, r in zip(clips, ratios)]
-        notes.append(Choice("cfg_scale_schedule", f"x{min(ratios):.2f}-x{max(ratios):.2f}",
-                            "settings: guidance scaled per clip by the schedule relative to frame 0"))
-    steps_text = settings.raw.get("steps_schedule")
-    if _truthy(settings.raw.get("enable_steps_scheduling")) and steps_text:
-        values = parse_schedule(str(steps_text), settings.max_frames, settings.seed, key="steps_schedule")
-        ratios = schedule_ratios(values, spans, "steps_schedule")
-        if ratios is not None:
-            clips = [replace(c, steps=max(1, min(200, round(c.steps * r)))) for c, r in zip(clips, ratios)]
-            notes.append(Choice("steps_schedule", f"x{min(ratios):.2f}-x{max(ratios):.2f}",
-                                "settings: steps scaled per clip by the schedule relative to frame 0"))
-    return clips, notes
-
-
-def _truthy(value: Any) -> bool:
-    return value is True or str(value).strip().lower() in ("true", "1", "yes", "on")
-
-
 def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions = PlanOptions()) -> ClipPlan:
     """Cut the settings' timeline into Wan clips for `model`.
 
@@ -507,7 +476,7 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
         for piece in frames.clips:
             mode = chained if clips else choices.init_mode or T2V
             clips.append(_clip(len(clips), members, piece, mode, choices, timeline))
-    clips, scheduled = _scheduled(settings, clips)
+    clips, scheduled = scale_by_schedules(settings, clips)
 
     metrics = PlanMetrics(
         output_frames=settings.max_frames,
