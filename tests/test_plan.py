@@ -776,9 +776,11 @@ def test_short_prompts_are_merged_into_clips_of_the_minimum_length():
 def test_cost_is_frames_times_steps_per_clip_and_in_total():
     s = settings_from_dict({"prompts": {"0": "a", "40": "b"}, "max_frames": 80, "fps": 16})
     plan = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, steps=10))
-    assert [c.cost for c in plan.clips] == [c.num_frames * 10 for c in plan.clips]
+    assert [c.cost for c in plan.clips] == [c.num_frames * 10 * 2 for c in plan.clips]  # two passes with CFG
     assert plan.metrics.cost == sum(c.cost for c in plan.clips)
-    assert f"cost {plan.metrics.cost} frame-steps" in format_plan(plan)
+    assert f"cost {plan.metrics.cost} (Wan frames x steps x passes" in format_plan(plan)
+    no_cfg = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, steps=10, guidance=1))
+    assert no_cfg.metrics.cost * 2 == plan.metrics.cost
 
 
 def test_cfg_and_steps_schedules_scale_the_model_values_per_clip():
@@ -829,10 +831,10 @@ def test_color_coherence_image_and_bad_values():
 def test_deforum_video_settings_reach_the_plan():
     data = {"prompts": {"0": "a"}, "max_frames": 20}
     plan = plan_clips(settings_from_dict(data), MODEL_SPECS["vace"], PlanOptions(seed=1))
-    assert (plan.video, plan.crf, plan.preset) == (True, 17, "slow")  # Deforum's defaults
+    assert (plan.video, plan.crf, plan.ffmpeg_preset) == (True, 17, "slow")  # Deforum's defaults
     mine = settings_from_dict({**data, "ffmpeg_crf": 23, "ffmpeg_preset": "veryfast", "skip_video_creation": True})
     plan = plan_clips(mine, MODEL_SPECS["vace"], PlanOptions(seed=1))
-    assert (plan.video, plan.crf, plan.preset) == (False, 23, "veryfast")
+    assert (plan.video, plan.crf, plan.ffmpeg_preset) == (False, 23, "veryfast")
     with pytest.raises(PlanError, match=r"^ffmpeg_preset: expected one of ultrafast"):
         plan_clips(settings_from_dict({**data, "ffmpeg_preset": "slow; rm -rf /"}), MODEL_SPECS["vace"],
                    PlanOptions(seed=1))
@@ -856,3 +858,37 @@ def test_plan_reports_deforum_keys_and_warns_for_each_ignored_change(name):
     for entry in report.entries:
         if entry.changed:
             assert re.search(rf"^ \* {re.escape(entry.key)} ", text, re.M), entry.key
+
+
+def test_speed_presets_set_the_sampling_values_and_show_their_cost():
+    s = settings_from_dict({"prompts": {"0": "a", "40": "b"}, "max_frames": 80, "fps": 16})
+    quality = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1))
+    turbo = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1, preset="turbo"))
+    assert {(c.steps, c.guidance, c.flow_shift) for c in turbo.clips} == {(4, 1.0, 5.0)}
+    assert turbo.scheduler == "FlowMatchEulerDiscreteScheduler" and turbo.scheduler_options["stochastic_sampling"]
+    steps = next(c for c in turbo.choices if c.name == "steps")
+    assert steps.source.startswith("preset turbo: ") and "4 steps" in steps.source
+    # 4 steps without CFG against 50 with it: 4/100 of the cost.
+    assert turbo.metrics.cost / quality.metrics.cost == pytest.approx(4 / 100)
+    assert "x0.04 of preset quality" in format_plan(turbo)
+    assert any("step-distill LoRA" in w for w in turbo.warnings)  # no LoRA given
+    with_lora = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1, preset="turbo", loras=("lightx2v",)))
+    assert not any("step-distill LoRA" in w for w in with_lora.warnings)
+    mine = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1, preset="turbo", steps=6))  # an option wins
+    assert {c.steps for c in mine.clips} == {6}
+    a14b = plan_clips(s, MODEL_SPECS["a14b-t2v"], PlanOptions(seed=1, preset="turbo"))
+    assert {(c.guidance, c.guidance_2) for c in a14b.clips} == {(1.0, 1.0)}
+    assert a14b.scheduler_options["stochastic_sampling"] is False  # Wan2.2 Lightning: plain Euler steps
+    with pytest.raises(PlanError, match=r"^preset: unknown preset 'warp'"):
+        plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1, preset="warp"))
+
+
+def test_step_caches_are_checked_against_the_model_when_planning():
+    s = settings_from_dict({"prompts": {"0": "a"}, "max_frames": 40, "fps": 16})
+    plan = plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1, cache="fbcache"))
+    assert plan.cache == "fbcache:0.05" and any(c.name == "cache" for c in plan.choices)
+    with pytest.raises(PlanError, match=r"^cache: fbcache does not work on Wan2.1 VACE \(vace\)"):
+        plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, cache="fbcache"))
+    with pytest.raises(PlanError, match=r"^cache: unknown cache 'turbo'"):
+        plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1, cache="turbo"))
+    assert plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, cache="taylorseer:4")).cache == "taylorseer:4"

@@ -491,3 +491,49 @@ def test_colour_reference_image_and_init_image(tiny_models, tmp_path):
     with pytest.raises(RenderError, match=r"^color_coherence_image_path '.*no.png' cannot be read"):
         render(RenderJob(settings=missing, model=str(tiny_models["vace"]), outdir=str(tmp_path), make_video=False,
                          options=PlanOptions(steps=1, seed=3)))
+
+
+def test_a_render_with_a_preset_a_lora_per_clip_and_a_step_cache(tiny_models, tmp_path):
+    """--preset turbo, --lora and a prompt's <lora:...> tag, --cache: the real tiny pipelines get the preset's
+    scheduler and steps, the LoRA at each clip's weight, the cache on the transformer; all are gone afterwards."""
+    from test_loras import lora_tensors, save_safetensors
+
+    from deforum_wan.renderer.loading import load_pipelines
+    from deforum_wan.renderer.loras import read_transformer_config
+    from deforum_wan.renderer.models import classify_model
+
+    config = read_transformer_config(tiny_models["t2v"])
+    models = tmp_path / "models" / "wan"
+    save_safetensors(models / "loras" / "style.safetensors", lora_tensors("comfyui", config, seed=1))
+    pipes = _Calls(load_pipelines(classify_model(tiny_models["t2v"])))
+    weights, schedulers = [], []
+    original = pipes.inner.t2v
+
+    def spy(request):
+        transformer = pipes.inner.main.transformer
+        layer = transformer.blocks[0].attn1.to_q
+        weights.append({k: float(v) for k, v in getattr(layer, "scaling", {}).items()})
+        schedulers.append(request.scheduler)
+        return original(request)
+
+    pipes.inner.t2v = spy
+    s = small_settings(max_frames=32, prompts={"0": "a red fox", "16": "a blue bird <lora:style:0.5>"})
+    job = RenderJob(settings=s, model=str(tiny_models["t2v"]), models_dir=str(models), outdir=str(tmp_path / "out"),
+                    make_video=False, options=PlanOptions(seed=3, preset="turbo", loras=("style:0.8",),
+                                                          cache="fbcache:0.05", min_clip_seconds=0))
+    result = render(job, pipelines=pipes)
+    assert result.status == "done" and [c.steps for c in result.plan.clips] == [4, 4]
+    assert [c.guidance for c in result.plan.clips] == [1.0, 1.0]
+    assert schedulers == ["FlowMatchEulerDiscreteScheduler"] * 2
+    assert [list(w.values()) for w in weights] == [[0.8], [0.5]]  # the user's weight, then the tag's
+    transformer = pipes.inner.main.transformer
+    assert not hasattr(transformer.blocks[0].attn1.to_q, "scaling")  # LoRA unloaded
+    from deforum_wan.renderer.caches import active_cache
+
+    assert active_cache(transformer) is None  # cache removed
+    missing = RenderJob(settings=s, model=str(tiny_models["t2v"]), models_dir=str(models), outdir=str(tmp_path / "x"),
+                        make_video=False, options=PlanOptions(seed=3, loras=("nowhere",)))
+    from deforum_wan.renderer.render import RenderError
+
+    with pytest.raises(RenderError, match=r"nowhere"):
+        render(missing)

@@ -54,9 +54,24 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps-tolerance", type=float,
                    help="auto timing maps frames one for one when fps is within this fraction of the model's "
                         "rate (default 0.1: 15 fps on a 16 fps model plays its motion at 0.94x)")
+    p.add_argument("--preset", choices=["quality", "fast", "turbo"],
+                   help="sampling values of a step-distill LoRA: fast = CausVid (9 steps, no CFG), turbo = lightx2v "
+                        "4-step; quality (default) = the model's official values. Load the LoRA with --lora")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME_OR_FILE[:WEIGHT[:WEIGHT_2]]",
+                   help="a LoRA for every clip (repeatable): a name in <models>/wan/loras or the web UI's models/Lora, "
+                        "or a .safetensors file; WEIGHT_2 is the A14B low-noise expert's. <lora:name:w> in a prompt "
+                        "sets it per clip")
+    p.add_argument("--cache", metavar="NAME[:THRESHOLD]",
+                   help="a diffusers step cache (off by default):\n" + _cache_help())
     p.add_argument("--min-clip-seconds", type=float,
                    help="merge prompt segments shorter than this into one clip (default 2; 0 keeps every "
                         "prompt change as a cut)")
+
+
+def _cache_help() -> str:
+    from .core.speed import cache_help
+
+    return cache_help()
 
 
 def plan_options(args: argparse.Namespace, seed: int, extra_modes: tuple[str, ...] = ()):
@@ -68,6 +83,7 @@ def plan_options(args: argparse.Namespace, seed: int, extra_modes: tuple[str, ..
         guidance_2=args.guidance_2, exact_size=args.exact_size,
         max_clip_frames=args.max_clip_frames, sensitivity=args.sensitivity, language=args.language,
         timing=args.timing, fps_tolerance=args.fps_tolerance, min_clip_seconds=args.min_clip_seconds, seed=seed,
+        preset=args.preset, cache=args.cache, loras=tuple(args.lora),
     )
 
 

@@ -384,3 +384,35 @@ def scale_by_schedules(settings: DeforumSettings, clips: list[Clip]) -> tuple[li
 
 def truthy(value: Any) -> bool:
     return value is True or str(value).strip().lower() in ("true", "1", "yes", "on")
+
+
+def apply_preset(name: str | None, options: PlanOptions, model: ModelSpec, values: dict[str, Any],
+                 choices: list[Choice], has_lora: bool = False) -> tuple[dict[str, Any], list[Choice], list[str], Any]:
+    """A speed preset's steps, guidance(_2) and flow shift in place of the plan's, except where an option was given.
+
+    `values` holds steps, guidance, guidance_2 and flow_shift as resolved so far; their Choices are
+    rewritten to cite the preset. fast and turbo are a step-distill LoRA's published values: without
+    that LoRA a base model renders a blur, which the plan says.
+    """
+    from .speed import resolve_preset
+
+    try:
+        preset = resolve_preset(name)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
+    if preset.name == "quality":
+        return values, choices, [], preset
+    explicit = {"steps": options.steps, "guidance": options.guidance, "guidance_2": options.guidance_2,
+                "flow_shift": options.flow_shift}
+    values = dict(values)
+    by_name = {c.name: i for i, c in enumerate(choices)}
+    for field in ("steps", "guidance", "guidance_2", "flow_shift"):
+        value = getattr(preset, field)
+        if value is None or explicit[field] is not None or (field == "guidance_2" and values[field] is None):
+            continue
+        values[field] = value
+        if field in by_name:
+            choices[by_name[field]] = Choice(field, value, f"preset {preset.name}: {preset.source(field)}")
+    notes = [f"preset {preset.name} uses the values its step-distill LoRA was published with ({preset.loras}); "
+             "without that LoRA the model renders a blur"] if preset.needs_lora and not has_lora else []
+    return values, choices, notes, preset

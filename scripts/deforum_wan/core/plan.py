@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from .choices import (
-    ColorChoice, Choice, negative_choice, resolve_color, resolve_sampling, resolve_size, resolve_timing, resolve_video,
-    round_to_multiple, scale_by_schedules,
+    ColorChoice, Choice, apply_preset, negative_choice, resolve_color, resolve_sampling, resolve_size, resolve_timing,
+    resolve_video, round_to_multiple, scale_by_schedules,
 )
 from .choices import checked_number as _number, first as _first, wan_option as _wan_option
 from .coverage import format_key_report, key_report
@@ -85,6 +85,9 @@ class PlanOptions:
     fps_tolerance: float | None = None  # auto timing maps 1:1 within this fraction of the model's rate
     min_clip_seconds: float | None = None  # merge prompt segments shorter than this; 0 keeps every cut
     color_match: bool = True  # False turns matching off whatever color_coherence says
+    preset: str | None = None  # quality | fast | turbo (core/speed.py): a step-distill LoRA's sampling values
+    cache: str | None = None  # NAME[:THRESHOLD]: a diffusers step cache on the transformer(s)
+    loras: tuple[str, ...] = ()  # NAME_OR_FILE[:WEIGHT[:WEIGHT_2]] for every clip (checked by renderer/loras.py)
     seed: int | None = None  # the resolved base seed when settings.seed is -1
 
 
@@ -118,8 +121,9 @@ class Clip:
 
     @property
     def cost(self) -> int:
-        """Relative cost: Wan frames x denoising steps."""
-        return self.num_frames * self.steps
+        """Relative cost: Wan frames x denoising steps x transformer passes (2 with guidance above 1: CFG)."""
+        guided = self.guidance > 1 or (self.guidance_2 or 0) > 1
+        return self.num_frames * self.steps * (2 if guided else 1)
 
     @property
     def tail_end(self) -> int:
@@ -148,7 +152,8 @@ class PlanMetrics:
     overlap_frames: int  # repeated at joins and dropped
     clip_count: int
     seconds: float
-    cost: int = 0  # Wan frames x steps over all clips
+    cost: int = 0  # Wan frames x steps x passes over all clips
+    quality_cost: int = 0  # the same with the model's official steps and guidance (preset quality)
     timeline_frames: int = 0  # Wan frames the whole timeline spans at the model's rate (duration x native fps)
 
     @property
@@ -187,8 +192,13 @@ class ClipPlan:
     color_image: str | None = None  # color_coherence_image_path, for reference "image"
     video: bool = True  # make the mp4 (skip_video_creation turns it off)
     crf: int = 17  # libx264 quality (ffmpeg_crf)
-    preset: str = "slow"  # libx264 preset (ffmpeg_preset)
+    ffmpeg_preset: str = "slow"  # libx264 preset (Deforum's ffmpeg_preset)
     keys: str = ""  # the Deforum keys set away from their defaults: used, mapped (to what) or ignored (why)
+    preset: str = "quality"
+    scheduler: str | None = None  # a preset's scheduler class (diffusers), else the model's own
+    scheduler_options: dict = field(default_factory=dict)
+    cache: str | None = None  # NAME:THRESHOLD of the step cache, if any
+    loras: tuple[str, ...] = ()  # the user's LoRAs (prompt tags are per clip)
 
     def clip_for_frame(self, frame: int) -> Clip:
         for clip in self.clips:
@@ -219,7 +229,9 @@ class ClipPlan:
                     "loras": tuple((str(n), float(w)) for n, w in c.get("loras", ()))}) for c in data["clips"]
         )
         metrics = PlanMetrics(**data["metrics"])
-        rest = {f.name: data[f.name] for f in fields(cls) if f.name not in ("clips", "metrics", "warnings", "choices")}
+        rest = {f.name: data[f.name] for f in fields(cls)
+                if f.name in data and f.name not in ("clips", "metrics", "warnings", "choices", "loras")}
+        rest["loras"] = tuple(data.get("loras", ()))
         return cls(**rest, clips=clips, metrics=metrics, warnings=tuple(data.get("warnings", ())),
                    choices=tuple(Choice(**c) for c in data.get("choices", ())))
 
@@ -297,6 +309,8 @@ class _Choices:
     rate: Fraction  # Wan frames per output frame
     min_clip_frames: int  # output frames below which prompt segments are merged
     color: ColorChoice
+    preset: Any  # core.speed.Preset
+    cache: str | None
 
 
 def _clip_limit(settings: DeforumSettings, options: PlanOptions, model: ModelSpec) -> int:
@@ -359,6 +373,11 @@ def _choices(settings: DeforumSettings, model: ModelSpec, options: PlanOptions) 
     overlap = _overlap(settings, options, continuity, max_clip)
     steps, guidance, guidance_2, flow_shift, choices, sampling_notes = resolve_sampling(settings, model, options,
                                                                                        width, height)
+    values = {"steps": steps, "guidance": guidance, "guidance_2": guidance_2, "flow_shift": flow_shift}
+    values, choices, preset_notes, preset = apply_preset(options.preset, options, model, values, choices,
+                                                         bool(options.loras))
+    steps, guidance, guidance_2, flow_shift = (values[k] for k in ("steps", "guidance", "guidance_2", "flow_shift"))
+    cache, cache_choice = _cache(options, model)
     _check_fps(settings)
     timing, rate, timing_choice, timing_notes = resolve_timing(settings, options, model)
     min_frames, min_choice = _min_clip_frames(settings, options)
@@ -366,11 +385,29 @@ def _choices(settings: DeforumSettings, model: ModelSpec, options: PlanOptions) 
     sensitivity = _number("sensitivity", options.sensitivity, float, 0.01, 100)
     init_mode, init_notes = _init_mode(settings, model, modes)
     culprit = "max_clip_frames" if max_clip < model.max_frames else "overlap" if continuity == VACE else "fps"
-    notes = warnings + notes + sampling_notes + timing_notes + color_notes + init_notes
+    notes = warnings + notes + sampling_notes + preset_notes + timing_notes + color_notes + init_notes
+    extra = (Choice("preset", preset.name, preset.label),) if preset.name != "quality" else ()
+    extra += (cache_choice,) if cache_choice else ()
     return _Choices(continuity, width, height, max_clip, overlap, steps, guidance, guidance_2, flow_shift, sensitivity,
                     options.language, init_mode, culprit, tuple(notes),
-                    (size, *choices, timing_choice, min_choice, color.choice), model.negative_prompt, settings.steps,
-                    timing, rate, min_frames, color)
+                    (size, *choices, *extra, timing_choice, min_choice, color.choice), model.negative_prompt,
+                    settings.steps, timing, rate, min_frames, color, preset, cache)
+
+
+def _cache(options: PlanOptions, model: ModelSpec) -> tuple[str | None, Choice | None]:
+    """The step cache, checked against the model kind before anything loads."""
+    from .speed import cache_support, parse_cache
+
+    try:
+        spec = parse_cache(options.cache)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
+    if spec is None:
+        return None, None
+    why = cache_support(spec.name, model.kind)
+    if why:
+        raise PlanError(f"cache: {spec.name} does not work on {model.label} ({model.kind}): {why}")
+    return str(spec), Choice("cache", str(spec), f"option: cache ({spec.info.label}: {spec.info.meaning})")
 
 
 def _check_fps(settings: DeforumSettings) -> None:
@@ -487,6 +524,7 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
         clip_count=len(clips),
         seconds=settings.max_frames / settings.fps,
         cost=sum(c.cost for c in clips),
+        quality_cost=sum(c.num_frames * model.default_steps * (2 if model.default_guidance > 1 else 1) for c in clips),
         timeline_frames=math.ceil(settings.max_frames * choices.rate),
     )
     color = choices.color
@@ -513,8 +551,13 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
         color_image=color.image,
         video=video.make,
         crf=video.crf,
-        preset=video.preset,
+        ffmpeg_preset=video.preset,
         keys=format_key_report(keys, changed_only=True),
+        preset=choices.preset.name,
+        scheduler=choices.preset.scheduler,
+        scheduler_options=choices.preset.scheduler_options(two_experts=model.default_guidance_2 is not None),
+        cache=choices.cache,
+        loras=tuple(options.loras),
     )
 
 
@@ -526,7 +569,8 @@ def format_plan(plan: ClipPlan, width: int = 120) -> str:
         f"({m.seconds:.2f} s), {plan.width}x{plan.height}, continuity {plan.continuity}, timing {plan.timing}",
         f"{m.clip_count} clips, {m.generated_frames} Wan frames generated for a timeline of {m.timeline_frames} "
         f"(x{m.generated_per_timeline:.2f}; {m.needed_frames} needed, {m.overlap_frames} overlap, "
-        f"{m.surplus_frames} surplus); cost {m.cost} frame-steps (Wan frames x steps)",
+        f"{m.surplus_frames} surplus); cost {m.cost} (Wan frames x steps x passes, 2 with CFG)"
+        + (f", x{m.cost / max(m.quality_cost, 1):.2f} of preset quality" if plan.preset != "quality" else ""),
     ]
     for choice in plan.choices:
         value = choice.value if not isinstance(choice.value, float) else f"{choice.value:g}"

@@ -45,6 +45,9 @@ StepCallback = Callable[[int, int], "bool | None"]
 PreviewCallback = Callable[[int, int, np.ndarray], None]
 
 
+_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler")  # what presets may switch to
+
+
 class Interrupted(Exception):
     """Raised when `on_step` asked to stop; the clip was not finished and has no frames."""
 
@@ -85,6 +88,8 @@ class ClipRequest:
     known_frames: np.ndarray | Sequence[Any] | None = None
     on_preview: PreviewCallback | None = None
     preview_every: int = 0
+    scheduler: str | None = None  # a diffusers scheduler class for this call (a speed preset's), else the model's
+    scheduler_options: tuple[tuple[str, Any], ...] = ()  # its keyword arguments, e.g. stochastic_sampling
 
 
 def patch_prompt_cleaning() -> None:
@@ -330,17 +335,27 @@ class Pipelines:
         self._active = pipe
 
     @contextlib.contextmanager
-    def _flow_shift(self, pipe: Any, flow_shift: float | None) -> Iterator[None]:
-        """Use a scheduler with `flow_shift` for this call only; keep the model's otherwise."""
-        if flow_shift is None:
+    def _flow_shift(self, pipe: Any, flow_shift: float | None, scheduler: str | None = None,
+                    options: tuple[tuple[str, Any], ...] = ()) -> Iterator[None]:
+        """Use a scheduler with `flow_shift` (and a preset's scheduler class) for this call only; keep the model's
+        otherwise."""
+        if flow_shift is None and scheduler is None:
             yield
             return
+        import diffusers
+
         original = pipe.scheduler
         config = original.config
-        if "flow_shift" in config:
-            pipe.scheduler = type(original).from_config(config, flow_shift=float(flow_shift))
-        elif "shift" in config:
-            pipe.scheduler = type(original).from_config(config, shift=float(flow_shift))
+        if scheduler is not None and scheduler not in _SCHEDULERS:
+            raise ModeError(f"scheduler {scheduler!r} is not one of {', '.join(_SCHEDULERS)}")
+        kind = getattr(diffusers, scheduler) if scheduler else type(original)
+        extra = dict(options)
+        if flow_shift is None:
+            pipe.scheduler = kind.from_config(config, **extra)
+        elif "flow_shift" in kind.from_config(config).config:
+            pipe.scheduler = kind.from_config(config, **{**extra, "flow_shift": float(flow_shift)})
+        elif "shift" in kind.from_config(config).config:
+            pipe.scheduler = kind.from_config(config, **{**extra, "shift": float(flow_shift)})
         else:
             log.warning("scheduler %s has no flow shift; ignoring flow_shift=%s", type(original).__name__, flow_shift)
         try:
@@ -398,7 +413,7 @@ class Pipelines:
                                                             rgb_map, (int(r.width), int(r.height)))
             kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
         kwargs.update(extra)
-        with self._flow_shift(pipe, r.flow_shift):
+        with self._flow_shift(pipe, r.flow_shift, r.scheduler, r.scheduler_options):
             try:
                 output = pipe(**kwargs)
             except Interrupted:

@@ -247,8 +247,9 @@ def render(
     settings, plan, folder, timestring, resumed = prepare(job, info.spec, extra_modes)
     new_folder = not folder.exists()
     try:
+        speedups = _speedups(plan, info, job.models_dir)  # a LoRA that cannot be used fails before any load
         return _render_prepared(job, info, i2v_info, settings, plan, folder, timestring, resumed, emit=emit,
-                                should_stop=should_stop, pipelines=pipelines, started=started)
+                                should_stop=should_stop, pipelines=pipelines, started=started, speedups=speedups)
     except Exception as exc:
         if not resumed:
             _clean_failed_start(folder, timestring, new_folder, emit)
@@ -260,7 +261,7 @@ def render(
 
 def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: DeforumSettings, plan: ClipPlan, folder: Path,
                      timestring: str, resumed: bool, *, emit: EventCallback, should_stop: Callable[[], bool] | None,
-                     pipelines: Any, started: float) -> RenderResult:
+                     pipelines: Any, started: float, speedups: Any) -> RenderResult:
     stop_file = Path(job.stop_file) if job.stop_file else None
 
     def stopping() -> bool:
@@ -324,6 +325,8 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
             load_seconds = time.perf_counter() - load_start
             emit({"type": "status", "phase": "loaded", "message": f"{info.name}: attention {pipelines.attention}, "
                   f"memory profile {pipelines.memory_profile}, {pipelines.device}"})
+        if pending:
+            speedups.apply(pipelines, emit)
         previous_tail: np.ndarray | None = None
         anchor = _ColorAnchor(plan, settings, folder, timestring)
         for clip in pending:
@@ -356,6 +359,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
                     showing["preview"] = True
                     emit({"type": "preview", "clip": _clip.index, "step": step, "steps": steps, "path": str(path)})
 
+            speedups.clip(clip)
             frames = _render_clip(pipelines, plan, clip, tail, settings, on_step,
                                   on_preview if preview_every else None, preview_every)
             pipeline_seconds += time.perf_counter() - clip_start
@@ -378,6 +382,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
         writer.close()  # whatever was rendered stays on disk
         raise
     finally:
+        speedups.close()
         if own_pipelines and pipelines is not None:
             pipelines.free()
         preview_files.remove()
@@ -397,7 +402,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
         soundtrack = _local_soundtrack(_soundtrack(settings), folder, timestring, notes)
         try:
             video, encoded = outputs.stitch_video(folder, timestring, settings.fps, total, soundtrack=soundtrack,
-                                                  crf=plan.crf, preset=plan.preset)
+                                                  crf=plan.crf, preset=plan.ffmpeg_preset)
         finally:
             if soundtrack and soundtrack != _soundtrack(settings):
                 Path(soundtrack).unlink(missing_ok=True)  # the fetched copy
@@ -504,6 +509,7 @@ def _render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | 
         width=plan.width, height=plan.height, steps=clip.steps, guidance=clip.guidance, guidance_2=clip.guidance_2,
         seed=clip.seed,
         flow_shift=clip.flow_shift, on_step=on_step, on_preview=on_preview, preview_every=preview_every,
+        scheduler=plan.scheduler, scheduler_options=tuple(sorted(plan.scheduler_options.items())),
     )
     if clip.mode == T2V:
         return pipelines.t2v(request)
@@ -514,6 +520,16 @@ def _render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | 
     if clip.mode == VACE:
         return pipelines.vace(replace(request, known_frames=list(tail[-clip.overlap:])))
     raise RenderError(f"clip {clip.index}: unknown mode {clip.mode!r}")
+
+
+def _speedups(plan: ClipPlan, info: Any, models_dir: str | None) -> Any:
+    from .loras import LoraError
+    from .speedups import Speedups
+
+    try:
+        return Speedups(plan, getattr(info, "path", None), models_dir)
+    except LoraError as exc:
+        raise RenderError(str(exc)) from None
 
 
 def _soundtrack(settings: DeforumSettings) -> str | None:

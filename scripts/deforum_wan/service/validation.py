@@ -183,6 +183,34 @@ def _text_option(limit: int) -> Callable[[Any], str]:
     return check
 
 
+def _cache_option(value: Any) -> str:
+    from ..core.speed import parse_cache
+
+    if not isinstance(value, str) or len(value) > 100:
+        raise ValueError(f"expected NAME[:THRESHOLD] text, got {value!r}")
+    parse_cache(value)  # its ValueError says what is wrong
+    return value
+
+
+MAX_LORAS = 16
+
+
+def _loras_option(value: Any) -> list[str]:
+    """LoRA names from the LoRA folders, each NAME[:WEIGHT[:WEIGHT_2]]: names only, never paths, over the API."""
+    from ..renderer.loras import LoraError, parse_lora_arg
+
+    if not isinstance(value, list) or len(value) > MAX_LORAS or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of at most {MAX_LORAS} LoRA names such as \"style:0.8\"")
+    for text in value:
+        if len(text) > 300 or any(c in text for c in "/\\\x00") or text.strip().startswith(("~", ".")):
+            raise ValueError(f"{text!r}: give a LoRA by its name in the LoRA folders, not by a path")
+        try:
+            parse_lora_arg(text)
+        except LoraError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
 def _device(value: Any) -> str:
     if not isinstance(value, str) or not _DEVICE.match(value):
         raise ValueError(f"expected cpu, cuda, cuda:N, mps or xpu, got {value!r}")
@@ -193,6 +221,7 @@ def _override_checks() -> dict[str, Callable[[Any], Any]]:
     from ..renderer.loading import ATTENTION_CHOICES
     from ..renderer.memory import MEMORY_PROFILES
     from ..core.choices import TIMINGS
+    from ..core.speed import PRESETS
     from ..core.plan import CONTINUITY
 
     return {
@@ -212,6 +241,9 @@ def _override_checks() -> dict[str, Callable[[Any], Any]]:
         "sensitivity": lambda v: _float_option(v, 0.01, 100),
         "language": _choice(("en", "zh")),
         "timing": _choice(TIMINGS),
+        "preset": _choice(PRESETS),
+        "cache": _cache_option,
+        "loras": _loras_option,
         "fps_tolerance": lambda v: _float_option(v, 0, 1),
         "min_clip_seconds": lambda v: _float_option(v, 0, 3600),
         "color_match": _bool_option,

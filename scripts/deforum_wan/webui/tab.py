@@ -242,6 +242,7 @@ def build_tab(ctx: TabContext):
 
     from ..renderer.memory import MEMORY_PROFILES
     from ..core.choices import TIMINGS
+    from ..core.speed import PRESETS
     from ..core.plan import CONTINUITY, DEFAULT_MIN_CLIP_SECONDS
 
     choices = scan_model_choices(ctx.models_dir())
@@ -308,6 +309,13 @@ def build_tab(ctx: TabContext):
                         min_clip = gr.Number(label="Min clip seconds", value=DEFAULT_MIN_CLIP_SECONDS,
                                              elem_id="deforum_wan_min_clip", info="0: a clip per prompt")
                     with gr.Row():
+                        preset = gr.Dropdown(label="Speed preset", choices=list(PRESETS), value="quality",
+                                             elem_id="deforum_wan_preset", info="fast/turbo need their LoRA")
+                        cache = gr.Textbox(label="Step cache", value="", max_lines=1, elem_id="deforum_wan_cache",
+                                           placeholder="none, fbcache:0.05, taylorseer:5, magcache, seacache")
+                    loras = gr.Textbox(label="LoRAs (name:weight, comma-separated)", value="", max_lines=2,
+                                       elem_id="deforum_wan_loras", placeholder="lightx2v_4step:1.0, style:0.8")
+                    with gr.Row():
                         color_match = gr.Checkbox(label="Colour matching", value=True,
                                                   elem_id="deforum_wan_color_match")
                         memory = gr.Dropdown(label="Memory profile", choices=list(MEMORY_PROFILES),
@@ -359,13 +367,14 @@ def build_tab(ctx: TabContext):
                 resume_btn = gr.Button("Resume", elem_id="deforum_wan_resume", scale=1)
 
         option_inputs = [model_dd, width, height, steps, guidance, continuity, overlap, color_match, timing, min_clip,
-                         memory, enhance, style, style_strength, qwen]
+                         preset, cache, loras, memory, enhance, style, style_strength, qwen]
 
         def controls_of(values: tuple) -> Controls:
-            (label, w, h, st, g, cont, ov, cm, tm, mc, mem, enh, sty, strength, qw) = values
+            (label, w, h, st, g, cont, ov, cm, tm, mc, ps, ca, lo, mem, enh, sty, strength, qw) = values
             return Controls(model_path=model_paths.get(label) if label else None, width=w, height=h, steps=st,
                             guidance=g, continuity=cont, overlap=ov, color_match=cm, timing=tm, min_clip_seconds=mc,
-                            memory_profile=mem, enhance=enh, style=sty, style_strength=strength, qwen=qw)
+                            preset=ps, cache=ca, loras=lo, memory_profile=mem, enhance=enh, style=sty,
+                            style_strength=strength, qwen=qw)
 
         # -- import
         def on_load(path: Any):
@@ -423,7 +432,7 @@ def build_tab(ctx: TabContext):
                 return gr.update(), f"**Cannot plan:** {exc}"
             return plan.to_dict(), plan_summary(plan, notes)
 
-        for control in (width, height, steps, guidance, color_match, timing, min_clip):
+        for control in (width, height, steps, guidance, color_match, timing, min_clip, preset):
             control.change(on_plan_note, inputs=plan_inputs, outputs=[plan_state, plan_note])
 
         # -- models

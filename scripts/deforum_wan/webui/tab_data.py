@@ -48,6 +48,9 @@ class Controls:
     color_match: bool = True
     timing: str = "auto"
     min_clip_seconds: Any = None  # None: the default (2 s); 0 keeps every prompt change as a cut
+    preset: str = "quality"
+    cache: str = ""  # NAME[:THRESHOLD], empty for none
+    loras: str = ""  # comma-separated NAME[:WEIGHT[:WEIGHT_2]]
     memory_profile: str = "auto"
     enhance: bool = False
     style: str = ""
@@ -62,7 +65,9 @@ class Controls:
                            width=none_if_zero(self.width), height=none_if_zero(self.height),
                            steps=none_if_zero(self.steps), guidance=none_if_zero(self.guidance, float),
                            color_match=bool(self.color_match), timing=_timing(self.timing),
-                           min_clip_seconds=_seconds(self.min_clip_seconds), seed=seed)
+                           min_clip_seconds=_seconds(self.min_clip_seconds), seed=seed,
+                           preset=self.preset or None, cache=(self.cache or "").strip() or None,
+                           loras=tuple(lora_list(self.loras)))
 
     def overrides(self) -> dict:
         """options_overrides for JobQueue.submit (the same keys the API takes); 0 means "the default"."""
@@ -71,10 +76,17 @@ class Controls:
                   "width": none_if_zero(self.width), "height": none_if_zero(self.height),
                   "steps": none_if_zero(self.steps), "guidance": none_if_zero(self.guidance, float),
                   "color_match": bool(self.color_match), "enhance": bool(self.enhance),
-                  "timing": _timing(self.timing), "min_clip_seconds": _seconds(self.min_clip_seconds)}
+                  "timing": _timing(self.timing), "min_clip_seconds": _seconds(self.min_clip_seconds),
+                  "preset": self.preset or None, "cache": (self.cache or "").strip() or None,
+                  "loras": lora_list(self.loras) or None}
         if self.enhance:
             values.update(enhance_style=self.style or "", enhance_style_strength=float(self.style_strength or 0.5))
         return {k: v for k, v in values.items() if v is not None}
+
+
+def lora_list(text: Any) -> list[str]:
+    """The tab's LoRA box, "style:0.8, detail" -> ["style:0.8", "detail"]."""
+    return [part.strip() for part in str(text or "").replace("\n", ",").split(",") if part.strip()]
 
 
 def _timing(value: Any) -> str | None:
