@@ -122,6 +122,9 @@ def add_render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer")
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles to save memory")
     p.add_argument("--stop-file", help="stop cleanly between steps when this file appears")
+    p.add_argument("--weight-storage", choices=["auto", "none", "fp8"], default="auto",
+                   help="transformer weights on the GPU: fp8 (layerwise casting, computed in bf16) halves them; auto "
+                        "(default) uses fp8 only when that avoids offloading")
     p.add_argument("--no-video", action="store_true", help="write frames only")
     p.add_argument("--no-color-match", action="store_true",
                    help="no colour matching, whatever color_coherence says (default: as color_coherence)")
@@ -145,6 +148,7 @@ def render_job(args: argparse.Namespace):
         settings=settings, model=args.model, outdir=args.outdir, options=options, i2v_model=args.i2v_model,
         models_dir=args.models_dir, resume=args.resume, device=args.device, memory_profile=args.memory_profile,
         attention=args.attention, compile=args.compile, vae_tiling=args.vae_tiling, stop_file=args.stop_file,
+        storage=args.weight_storage,
         make_video=not args.no_video, enhance=args.enhance,
         enhance_options={"qwen": args.qwen, "style": args.style, "style_strength": args.style_strength,
                          "target_language": args.target_language, "models_dir": args.models_dir,

@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import single_file
-from .memory import GIB, MEMORY_PROFILES, apply_memory_profile, choose_memory_profile, default_device, default_dtype
+from .memory import (
+    GIB, MEMORY_PROFILES, STORAGE_CHOICES, apply_memory_profile, apply_storage, choose_memory_profile, default_device,
+    default_dtype, resolve_storage,
+)
 from .models import IncompleteModel, ModelError, ModelInfo, SingleFileModel, folder_size
 from .pipelines import Pipelines, patch_prompt_cleaning
 
@@ -152,11 +155,11 @@ def _shareable(info: ModelInfo | SingleFileModel, other: ModelInfo | SingleFileM
     return _same_config(info.path / key, other.path / key)
 
 
-def _memory_profile(info: ModelInfo | SingleFileModel, device: str, extra: list[Any]) -> str:
+def _memory_profile(info: ModelInfo | SingleFileModel, device: str, extra: list[Any], storage: str | None = None) -> str:
     """memory.choose_memory_profile, with single files counted file by file (fp8 ones upcast: twice their size)."""
     models = [info, *extra]
     if not any(isinstance(m, SingleFileModel) for m in models):
-        return choose_memory_profile(info, device, extra)
+        return choose_memory_profile(info, device, extra, storage=storage)
     if not str(device).startswith("cuda"):
         return "none"
     import torch
@@ -184,6 +187,7 @@ def load_pipelines(
     compile: bool = False,
     i2v_info: ModelInfo | SingleFileModel | None = None,
     vae_tiling: bool = False,
+    storage: str = "auto",
 ) -> Pipelines:
     """Load a model (folder or single files) once for a whole job.
 
@@ -199,6 +203,8 @@ def load_pipelines(
         raise ValueError(f"unknown memory profile {memory_profile!r}; choose one of {', '.join(MEMORY_PROFILES)}")
     if attention not in ATTENTION_CHOICES:
         raise ValueError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION_CHOICES)}")
+    if storage not in STORAGE_CHOICES:
+        raise ValueError(f"unknown weight storage {storage!r}; choose one of {', '.join(STORAGE_CHOICES)}")
     patch_prompt_cleaning()
     device = str(device or default_device())
     dtype = dtype or default_dtype(device)
@@ -242,9 +248,16 @@ def load_pipelines(
     for pipe in pipes:
         pipe.set_progress_bar_config(disable=True)
 
+    extra = [i2v_info] if i2v_info is not None and image is not None else []
+    # fp8 weight storage first (memory.choose_storage: only when it keeps the weights resident or per-model
+    # offloaded), so the profile counts the transformers at their stored size.
+    stored = None if isinstance(info, SingleFileModel) else resolve_storage(storage, info, device, extra)
+    cast: set[int] = set()
+    for pipe in pipes:
+        apply_storage(pipe, stored, done=cast)
     resolved = memory_profile
     if resolved == "auto":
-        resolved = _memory_profile(info, device, [i2v_info] if i2v_info is not None and image is not None else [])
+        resolved = _memory_profile(info, device, extra, stored)
     if resolved != "none" and not device.startswith("cuda"):
         log.info("memory profile %r needs a GPU; on %s everything stays resident", resolved, device)
         resolved = "none"
@@ -252,7 +265,8 @@ def load_pipelines(
     apply_memory_profile(main, resolved, device, done)
     if image is not None and resolved in ("none", "group"):
         apply_memory_profile(image, resolved, device, done)
-    log.info("memory profile: %s on %s (%s)", resolved, device, str(dtype).replace("torch.", ""))
+    log.info("memory profile: %s on %s (%s%s)", resolved, device, str(dtype).replace("torch.", ""),
+             ", transformers stored in fp8" if stored else "")
 
     if vae_tiling:
         for pipe in pipes:

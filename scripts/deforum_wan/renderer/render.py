@@ -64,6 +64,7 @@ class RenderJob:
     resume: str | None = None  # timestring to continue
     device: str | None = None
     memory_profile: str = "auto"
+    storage: str = "auto"  # transformer weights: auto (fp8 when that avoids offloading), none, fp8
     attention: str = "auto"
     compile: bool = False
     vae_tiling: bool = False
@@ -319,7 +320,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
             load_start = time.perf_counter()
             pipelines = load_pipelines(
                 info, device=job.device, memory_profile=job.memory_profile, attention=job.attention,
-                compile=job.compile, i2v_info=i2v_info, vae_tiling=job.vae_tiling,
+                compile=job.compile, i2v_info=i2v_info, vae_tiling=job.vae_tiling, storage=job.storage,
             )
             loads += 1
             load_seconds = time.perf_counter() - load_start

@@ -219,7 +219,7 @@ def _device(value: Any) -> str:
 
 def _override_checks() -> dict[str, Callable[[Any], Any]]:
     from ..renderer.loading import ATTENTION_CHOICES
-    from ..renderer.memory import MEMORY_PROFILES
+    from ..renderer.memory import MEMORY_PROFILES, STORAGE_CHOICES
     from ..core.choices import TIMINGS
     from ..core.speed import PRESETS
     from ..core.plan import CONTINUITY
@@ -249,6 +249,7 @@ def _override_checks() -> dict[str, Callable[[Any], Any]]:
         "color_match": _bool_option,
         "device": _device,
         "memory_profile": _choice(MEMORY_PROFILES),
+        "storage": _choice(STORAGE_CHOICES),
         "attention": _choice(ATTENTION_CHOICES),
         "compile": _bool_option,
         "vae_tiling": _bool_option,
