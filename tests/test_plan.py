@@ -677,7 +677,7 @@ def test_a1111_syntax_is_stripped_listed_and_shown():
     assert clip.render_prompt.startswith("a cat, rainy day")  # what Wan is given: no syntax, no LoRA tag
     text = format_plan(plan)
     assert "prompt 0: A1111 syntax removed: <lora:x:0.8> AND (cat:1.5) [sunny:rainy:0.5] (ugly:1.3)" in text
-    assert "LoRA kept for later, not applied: x:0.8" in text
+    assert "LoRA weights for its clips: x:0.8" in text
     assert ClipPlan.from_json(plan.to_json()) == plan
 
 

@@ -416,3 +416,19 @@ def apply_preset(name: str | None, options: PlanOptions, model: ModelSpec, value
     notes = [f"preset {preset.name} uses the values its step-distill LoRA was published with ({preset.loras}); "
              "without that LoRA the model renders a blur"] if preset.needs_lora and not has_lora else []
     return values, choices, notes, preset
+
+
+def resolve_cache(options: PlanOptions, model: ModelSpec) -> tuple[str | None, Choice | None]:
+    """The step cache, checked against the model kind before anything loads."""
+    from .speed import cache_support, parse_cache
+
+    try:
+        spec = parse_cache(options.cache)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
+    if spec is None:
+        return None, None
+    why = cache_support(spec.name, model.kind)
+    if why:
+        raise PlanError(f"cache: {spec.name} does not work on {model.label} ({model.kind}): {why}")
+    return str(spec), Choice("cache", str(spec), f"option: cache ({spec.info.label}: {spec.info.meaning})")

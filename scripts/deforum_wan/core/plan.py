@@ -2,23 +2,26 @@
 
 Deforum's timeline has `max_frames` frames at the settings' `fps`. Wan renders clips
 of 4n+1 frames at its own native rate (16 fps for Wan 2.1, 24 for Wan 2.2 TI2V-5B).
-The plan maps every output frame to the Wan frame it shows (or a blend of two
-neighbours), so a 60 fps file takes its real wall-clock length and a 16 fps file
-maps 1:1; that arithmetic is `timeline.py`'s, and this module gives the clips it
-cuts their modes, prompts, camera words and seeds.
+Near that rate output frames are Wan frames one for one; further off, the plan maps
+every output frame to the Wan frame it shows or the point between two that an
+interpolated frame shows (choices.resolve_timing), so a 60 fps file takes its real
+wall-clock length. That arithmetic is `timeline.py`'s; this module gives the clips
+it cuts their modes, prompts, camera words, seeds and costs.
 
-Segments run between prompt keyframes, so each prompt change lands exactly on its
-keyframe. A segment longer than the model's largest clip becomes several chained
-clips. Every clip after the first continues the previous one: I2V starts from its
-last frame, VACE from its last K frames; those K leading frames duplicate what is
-already on screen and are dropped at the join. Wan frame counts are rounded *up*
-to 4n+1, never down: surplus frames at a segment's end are generated and dropped,
-and the plan counts them.
+Segments run between prompt keyframes, so each prompt change lands on its keyframe,
+unless prompts change faster than min_clip_seconds: such segments are merged into
+one clip that lists them. A segment longer than the model's largest clip becomes
+several chained clips. Every clip after the first continues the previous one from
+the last frames the viewer saw: I2V from its last frame, VACE from its last K
+frames; those K leading frames duplicate what is already on screen and are dropped
+at the join. Wan frame counts are rounded *up* to 4n+1, never down: surplus frames
+at a segment's end are generated and dropped, and the plan counts them.
 
-Size, steps, guidance, flow shift and negative prompt are resolved by choices.py (the
-user's, else the model's official values, cited in specs.py) and each is kept in
-`ClipPlan.choices` with its source; prompts lose their A1111 syntax
-(prompts.plain_prompt), and each clip lists what was taken out.
+Size, steps, guidance, flow shift, timing, colour, video, speed preset and cache are
+resolved by choices.py (the user's, else the model's official values, cited in
+specs.py and speed.py) and each is kept in `ClipPlan.choices` with its source;
+prompts lose their A1111 syntax (prompts.plain_prompt), and each clip lists what was
+taken out. Every Deforum key that changes a render is reported (coverage.py).
 
 The plan is immutable, pure, and round-trips through JSON, so it can be shown
 before rendering, saved beside the frames, and re-checked on resume.
@@ -34,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .choices import (
-    ColorChoice, Choice, apply_preset, negative_choice, resolve_color, resolve_sampling, resolve_size, resolve_timing,
+    ColorChoice, Choice, apply_preset, negative_choice, resolve_cache, resolve_color, resolve_sampling, resolve_size, resolve_timing,
     resolve_video, round_to_multiple, scale_by_schedules,
 )
 from .choices import checked_number as _number, first as _first, wan_option as _wan_option
@@ -377,7 +380,7 @@ def _choices(settings: DeforumSettings, model: ModelSpec, options: PlanOptions) 
     values, choices, preset_notes, preset = apply_preset(options.preset, options, model, values, choices,
                                                          bool(options.loras))
     steps, guidance, guidance_2, flow_shift = (values[k] for k in ("steps", "guidance", "guidance_2", "flow_shift"))
-    cache, cache_choice = _cache(options, model)
+    cache, cache_choice = resolve_cache(options, model)
     _check_fps(settings)
     timing, rate, timing_choice, timing_notes = resolve_timing(settings, options, model)
     min_frames, min_choice = _min_clip_frames(settings, options)
@@ -392,22 +395,6 @@ def _choices(settings: DeforumSettings, model: ModelSpec, options: PlanOptions) 
                     options.language, init_mode, culprit, tuple(notes),
                     (size, *choices, *extra, timing_choice, min_choice, color.choice), model.negative_prompt,
                     settings.steps, timing, rate, min_frames, color, preset, cache)
-
-
-def _cache(options: PlanOptions, model: ModelSpec) -> tuple[str | None, Choice | None]:
-    """The step cache, checked against the model kind before anything loads."""
-    from .speed import cache_support, parse_cache
-
-    try:
-        spec = parse_cache(options.cache)
-    except ValueError as exc:
-        raise PlanError(str(exc)) from None
-    if spec is None:
-        return None, None
-    why = cache_support(spec.name, model.kind)
-    if why:
-        raise PlanError(f"cache: {spec.name} does not work on {model.label} ({model.kind}): {why}")
-    return str(spec), Choice("cache", str(spec), f"option: cache ({spec.info.label}: {spec.info.meaning})")
 
 
 def _check_fps(settings: DeforumSettings) -> None:
@@ -579,7 +566,7 @@ def format_plan(plan: ClipPlan, width: int = 120) -> str:
         lines.append(f"{name:<18} {value!s:<12} {choice.source}")
     syntax = dict.fromkeys((c.prompt_key, c.stripped, c.loras) for c in plan.clips if c.stripped)
     for key, stripped, loras in syntax:
-        lora = f"; LoRA kept for later, not applied: {', '.join(f'{n}:{w:g}' for n, w in loras)}" if loras else ""
+        lora = f"; LoRA weights for its clips: {', '.join(f'{n}:{w:g}' for n, w in loras)}" if loras else ""
         lines.append(f"prompt {key}: A1111 syntax removed: {' '.join(stripped)}{lora}")
     for c in plan.clips:
         if c.merged:

@@ -139,7 +139,7 @@ class PlainPrompt:
 
     text: str
     stripped: tuple[str, ...] = ()  # each piece of syntax, as written
-    loras: tuple[tuple[str, float], ...] = ()  # (name, weight) of <lora:name:weight> tags, not applied yet
+    loras: tuple[tuple[str, float], ...] = ()  # (name, weight) of <lora:name:weight> tags: per-clip LoRA weights
 
 
 # <lora:name:0.8>, <lyco:...>, <hypernet:...>: A1111's extra networks (modules/extra_networks.py).
@@ -169,8 +169,8 @@ def plain_prompt(text: str, steps: int = 25) -> PlainPrompt:
       sampling is kept: `from` when it lasts more than half, else `to`. `[to:when]` and
       `[from::when]` follow the same rule. `[cat|dog]` (alternation) keeps its first option.
     - `AND` (with each part's `:weight`) and `BREAK` become commas: every part's words stay.
-    - `<lora:name:w>` and the other extra networks are removed; LoRA tags are listed apart,
-      for LoRA support to come. `embedding:name` and well-known embedding names are removed.
+    - `<lora:name:w>` and the other extra networks are removed; LoRA tags are listed apart
+      (they set per-clip LoRA weights). `embedding:name` and well-known embedding names are removed.
     A prompt without such syntax comes back unchanged.
     """
     stripped: list[str] = []

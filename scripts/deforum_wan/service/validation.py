@@ -23,12 +23,13 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from pydantic import BaseModel, ValidationError
 
 from ..renderer import fetch, outputs
 from . import jobs
+from .overrides import MAX_SIDE, MAX_STEPS, MIN_SIDE, override_checks  # noqa: F401 - api.py re-exports MAX_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,6 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 5 * 1024 * 1024  # request body; larger -> 413
 MAX_SETTINGS_PER_BATCH = 100
 MAX_FRAMES = 10_000  # about 11 minutes at 15 fps
-MAX_SIDE = 4096  # W, H, width, height
-MIN_SIDE = 16
-MAX_STEPS = 200  # Wan denoising steps (options_overrides.steps, wan_steps)
 MAX_DEFORUM_STEPS = 1000  # Deforum's own `steps` key (not used by Wan)
 MIN_FPS, MAX_FPS = 1.0, 240.0
 MAX_URL_CHARS = 4096
@@ -48,7 +46,6 @@ PROMPT_KEYS = ("prompts", "animation_prompts", "wan_prompts")
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _DRIVE = re.compile(r"^[A-Za-z]:")
-_DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu)(:\d{1,2})?)$")
 _DATA_URL = re.compile(r"^data:([\w.+\-]+/[\w.+\-]+)?((?:;[\w\-]+=[\w.\-]+)*)(;base64)?,(.*)$", re.S)
 _AUDIO_TYPES = ("audio/mpeg", "audio/mp3", "audio/wav", "audio/x-wav", "audio/wave", "audio/ogg", "audio/flac",
                 "audio/aac", "audio/mp4", "audio/x-m4a")
@@ -135,130 +132,6 @@ def _non_finite(value: Any, loc: list[Any], found: list[tuple[list[Any], str]], 
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _non_finite(v, [*loc, i], found, depth + 1)
-
-
-def _int_option(value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
-        raise ValueError(f"expected a whole number, got {value!r}")
-    value = int(value)
-    if not low <= value <= high:
-        raise ValueError(f"must be between {low} and {high}, got {value}")
-    return value
-
-
-def _float_option(value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expected a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or not low <= value <= high:
-        raise ValueError(f"must be between {low:g} and {high:g}, got {value!r}")
-    return value
-
-
-def _bool_option(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
-def _choice(choices: Iterable[str]) -> Callable[[Any], str]:
-    choices = tuple(choices)
-
-    def check(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    return check
-
-
-def _text_option(limit: int) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if not isinstance(value, str):
-            raise ValueError(f"expected text, got {type(value).__name__}")
-        if len(value) > limit:
-            raise ValueError(f"at most {limit} characters")
-        return value
-
-    return check
-
-
-def _cache_option(value: Any) -> str:
-    from ..core.speed import parse_cache
-
-    if not isinstance(value, str) or len(value) > 100:
-        raise ValueError(f"expected NAME[:THRESHOLD] text, got {value!r}")
-    parse_cache(value)  # its ValueError says what is wrong
-    return value
-
-
-MAX_LORAS = 16
-
-
-def _loras_option(value: Any) -> list[str]:
-    """LoRA names from the LoRA folders, each NAME[:WEIGHT[:WEIGHT_2]]: names only, never paths, over the API."""
-    from ..renderer.loras import LoraError, parse_lora_arg
-
-    if not isinstance(value, list) or len(value) > MAX_LORAS or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"expected a list of at most {MAX_LORAS} LoRA names such as \"style:0.8\"")
-    for text in value:
-        if len(text) > 300 or any(c in text for c in "/\\\x00") or text.strip().startswith(("~", ".")):
-            raise ValueError(f"{text!r}: give a LoRA by its name in the LoRA folders, not by a path")
-        try:
-            parse_lora_arg(text)
-        except LoraError as exc:
-            raise ValueError(str(exc)) from None
-    return value
-
-
-def _device(value: Any) -> str:
-    if not isinstance(value, str) or not _DEVICE.match(value):
-        raise ValueError(f"expected cpu, cuda, cuda:N, mps or xpu, got {value!r}")
-    return value
-
-
-def _override_checks() -> dict[str, Callable[[Any], Any]]:
-    from ..renderer.loading import ATTENTION_CHOICES
-    from ..renderer.memory import MEMORY_PROFILES, STORAGE_CHOICES
-    from ..core.choices import TIMINGS
-    from ..core.speed import PRESETS
-    from ..core.plan import CONTINUITY
-
-    return {
-        "model": _text_option(1000),
-        "i2v_model": _text_option(1000),
-        "steps": lambda v: _int_option(v, 1, MAX_STEPS),
-        "width": lambda v: _int_option(v, MIN_SIDE, MAX_SIDE),
-        "height": lambda v: _int_option(v, MIN_SIDE, MAX_SIDE),
-        "continuity": _choice(CONTINUITY),
-        "overlap": lambda v: _int_option(v, 1, 117),
-        "guidance": lambda v: _float_option(v, 0, 30),
-        "guidance_2": lambda v: _float_option(v, 0, 30),
-        "flow_shift": lambda v: _float_option(v, 0.01, 50),
-        "exact_size": _bool_option,
-        "max_clip_frames": lambda v: _int_option(v, 5, 121),
-        "seed": lambda v: _int_option(v, -1, 2**32 - 1),
-        "sensitivity": lambda v: _float_option(v, 0.01, 100),
-        "language": _choice(("en", "zh")),
-        "timing": _choice(TIMINGS),
-        "preset": _choice(PRESETS),
-        "cache": _cache_option,
-        "loras": _loras_option,
-        "fps_tolerance": lambda v: _float_option(v, 0, 1),
-        "min_clip_seconds": lambda v: _float_option(v, 0, 3600),
-        "color_match": _bool_option,
-        "device": _device,
-        "memory_profile": _choice(MEMORY_PROFILES),
-        "storage": _choice(STORAGE_CHOICES),
-        "attention": _choice(ATTENTION_CHOICES),
-        "compile": _bool_option,
-        "vae_tiling": _bool_option,
-        "make_video": _bool_option,
-        "enhance": _bool_option,
-        "enhance_style": _text_option(2000),
-        "enhance_style_strength": lambda v: _float_option(v, 0, 1),
-        "enhance_target_language": _choice(("en", "zh")),
-    }
 
 
 def _text_limits(data: Mapping[str, Any], loc: tuple[Any, ...]) -> None:
@@ -349,7 +222,7 @@ class Validator:
             raw = {}
         if not isinstance(raw, dict):
             raise ApiError(422, [(("options_overrides",), f"expected an object, got {type(raw).__name__}")])
-        checks = _override_checks()
+        checks = override_checks()
         errors: list[tuple[Loc, str]] = []
         out: dict[str, Any] = {}
         for key, value in raw.items():

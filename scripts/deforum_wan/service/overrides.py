@@ -1,0 +1,137 @@
+"""What each `options_overrides` key of a txt2vid request accepts: one checker per key.
+
+Each checker returns the value or raises ValueError saying what is wrong; the
+validator (validation.py) names the field. LoRAs come by name only, never as paths.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable, Iterable
+
+MAX_SIDE = 4096  # W, H, width, height
+MIN_SIDE = 16
+MAX_STEPS = 200  # Wan denoising steps (options_overrides.steps, wan_steps)
+MAX_LORAS = 16
+_DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu)(:\d{1,2})?)$")
+
+
+def _int_option(value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"expected a whole number, got {value!r}")
+    value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float_option(value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"must be between {low:g} and {high:g}, got {value!r}")
+    return value
+
+
+def _bool_option(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _choice(choices: Iterable[str]) -> Callable[[Any], str]:
+    choices = tuple(choices)
+
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _text_option(limit: int) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected text, got {type(value).__name__}")
+        if len(value) > limit:
+            raise ValueError(f"at most {limit} characters")
+        return value
+
+    return check
+
+
+def _cache_option(value: Any) -> str:
+    from ..core.speed import parse_cache
+
+    if not isinstance(value, str) or len(value) > 100:
+        raise ValueError(f"expected NAME[:THRESHOLD] text, got {value!r}")
+    parse_cache(value)  # its ValueError says what is wrong
+    return value
+
+
+def _loras_option(value: Any) -> list[str]:
+    """LoRA names from the LoRA folders, each NAME[:WEIGHT[:WEIGHT_2]]: names only, never paths, over the API."""
+    from ..renderer.loras import LoraError, parse_lora_arg
+
+    if not isinstance(value, list) or len(value) > MAX_LORAS or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of at most {MAX_LORAS} LoRA names such as \"style:0.8\"")
+    for text in value:
+        if len(text) > 300 or any(c in text for c in "/\\\x00") or text.strip().startswith(("~", ".")):
+            raise ValueError(f"{text!r}: give a LoRA by its name in the LoRA folders, not by a path")
+        try:
+            parse_lora_arg(text)
+        except LoraError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+def _device(value: Any) -> str:
+    if not isinstance(value, str) or not _DEVICE.match(value):
+        raise ValueError(f"expected cpu, cuda, cuda:N, mps or xpu, got {value!r}")
+    return value
+
+
+def override_checks() -> dict[str, Callable[[Any], Any]]:
+    from ..renderer.loading import ATTENTION_CHOICES
+    from ..renderer.memory import MEMORY_PROFILES, STORAGE_CHOICES
+    from ..core.choices import TIMINGS
+    from ..core.speed import PRESETS
+    from ..core.plan import CONTINUITY
+
+    return {
+        "model": _text_option(1000),
+        "i2v_model": _text_option(1000),
+        "steps": lambda v: _int_option(v, 1, MAX_STEPS),
+        "width": lambda v: _int_option(v, MIN_SIDE, MAX_SIDE),
+        "height": lambda v: _int_option(v, MIN_SIDE, MAX_SIDE),
+        "continuity": _choice(CONTINUITY),
+        "overlap": lambda v: _int_option(v, 1, 117),
+        "guidance": lambda v: _float_option(v, 0, 30),
+        "guidance_2": lambda v: _float_option(v, 0, 30),
+        "flow_shift": lambda v: _float_option(v, 0.01, 50),
+        "exact_size": _bool_option,
+        "max_clip_frames": lambda v: _int_option(v, 5, 121),
+        "seed": lambda v: _int_option(v, -1, 2**32 - 1),
+        "sensitivity": lambda v: _float_option(v, 0.01, 100),
+        "language": _choice(("en", "zh")),
+        "timing": _choice(TIMINGS),
+        "preset": _choice(PRESETS),
+        "cache": _cache_option,
+        "loras": _loras_option,
+        "fps_tolerance": lambda v: _float_option(v, 0, 1),
+        "min_clip_seconds": lambda v: _float_option(v, 0, 3600),
+        "color_match": _bool_option,
+        "device": _device,
+        "memory_profile": _choice(MEMORY_PROFILES),
+        "storage": _choice(STORAGE_CHOICES),
+        "attention": _choice(ATTENTION_CHOICES),
+        "compile": _bool_option,
+        "vae_tiling": _bool_option,
+        "make_video": _bool_option,
+        "enhance": _bool_option,
+        "enhance_style": _text_option(2000),
+        "enhance_style_strength": lambda v: _float_option(v, 0, 1),
+        "enhance_target_language": _choice(("en", "zh")),
+    }
