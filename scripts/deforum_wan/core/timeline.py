@@ -3,10 +3,12 @@
 Deforum's timeline shows output frame i at i / fps seconds; Wan renders at its own
 native rate, so output frame i shows Wan position i * native_fps / fps, counted from
 the segment's first fresh Wan frame. A whole position is that Wan frame; a fractional
-one is a blend of its two neighbours (or the nearest one without blending). A
-segment's Wan frames are cut into clips of 4n+1 frames, each after the first
-repeating the last `overlap` frames of the one before (dropped at the join), and
-every output frame is given to the clip that holds the Wan frames it shows.
+one lies between two neighbours, which the renderer interpolates (motion-compensated,
+or a crossfade when asked), or it shows the nearest one. At the model's own rate
+(timing native) every position is whole. A segment's Wan frames are cut into clips
+of 4n+1 frames, each after the first repeating the last `overlap` frames of the one
+before (dropped at the join), and every output frame is given to the clip that holds
+the Wan frames it shows. Short prompt segments can be grouped first (`group_segments`).
 
 This module owns that mapping and nothing else: no prompts, seeds or camera words
 (those are `plan.py`'s), so it can be read and tested as arithmetic. Positions are
@@ -87,7 +89,7 @@ class Segment:
     max_clip: int  # largest clip, a 4n+1 count
     first_overlap: int = 0  # frames the first clip repeats from before it (1 for I2V, K for VACE, 0 if none)
     overlap: int = 0  # frames every later clip repeats from the one before; 0: independent clips
-    blend: bool = True  # in-between output frames blend two Wan frames, else show the nearest
+    blend: bool = True  # in-between output frames keep their fraction between two Wan frames, else the nearest
 
 
 @dataclass(frozen=True)

@@ -366,9 +366,11 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
             pipeline_seconds += time.perf_counter() - clip_start
             frames = anchor.match(clip, frames)
             keep = _tail_length(plan, clip)
-            shown = frames[:clip.tail_end]  # the next clip continues from the last frame shown, not the surplus
-            save_tail(folder, timestring, clip.index, shown[-keep:])
-            previous_tail = shown[-keep:]
+            # The next clip continues from the last frame shown, not the surplus after it (unless the clip
+            # shows fewer frames than the next one repeats: then the first `keep` frames).
+            end = max(clip.tail_end, min(keep, len(frames)))
+            previous_tail = frames[max(0, end - keep):end]
+            save_tail(folder, timestring, clip.index, previous_tail)
             out = _onto_timeline(plan, clip, frames)
             for offset, frame in enumerate(out):
                 index = clip.output_start + offset
