@@ -182,7 +182,9 @@ def plan_summary(plan: Any, notes: list[str]) -> str:
     lines = [f"**{plan.model_kind}** at {plan.native_fps} fps → {plan.max_frames} frames at {plan.fps:g} fps "
              f"({m.seconds:.2f} s), {plan.width}×{plan.height}, continuity **{plan.continuity}**; "
              f"timing **{plan.timing}**; {m.clip_count} clip(s), {m.generated_frames} Wan frames for a timeline of "
-             f"{m.timeline_frames} (×{m.generated_per_timeline:.2f}), cost {m.cost} frame-steps"]
+             f"{m.timeline_frames} (×{m.generated_per_timeline:.2f}), cost {m.cost}"
+             + (f" (×{m.cost / max(m.quality_cost, 1):.2f} of quality, preset **{plan.preset}**)"
+                if plan.preset != "quality" else "")]
     lines += [f"- clip {c.index} merges prompts {', '.join(c.merged)} (shorter than the minimum clip length; the "
               "table edits the first)" for c in plan.clips if c.merged]
     lines += [f"- {w}" for w in (*plan.warnings, *notes)]
@@ -346,8 +348,13 @@ def build_tab(ctx: TabContext):
             plan_table = gr.Dataframe(headers=tab_data.PLAN_HEADERS, datatype=tab_data.PLAN_DATATYPES,
                                       col_count=(len(tab_data.PLAN_HEADERS), "fixed"), interactive=True, wrap=True,
                                       visible=False, elem_id="deforum_wan_plan_table", type="array")
-            update_plan_btn = gr.Button("Update plan (keeps prompt edits)", elem_id="deforum_wan_update_plan")
-            plot = gr.Plot(label="Camera path", elem_id="deforum_wan_plot")
+            with gr.Row():
+                update_plan_btn = gr.Button("Update plan (keeps prompt edits)", elem_id="deforum_wan_update_plan")
+                preview_camera_btn = gr.Button("Preview camera", elem_id="deforum_wan_preview_camera")
+            with gr.Row():
+                plot = gr.Plot(label="Camera path", elem_id="deforum_wan_plot")
+                camera_video = gr.Video(label="Camera preview (no model: the picture flown along the path)",
+                                        interactive=False, height=360, elem_id="deforum_wan_camera_video")
 
             gr.Markdown("### Render")
             with gr.Row():
@@ -419,6 +426,14 @@ def build_tab(ctx: TabContext):
         latest_btn.click(on_latest, outputs=[*load_outputs, path_box]).then(
             on_plan, inputs=plan_inputs, outputs=plan_outputs)
         update_plan_btn.click(on_plan, inputs=plan_inputs, outputs=plan_outputs)
+        def on_preview_camera(state: Any, rows: Any, plan_dict: Any, *values: Any):
+            try:  # numpy, PIL and ffmpeg in this process (renderer/motion_preview.py): a few seconds, no torch
+                from ..renderer.motion_preview import tab_preview
+                return gr.update(value=tab_preview(*make_plan(state, rows, plan_dict, controls_of(values))[:2])), gr.update()
+            except (ValueError, OSError) as exc:
+                return gr.update(value=None), f"**Cannot preview the camera:** {exc}"
+
+        preview_camera_btn.click(on_preview_camera, inputs=plan_inputs, outputs=[camera_video, plan_note])
         for control in (model_dd, continuity, overlap):  # these move clip boundaries: table and plot too
             control.change(on_plan, inputs=plan_inputs, outputs=plan_outputs)
 
