@@ -68,6 +68,12 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
                         "prompt change as a cut)")
 
 
+def _default_kind() -> str:
+    from .core.specs import DEFAULT_MODEL_KIND
+
+    return DEFAULT_MODEL_KIND
+
+
 def _cache_help() -> str:
     from .core.speed import cache_help
 
@@ -246,10 +252,32 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    import time
+
+    from .core.plan import PlanOptions, plan_clips
+    from .core.seeds import resolve_seed
+    from .renderer.motion_preview import DEFAULT_MAX_SIDE, default_out, render_preview
+
+    if bool(args.frames) != bool(args.plain):
+        raise ValueError("--plain and --frames DIR go together: the bare warped frames go into DIR")
+    started = time.monotonic()
+    settings = _load(args.settings)
+    seed = resolve_seed(args.seed if args.seed is not None else settings.seed)
+    plan = plan_clips(settings, model_spec_for(args.model), PlanOptions(seed=seed))
+    result = render_preview(settings, plan, args.out or default_out(args.settings), image=args.image,
+                            max_side=args.max_side or DEFAULT_MAX_SIDE, frames_dir=args.frames if args.plain else None)
+    print(f"{result.video}: {result.frames} frames at {result.fps:g} fps, {result.width}x{result.height}, "
+          f"{result.source}, {len(plan.clips)} clip(s), {time.monotonic() - started:.1f} s"
+          + (f"; plain frames in {result.frames_dir}" if result.frames_dir else ""))
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "inspect": (cmd_inspect, "show frames, prompts and camera schedules of a settings file"),
     "plan": (cmd_plan, "show the Wan clips a settings file becomes"),
     "render": (cmd_render, "render a settings file into frames and an mp4"),
+    "preview": (cmd_preview, "fly the init image (or a test card) along the camera path into an mp4, in seconds"),
     "models": (cmd_models, "list the Wan models found in the models folder"),
     "make-tiny-models": (cmd_make_tiny_models, "build tiny random Wan/Qwen models for tests and demos"),
     "worker": (cmd_worker, "run one render job from a JSON file, printing JSON-line events"),
@@ -279,6 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("settings", help="Deforum settings file (.txt/.json)")
     add_plan_options(p)
     add_render_options(p)
+
+    p = sub.add_parser("preview", help=COMMANDS["preview"][1])
+    p.add_argument("settings", help="Deforum settings file (.txt/.json)")
+    p.add_argument("--image", help="picture to fly (default: the settings' init_image when use_init, else a test card)")
+    p.add_argument("--out", help="mp4 to write (default: outputs/preview/<settings name>_camera.mp4)")
+    p.add_argument("--plain", action="store_true", help="also write the bare warped frames (with --frames)")
+    p.add_argument("--frames", metavar="DIR", help="--plain: folder for the frames, named as Deforum names them")
+    p.add_argument("--model", default=_default_kind(), help="model kind whose clips are marked (default: %(default)s)")
+    p.add_argument("--seed", type=int, help="base seed for the plan (default: the settings' seed)")
+    p.add_argument("--max-side", type=int,
+                   help="longest side of the preview in pixels (default 384; the settings' own W/H for --plain "
+                        "frames to set beside Deforum's)")
 
     p = sub.add_parser("models", help=COMMANDS["models"][1])
     p.add_argument("--dir", help="models folder (default: $DEFORUM_WAN_MODELS or models/wan)")

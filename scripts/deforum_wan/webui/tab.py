@@ -426,10 +426,12 @@ def build_tab(ctx: TabContext):
         latest_btn.click(on_latest, outputs=[*load_outputs, path_box]).then(
             on_plan, inputs=plan_inputs, outputs=plan_outputs)
         update_plan_btn.click(on_plan, inputs=plan_inputs, outputs=plan_outputs)
+
         def on_preview_camera(state: Any, rows: Any, plan_dict: Any, *values: Any):
             try:  # numpy, PIL and ffmpeg in this process (renderer/motion_preview.py): a few seconds, no torch
                 from ..renderer.motion_preview import tab_preview
-                return gr.update(value=tab_preview(*make_plan(state, rows, plan_dict, controls_of(values))[:2])), gr.update()
+                settings, plan, _notes = make_plan(state, rows, plan_dict, controls_of(values))
+                return gr.update(value=tab_preview(settings, plan)), gr.update()
             except (ValueError, OSError) as exc:
                 return gr.update(value=None), f"**Cannot preview the camera:** {exc}"
 
