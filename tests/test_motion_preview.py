@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -203,11 +204,18 @@ def test_video_frames_carry_the_strip_over_the_plain_frames(tmp_path: Path):
 # ---------------------------------------------------------------- the tab
 
 
-def test_tab_preview_returns_an_mp4_path():
+def test_tab_preview_returns_an_mp4_path_and_clears_old_ones(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale, recent = tmp_path / f"{mp.TAB_PREFIX}old", tmp_path / f"{mp.TAB_PREFIX}new"
+    for folder in (stale, recent):
+        folder.mkdir()
+        (folder / "camera.mp4").write_bytes(b"x")
+    os.utime(stale, (time.time() - 2 * mp.TAB_KEEP_SECONDS,) * 2)
     settings = load_settings(SIMPLE)
     video = mp.tab_preview(settings, _plan(settings), max_side=64)
-    assert video.endswith(".mp4") and os.path.isfile(video)
+    assert video.endswith(".mp4") and os.path.isfile(video) and Path(video).parent.parent == tmp_path
     assert outputs.probe_video(video)[0] == settings.max_frames
+    assert not stale.exists() and recent.exists()
 
 
 HOST_CHECK = r"""

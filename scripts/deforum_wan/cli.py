@@ -317,8 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=_default_kind(), help="model kind whose clips are marked (default: %(default)s)")
     p.add_argument("--seed", type=int, help="base seed for the plan (default: the settings' seed)")
     p.add_argument("--max-side", type=int,
-                   help="longest side of the preview in pixels (default 384; the settings' own W/H for --plain "
-                        "frames to set beside Deforum's)")
+                   help="longest side of the preview in pixels, never above the settings' own (default 384; give "
+                        "the settings' larger side for full-size --plain frames to set beside Deforum's)")
 
     p = sub.add_parser("models", help=COMMANDS["models"][1])
     p.add_argument("--dir", help="models folder (default: $DEFORUM_WAN_MODELS or models/wan)")

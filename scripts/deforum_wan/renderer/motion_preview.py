@@ -342,7 +342,20 @@ def render_preview(settings: "DeforumSettings", plan: "ClipPlan", out: str | Pat
     return PreviewResult(out, total, settings.fps, width, height, source, folder)
 
 
-def tab_preview(settings: "DeforumSettings", plan: "ClipPlan", max_side: int = 384) -> str:
-    """The tab's preview: a new mp4 in a temporary folder of its own; its path."""
-    folder = Path(tempfile.mkdtemp(prefix="deforum-wan-camera-"))
+TAB_PREFIX = "deforum-wan-camera-"
+TAB_KEEP_SECONDS = 3600  # the tab's older previews (the browser has long loaded them) are removed
+
+
+def tab_preview(settings: "DeforumSettings", plan: "ClipPlan", max_side: int = DEFAULT_MAX_SIDE) -> str:
+    """The tab's preview: a new mp4 in a temporary folder of its own; its path. Previews older than an hour go."""
+    import shutil
+    import time
+
+    for old in Path(tempfile.gettempdir()).glob(f"{TAB_PREFIX}*"):
+        try:
+            if old.is_dir() and not old.is_symlink() and time.time() - old.stat().st_mtime > TAB_KEEP_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue
+    folder = Path(tempfile.mkdtemp(prefix=TAB_PREFIX))
     return str(render_preview(settings, plan, folder / "camera.mp4", max_side=max_side).video)
