@@ -166,6 +166,7 @@ def test_the_strip_marks_clips_and_prompts_and_touches_only_its_rows():
     assert not marks[boundary + FLASH_AFTER].clip_start and marks[boundary - 1].clip == 0
     assert marks[30].prompt_key == "30" and marks[30].prompt.startswith("anthropomorphic clean cat")
     assert "--neg" not in marks[60].prompt and marks[29].prompt_key == "0"
+    assert [m.frame for m in marks if m.prompt_start] == [30, 60, 90]
 
     plain = mp.make_test_card(192, 192)
     burned = mp.burn_in(plain, mark, settings.fps, settings.max_frames, len(plan.clips))

@@ -4,9 +4,10 @@ No model runs: every frame is the previous one warped by Deforum's per-frame
 camera move (`core.warp.fly`), so what a settings file does to the picture can be
 seen before a render. The video has the settings' fps and frame count at a small
 size (the long side at most `max_side`, aspect kept), with a strip at the top that
-shows the frame, the time, the clip and the prompt in force, and flashes where a
-clip starts. `frames_dir` also keeps the bare warped frames under Deforum's names,
-to set beside Deforum's own warp. numpy, PIL and ffmpeg only: no torch.
+shows the frame, the time, the clip and the prompt in force; it flashes where a
+clip starts and is underlined where a prompt keyframe takes over. `frames_dir`
+also keeps the bare warped frames under Deforum's names, to set beside Deforum's
+own warp. numpy, PIL and ffmpeg only: no torch.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ class FrameMark:
     since_clip: int  # frames since the clip started
     prompt_key: str
     prompt: str
+    prompt_start: bool = False  # a prompt keyframe takes over here (inside a clip when prompts were merged)
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,8 @@ def frame_marks(settings: "DeforumSettings", plan: "ClipPlan") -> list[FrameMark
         start, clip = starts[k] if starts else (0, 0)
         kf = active_keyframe(keyframes, frame) if keyframes else None
         text = " ".join(split_negative(kf.text).positive.split()) if kf else ""
-        marks.append(FrameMark(frame, clip, frame == start, frame - start, kf.key if kf else "", text))
+        changed = bool(marks) and kf is not None and marks[-1].prompt_key != kf.key
+        marks.append(FrameMark(frame, clip, frame == start, frame - start, kf.key if kf else "", text, changed))
     return marks
 
 
@@ -236,12 +239,14 @@ def burn_in(image: np.ndarray, mark: FrameMark, fps: float, total: int, clips: i
     line1 = f"{mark.frame}/{total - 1}  {mark.frame / fps:6.2f}s  clip {mark.clip} ({clips} clips)"
     if mark.clip_start and mark.frame > 0:
         line1 += "  << new clip"
+    if mark.prompt_start:
+        line1 += f"  << prompt {mark.prompt_key}"
     line2 = f"[{mark.prompt_key}] {mark.prompt}"
-    draw.text((3, 1), line1, fill=(255, 255, 255) if not flash else (0, 0, 0), font=font)
+    draw.text((3, 1), _fit(draw, line1, font, w - 6), fill=(255, 255, 255) if not flash else (0, 0, 0), font=font)
     draw.text((3, 2 + size), _fit(draw, line2, font, w - 6), fill=(210, 215, 225) if not flash else (20, 20, 20),
               font=font)
-    if mark.clip_start:
-        draw.rectangle([0, rows - 3, w, rows - 1], fill=(255, 70, 40))
+    if mark.clip_start or mark.prompt_start:  # red: a clip starts; cyan: only the prompt changes
+        draw.rectangle([0, rows - 3, w, rows - 1], fill=(255, 70, 40) if mark.clip_start else (40, 220, 255))
     out[:rows] = np.asarray(strip)
     return out
 
