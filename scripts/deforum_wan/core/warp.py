@@ -222,7 +222,7 @@ def flip_matrix(path: WarpPath, frame: int) -> np.ndarray:
                    [0, 0, 1, 0], [0, 0, 0, 1]])
     move = np.eye(4)
     move[2, 3] = -dist
-    proj = np.zeros((4, 4))
+    proj = np.eye(4)  # Deforum starts from the identity, so proj[3, 3] stays 1
     proj[0, 0] = proj[1, 1] = 1.0 / math.tan(half)
     proj[2, 2] = -(far + near) / (far - near)
     proj[2, 3] = -(2.0 * far * near) / (far - near)

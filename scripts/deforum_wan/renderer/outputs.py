@@ -321,3 +321,49 @@ def fetch_to_file(url: str, kind: str, folder: str | Path, policy: fetch.FetchPo
     """`fetch.fetch` the URL and keep it with save_input."""
     fetched = fetch.fetch(url, kind, policy)
     return save_input(fetched.data, fetched.suffix, folder)
+
+
+# -- what a resumable render keeps beside its frames, and its soundtrack
+
+
+def tails_dir(folder: Path, timestring: str) -> Path:
+    return folder / f"{timestring}_wan_tails"
+
+
+def _tail_file(folder: Path, timestring: str, clip: int, k: int) -> Path:
+    return tails_dir(folder, timestring) / f"clip{clip:05}_{k:03}.png"
+
+
+def save_tail(folder: Path, timestring: str, clip: int, frames: "np.ndarray") -> None:
+    """Keep a clip's last Wan frames: the next clip continues from them, also after a restart."""
+    for k, frame in enumerate(frames):
+        write_png(_tail_file(folder, timestring, clip, k), frame, compress_level=1)
+
+
+def load_tail(folder: Path, timestring: str, clip: int, count: int) -> "np.ndarray | None":
+    import numpy as np
+    from PIL import Image
+
+    paths = [_tail_file(folder, timestring, clip, k) for k in range(count)]
+    if not all(p.is_file() for p in paths):
+        return None
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+def soundtrack_of(settings: DeforumSettings) -> str | None:
+    """Deforum adds `soundtrack_path` only when `add_soundtrack` is 'File'."""
+    return settings.soundtrack_path or None if settings.add_soundtrack == "File" else None
+
+
+def local_soundtrack(soundtrack: str | None, folder: Path, timestring: str, notes: list[str]) -> str | None:
+    """A URL soundtrack fetched to a temporary file beside the frames (ffmpeg only reads local files)."""
+    if not soundtrack or not fetch.is_url(soundtrack):
+        return soundtrack
+    try:
+        fetched = fetch.fetch(soundtrack.strip(), fetch.AUDIO)
+    except fetch.FetchError as exc:
+        notes.append(f"soundtrack_path {soundtrack!r} was not fetched: {exc}; video saved without sound")
+        return None
+    path = folder / f".{timestring}_soundtrack{fetched.suffix}.tmp"
+    atomic_write_bytes(path, fetched.data)
+    return str(path)

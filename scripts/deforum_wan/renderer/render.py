@@ -130,29 +130,6 @@ class _Writer:
             raise RenderError(f"writing frames to {self.folder} failed: {self.error}") from self.error
 
 
-def _tails_dir(folder: Path, timestring: str) -> Path:
-    return folder / f"{timestring}_wan_tails"
-
-
-def _tail_file(folder: Path, timestring: str, clip: int, k: int) -> Path:
-    return _tails_dir(folder, timestring) / f"clip{clip:05}_{k:03}.png"
-
-
-def save_tail(folder: Path, timestring: str, clip: int, frames: np.ndarray) -> None:
-    """Keep a clip's last Wan frames: the next clip continues from them, also after a restart."""
-    for k, frame in enumerate(frames):
-        outputs.write_png(_tail_file(folder, timestring, clip, k), frame, compress_level=1)
-
-
-def load_tail(folder: Path, timestring: str, clip: int, count: int) -> np.ndarray | None:
-    from PIL import Image
-
-    paths = [_tail_file(folder, timestring, clip, k) for k in range(count)]
-    if not all(p.is_file() for p in paths):
-        return None
-    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
-
-
 def load_image(source: str, policy: fetch.FetchPolicy | None = None, field: str = "init_image") -> np.ndarray:
     """An image from a local path or an http(s) URL (fetched with the SSRF checks of renderer.fetch); errors name `field`."""
     import io
@@ -370,7 +347,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
             # shows fewer frames than the next one repeats: then the first `keep` frames).
             end = max(clip.tail_end, min(keep, len(frames)))
             previous_tail = frames[max(0, end - keep):end]
-            save_tail(folder, timestring, clip.index, previous_tail)
+            outputs.save_tail(folder, timestring, clip.index, previous_tail)
             out = _onto_timeline(plan, clip, frames)
             for offset, frame in enumerate(out):
                 index = clip.output_start + offset
@@ -402,12 +379,12 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
         emit({"type": "status", "phase": "encoding", "message": f"encoding {outputs.video_file(folder, timestring).name}"})
         encode_start = time.perf_counter()
         notes: list[str] = []
-        soundtrack = _local_soundtrack(_soundtrack(settings), folder, timestring, notes)
+        soundtrack = outputs.local_soundtrack(outputs.soundtrack_of(settings), folder, timestring, notes)
         try:
             video, encoded = outputs.stitch_video(folder, timestring, settings.fps, total, soundtrack=soundtrack,
                                                   crf=plan.crf, preset=plan.ffmpeg_preset)
         finally:
-            if soundtrack and soundtrack != _soundtrack(settings):
+            if soundtrack and soundtrack != outputs.soundtrack_of(settings):
                 Path(soundtrack).unlink(missing_ok=True)  # the fetched copy
         notes += encoded
         encode_seconds = time.perf_counter() - encode_start
@@ -416,7 +393,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
             emit({"type": "warning", "message": note})
     if status == "done":
         # Every frame is on disk (and the video, if asked for): nothing will continue from the tails.
-        shutil.rmtree(_tails_dir(folder, timestring), ignore_errors=True)
+        shutil.rmtree(outputs.tails_dir(folder, timestring), ignore_errors=True)
     result = RenderResult(
         status=status, folder=folder, timestring=timestring, frames_on_disk=on_disk, frames_total=total,
         video=video, plan=plan, pipeline_seconds=pipeline_seconds, wall_seconds=time.perf_counter() - started,
@@ -490,7 +467,7 @@ def _resume_tail(plan: ClipPlan, clip: Clip, folder: Path, timestring: str, emit
     """The previous clip's last Wan frames after a restart: saved tails, else the last frame on disk."""
     if clip.overlap == 0:
         return None
-    tail = load_tail(folder, timestring, clip.index - 1, max(clip.overlap, 1))
+    tail = outputs.load_tail(folder, timestring, clip.index - 1, max(clip.overlap, 1))
     if tail is not None:
         return tail
     from PIL import Image
@@ -535,25 +512,6 @@ def _speedups(plan: ClipPlan, info: Any, models_dir: str | None) -> Any:
         raise RenderError(str(exc)) from None
 
 
-def _soundtrack(settings: DeforumSettings) -> str | None:
-    """Deforum adds `soundtrack_path` only when `add_soundtrack` is 'File'."""
-    return settings.soundtrack_path or None if settings.add_soundtrack == "File" else None
-
-
-def _local_soundtrack(soundtrack: str | None, folder: Path, timestring: str, notes: list[str]) -> str | None:
-    """A URL soundtrack fetched to a temporary file beside the frames (ffmpeg only reads local files)."""
-    if not soundtrack or not fetch.is_url(soundtrack):
-        return soundtrack
-    try:
-        fetched = fetch.fetch(soundtrack.strip(), fetch.AUDIO)
-    except fetch.FetchError as exc:
-        notes.append(f"soundtrack_path {soundtrack!r} was not fetched: {exc}; video saved without sound")
-        return None
-    path = folder / f".{timestring}_soundtrack{fetched.suffix}.tmp"
-    outputs.atomic_write_bytes(path, fetched.data)
-    return str(path)
-
-
 def _clean_failed_start(folder: Path, timestring: str, new_folder: bool, emit: EventCallback) -> None:
     """A render that failed before its first frame leaves nothing to resume: remove what it wrote."""
     try:
@@ -561,7 +519,7 @@ def _clean_failed_start(folder: Path, timestring: str, new_folder: bool, emit: E
             return
         outputs.settings_file(folder, timestring).unlink(missing_ok=True)
         outputs.plan_file(folder, timestring).unlink(missing_ok=True)
-        shutil.rmtree(_tails_dir(folder, timestring), ignore_errors=True)
+        shutil.rmtree(outputs.tails_dir(folder, timestring), ignore_errors=True)
         outputs.remove_stale_temp_files(folder)
         if new_folder:
             try:
