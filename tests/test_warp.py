@@ -11,7 +11,7 @@ import pytest
 
 from deforum_wan.core.expressions import ScheduleError
 from deforum_wan.core.settings import SettingsError, settings_from_dict
-from deforum_wan.core.warp import WarpPath, flip_matrix, fly, matrix_2d, warp_frame, warp_path
+from deforum_wan.core.warp import WarpPath, depth_to_z, flip_matrix, fly, matrix_2d, warp_frame, warp_path
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 _spec = importlib.util.spec_from_file_location("make_golden", GOLDEN_DIR / "make_golden.py")
@@ -25,7 +25,8 @@ def _our_frames(name: str) -> dict[int, np.ndarray]:
     path = warp_path(settings_from_dict(golden.case_settings(name)))
     card = golden.test_card()
     frames = {0: card}
-    for frame, image, _mask in fly(card, 0, golden.FRAMES, path):
+    # the depth map matters only where the case turns depth warping on, as in Deforum
+    for frame, image, _mask in fly(card, 0, golden.FRAMES, path, depth=golden.depth_map()):
         if frame in golden.CHECK_FRAMES:
             frames[frame] = image
     return frames
@@ -171,6 +172,24 @@ def test_schedule_errors_name_their_key():
         warp_path(_settings(padding_mode="mirror"))
     with pytest.raises(SettingsError, match="border"):
         warp_path(_settings(border="zeros"))
+
+
+def test_depth_maps_become_z_as_in_deforum():
+    ramp = np.tile(np.linspace(0.0, 5.0, 64, dtype=np.float32), (48, 1))
+    midas, zoe = depth_to_z(ramp, "Midas-3-Hybrid"), depth_to_z(ramp, "Zoe")
+    assert midas.min() == pytest.approx(1, abs=0.02) and midas.max() == pytest.approx(2, abs=0.02)
+    assert np.allclose(midas + zoe, 3.0)  # MiDaS inverted (2 - d), the others 1 + d
+    assert np.array_equal(depth_to_z(ramp, "Midas+AdaBins (old)"), ramp)  # legacy: the map as it is
+    assert depth_to_z(np.full((48, 64), 3.0), "Zoe") is None  # a constant map is flat depth
+    assert depth_to_z(np.where(ramp > 1, np.nan, ramp), "Zoe") is None
+    on = warp_path(_settings(animation_mode="3D", translation_z="0: (5)"))
+    off = warp_path(_settings(animation_mode="3D", translation_z="0: (5)", use_depth_warping=False))
+    dot = _dot(x=50)
+    flat = warp_frame(dot, 1, on)[0]
+    assert np.array_equal(warp_frame(dot, 1, off, depth=ramp)[0], flat)  # ignored when depth warping is off
+    assert not np.array_equal(warp_frame(dot, 1, on, depth=ramp)[0], flat)
+    with pytest.raises(SettingsError, match="depth_algorithm"):
+        warp_path(_settings(depth_algorithm="Marigold"))
 
 
 def test_inputs_are_checked():

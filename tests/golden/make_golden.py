@@ -6,8 +6,8 @@ needs a Deforum checkout and torch, OpenCV, einops, pandas and numexpr (see READ
 
     python tests/golden/make_golden.py --deforum /path/to/sd-webui-deforum
 
-It warps the card frame by frame with Deforum's ``anim_frame_warp`` (2D and 3D,
-flat depth) and writes warp_golden.json (dot centroids at frames 0, 12 and 24) and
+It warps the card frame by frame with Deforum's ``anim_frame_warp`` (2D and 3D, flat
+depth, and a fixed depth map in the depth cases) and writes warp_golden.json (dot centroids at frames 0, 12 and 24) and
 a few small PNGs of Deforum's frame 24.
 """
 from __future__ import annotations
@@ -52,6 +52,11 @@ CASES: dict[str, dict] = {
                      "sampling_mode": "bilinear", "padding_mode": "reflection"},
     "3d_nearest_zeros": {**_3D, "translation_z": "0: (-2)", "translation_x": "0: (-2)", "sampling_mode": "nearest",
                          "padding_mode": "zeros", "aspect_ratio_use_old_formula": True},
+    "3d_depth_midas": {**_3D, "translation_z": "0: (3)", "rotation_3d_y": "0: (0.5)", "use_depth_warping": True,
+                       "depth_algorithm": "Midas-3-Hybrid"},
+    "3d_depth_zoe": {**_3D, "translation_x": "0: (3)", "use_depth_warping": True, "depth_algorithm": "Zoe"},
+    "3d_depth_legacy": {**_3D, "translation_z": "0: (3)", "translation_x": "0: (-2)", "use_depth_warping": True,
+                        "depth_algorithm": "Zoe+AdaBins (old)"},
     "3d_perspective_flip": {**_3D, "rotation_3d_z": "0: (0.5)", "enable_perspective_flip": True,
                             "perspective_flip_phi": "0: (0.5)", "perspective_flip_fv": "0: (60)"},
 }
@@ -91,6 +96,12 @@ def test_card() -> np.ndarray:
         cover = inside.reshape(H, 4, W, 4).mean(axis=(1, 3))
         card[..., channel] += cover * (255 - BACKGROUND)
     return np.clip(np.rint(card), 0, 255).astype(np.uint8)
+
+
+def depth_map() -> np.ndarray:
+    """A fixed HxW depth map (float32, 1..2), standing in for a depth model's output in the depth cases."""
+    yy, xx = np.mgrid[0:H, 0:W]
+    return (1.0 + 0.6 * xx / W + 0.3 * (yy / H) ** 2).astype(np.float32)
 
 
 def _components(mask: np.ndarray) -> np.ndarray:
@@ -178,8 +189,9 @@ def _run_case(animation, key_frames, name: str) -> dict[int, np.ndarray]:
                                     for series, key in _SERIES.items()})
     image = test_card()
     out = {0: image}
+    depth = torch.from_numpy(depth_map())  # used by Deforum only when use_depth_warping is on
     for frame in range(1, FRAMES + 1):
-        image, _ = animation.anim_frame_warp(image, args, anim_args, keys, frame, depth_model=None, depth=None,
+        image, _ = animation.anim_frame_warp(image, args, anim_args, keys, frame, depth_model=None, depth=depth,
                                              device=torch.device("cpu"))
         if frame in CHECK_FRAMES:
             out[frame] = image

@@ -23,7 +23,8 @@ OpenCV, for motion guides and motion previews:
   sampled like ``torch.nn.functional.grid_sample(align_corners=False)`` with
   Deforum's ``padding_mode`` (border, reflection, zeros) and ``sampling_mode``
   (bicubic, bilinear, nearest). With the perspective flip on, the flip is applied
-  first, as Deforum does.
+  first, as Deforum does. A depth model's map, when given and ``use_depth_warping``
+  is on, becomes z the way Deforum's ``depth_algorithm`` branch does (`depth_to_z`).
 * other modes: Deforum does not warp; the frame is returned unchanged.
 
 The mask returned with each frame marks pixels whose source lies outside the
@@ -45,6 +46,9 @@ TRANSLATION_SCALE = 1.0 / 200.0
 BORDERS = ("replicate", "wrap")
 PADDING_MODES = ("border", "reflection", "zeros")
 SAMPLING_MODES = ("bicubic", "bilinear", "nearest")
+DEPTH_ALGORITHMS = ("Midas+AdaBins (old)", "Zoe+AdaBins (old)", "Midas-3-Hybrid", "Midas-3.1-BeitLarge", "AdaBins",
+                    "Zoe", "Leres")
+_LEGACY_DEPTH = ("midas+adabins (old)", "zoe+adabins (old)")  # transform_image_3d_legacy: raw depth, image + 1/512
 
 # Deforum's defaults (deforum_helpers/args.py) for the keys DeforumSettings keeps only in `raw`.
 _RAW_DEFAULTS: dict[str, Any] = {
@@ -60,6 +64,8 @@ _RAW_DEFAULTS: dict[str, Any] = {
     "border": "replicate",
     "padding_mode": "border",
     "sampling_mode": "bicubic",
+    "use_depth_warping": True,
+    "depth_algorithm": "Midas-3-Hybrid",
 }
 _TYPED = ("angle", "zoom", "translation_x", "translation_y", "translation_z", "transform_center_x",
           "transform_center_y", "rotation_3d_x", "rotation_3d_y", "rotation_3d_z")
@@ -99,6 +105,8 @@ class WarpPath:
     border: str = "replicate"
     padding_mode: str = "border"
     sampling_mode: str = "bicubic"
+    use_depth_warping: bool = True
+    depth_algorithm: str = "Midas-3-Hybrid"
 
     def __post_init__(self) -> None:
         lengths = set()
@@ -112,6 +120,8 @@ class WarpPath:
         for name, allowed in (("border", BORDERS), ("padding_mode", PADDING_MODES), ("sampling_mode", SAMPLING_MODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.depth_algorithm not in DEPTH_ALGORITHMS:
+            raise ValueError(f"depth_algorithm must be one of {DEPTH_ALGORITHMS}, got {self.depth_algorithm!r}")
         if int(self.width) < 1 or int(self.height) < 1:
             raise ValueError(f"the picture size must be positive, got {self.width}x{self.height}")
 
@@ -129,7 +139,7 @@ def _choice(settings: DeforumSettings, key: str, allowed: tuple[str, ...]) -> st
 
 def _flag(settings: DeforumSettings, *keys: str) -> bool:
     for key in keys:
-        value = settings.raw.get(key)
+        value = settings.raw.get(key, _RAW_DEFAULTS.get(key))
         if isinstance(value, bool):
             if value:
                 return True
@@ -172,7 +182,42 @@ def warp_path(settings: DeforumSettings) -> WarpPath:
         border=_choice(settings, "border", BORDERS),
         padding_mode=_choice(settings, "padding_mode", PADDING_MODES),
         sampling_mode=_choice(settings, "sampling_mode", SAMPLING_MODES),
+        use_depth_warping=_flag(settings, "use_depth_warping"), depth_algorithm=_depth_algorithm(settings),
     )
+
+
+def _depth_algorithm(settings: DeforumSettings) -> str:
+    value = settings.raw.get("depth_algorithm", _RAW_DEFAULTS["depth_algorithm"])
+    for known in DEPTH_ALGORITHMS:
+        if isinstance(value, str) and value.strip().lower() == known.lower():
+            return known
+    raise SettingsError("depth_algorithm", f"expected one of {', '.join(DEPTH_ALGORITHMS)}, got {value!r}")
+
+
+def depth_to_z(depth: np.ndarray | None, algorithm: str = "Midas-3-Hybrid") -> np.ndarray | None:
+    """The z of every pixel as Deforum's 3D warp derives it from a depth model's map (None: flat).
+
+    The legacy algorithms use the map as it is. The others normalise it to 0..1, equalise
+    its histogram (1024 bins) and map it to 1..2 (MiDaS: near is 1, as ``2 - d``; AdaBins,
+    LeReS, Zoe: ``1 + d``); a map with NaN, inf or a single value gives flat depth.
+    """
+    if depth is None:
+        return None
+    d = np.asarray(depth, dtype=np.float32)
+    algo = algorithm.lower()
+    if algo in _LEGACY_DEPTH:
+        return d
+    if not np.isfinite(d).all() or d.min() == d.max():
+        return None
+    norm = (d - d.min()) / (d.max() - d.min())
+    hist, edges = np.histogram(norm, bins=1024, range=(0, 1))
+    cdf = hist.cumsum()
+    equalised = np.interp(norm, edges[:-1], cdf / float(cdf[-1]))
+    if algo.startswith("midas"):
+        return (2.0 - equalised).astype(np.float32)  # (d * 1 - 2) * -1
+    if algo in ("adabins", "leres", "zoe"):
+        return (equalised + 1.0).astype(np.float32)
+    raise ValueError(f"unknown depth_algorithm {algorithm!r}")
 
 
 # ---------------------------------------------------------------- matrices
@@ -205,7 +250,10 @@ def _homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def flip_matrix(path: WarpPath, frame: int) -> np.ndarray:
-    """Deforum's perspective-flip matrix: the picture as a card turned by theta/phi/gamma seen with `fv`."""
+    """Deforum's perspective-flip matrix: the picture as a card turned by theta/phi/gamma seen with `fv`.
+
+    As in Deforum's ``warpMatrix``, the projection keeps 1 at [3, 3] (it starts from the
+    identity), so even zero angles shrink the picture slightly (about 1 %); we keep that."""
     w, h = float(path.width), float(path.height)
     theta, phi, gamma = (math.radians(v[frame]) for v in
                          (path.perspective_flip_theta, path.perspective_flip_phi, path.perspective_flip_gamma))
@@ -246,7 +294,9 @@ def _rotation_xyz(rx: float, ry: float, rz: float) -> np.ndarray:
 
 
 def source_grid_3d(path: WarpPath, frame: int, depth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Deforum's 3D sampling positions for `frame`, in source pixel coordinates (x, y), each HxW."""
+    """Deforum's 3D sampling positions for `frame`, in source pixel coordinates (x, y), each HxW.
+
+    `depth` is z per pixel (see `depth_to_z`); None is flat (z = 1)."""
     w, h = path.width, path.height
     aspect = w / h if path.aspect_ratio_use_old_formula else float(path.aspect_ratio[frame])
     tan_half = math.tan(math.radians(path.fov[frame]) / 2.0)
@@ -442,6 +492,14 @@ def _warp(channels: np.ndarray, frame: int, path: WarpPath, depth: np.ndarray | 
         fx, fy = _apply_homography(flip_matrix(path, frame), w, h)
         revealed_before = _outside(fx, fy, w, h)
         channels = sample_cv2(channels, fx, fy, path.border)
+    if path.use_depth_warping and depth is not None:
+        if np.shape(depth) != (h, w):
+            raise ValueError(f"the depth map must be {h}x{w}, got {np.shape(depth)}")
+        depth = depth_to_z(depth, path.depth_algorithm)
+    else:
+        depth = None  # Deforum drops the depth map when depth warping is off
+    if path.depth_algorithm.lower() in _LEGACY_DEPTH:
+        channels = channels + np.float32(1 / 512 - 0.0001)  # as transform_image_3d_legacy
     sx, sy = source_grid_3d(path, frame, depth)
     out = sample_torch(channels, sx, sy, path.sampling_mode, path.padding_mode)
     revealed = _outside(sx, sy, w, h)
@@ -462,10 +520,11 @@ def warp_frame(image: np.ndarray, frame: int, path: WarpPath,
                depth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Deforum's warp of the previous output frame `image` into `frame` (that frame's schedule values).
 
-    `image` is uint8 HxW or HxWxC at the path's size. `depth` (3D only) is the z of every
-    pixel in Deforum's world units after its own depth normalisation; None is Deforum's
-    flat depth (z = 1, depth warping off). Returns the warped uint8 image and a bool HxW
-    mask of the pixels whose source lies outside the picture.
+    `image` is uint8 HxW or HxWxC at the path's size. `depth` (3D only) is a depth model's
+    HxW map, the one Deforum would pass to its warp; it is turned into z the way Deforum
+    does for the path's ``depth_algorithm`` (`depth_to_z`) and ignored when
+    ``use_depth_warping`` is off. None is Deforum's flat depth (z = 1). Returns the warped
+    uint8 image and a bool HxW mask of the pixels whose source lies outside the picture.
     """
     image = _check_frame(image, frame, path)
     channels = image.reshape(image.shape[:2] + (-1,)).astype(np.float32)
@@ -477,7 +536,8 @@ def fly(image: np.ndarray, start: int, end: int, path: WarpPath,
         depth: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Warp `image` (the picture at frame `start`) into frames start+1 .. end, one after another.
 
-    Each frame warps the previous warped frame, as Deforum's loop does. Yields
+    Each frame warps the previous warped frame, as Deforum's loop does (with the same
+    `depth` map every frame, where Deforum predicts a new one). Yields
     ``(frame, uint8 image, bool mask)``, where the mask marks every pixel revealed at
     any step so far (the earlier masks travel with the picture).
     """
