@@ -414,6 +414,9 @@ def _axis_taps(first: np.ndarray, count: int, size: int, padding: str,
             inside = (tap >= 0) & (tap < size)
             indices.append(tap.clip(0, size - 1))
             kept.append(weights[k] * inside)
+        elif padding == "border":
+            indices.append(tap.clip(0, size - 1))
+            kept.append(weights[k])
         else:
             indices.append(_pad(tap.astype(np.float64), size, padding).astype(np.int64))
             kept.append(weights[k])
@@ -447,8 +450,8 @@ def sample_torch(image: np.ndarray, sx: np.ndarray, sy: np.ndarray, mode: str, p
         return src.result(out, shape)
     if mode == "bicubic":  # taps are padded one by one, the position itself is not
         x0, y0 = np.floor(sx), np.floor(sy)
-        wx = [v.astype(np.float32) for v in _cubic_weights(sx - x0)]
-        wy = [v.astype(np.float32) for v in _cubic_weights(sy - y0)]
+        wx = _cubic_weights((sx - x0).astype(np.float32))
+        wy = _cubic_weights((sy - y0).astype(np.float32))
         first_x, first_y, count = x0.astype(np.int64) - 1, y0.astype(np.int64) - 1, 4
         tap_padding = padding
     else:  # bilinear: the position is padded, then out-of-range taps count as zero
