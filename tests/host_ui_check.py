@@ -196,17 +196,18 @@ def check(settings_path: Path) -> dict:
     # The import and plan handlers on a real Deforum file.
     state, summary, status, _plan = _fn(blocks, "on_load")(str(settings_path))
     assert state and "frames" in summary, status
-    # model, width, height, steps, guidance, continuity, overlap, colour, timing, min clip s, preset, cache, LoRAs,
+    # model, width, height, steps, guidance, continuity, overlap, colour, timing, min clip s, motion, preset, cache, LoRAs,
     # memory, enhancer (4)
-    defaults = ["", 32, 32, 2, 0, "auto", 0, True, "auto", 2, "quality", "", "", "auto", False, "", 0.5, ""]
+    defaults = ["", 32, 32, 2, 0, "auto", 0, True, "auto", 2, "words", "quality", "", "", "auto", False, "", 0.5, ""]
     plan_dict, table, figure, note, state = _fn(blocks, "on_plan")(state, None, None, *defaults)
     rows = _value(table)
     assert plan_dict and rows and figure is not None and table["visible"] is True, note
     # A speed preset with its LoRA: the note says what it costs against quality.
-    fast = [*defaults[:3], 0, *defaults[4:10], "turbo", "taylorseer", "lightx2v_4step:1.0", *defaults[13:]]
+    fast = [*defaults[:3], 0, *defaults[4:10], "guide", "turbo", "taylorseer", "lightx2v_4step:1.0", *defaults[14:]]
     fast_plan, _table, _figure, fast_note, _state = _fn(blocks, "on_plan")(state, None, None, *fast)
     assert fast_plan["preset"] == "turbo" and list(fast_plan["loras"]) == ["lightx2v_4step:1.0"], fast_note
     assert "of quality, preset **turbo**" in fast_note and fast_plan["cache"] == "taylorseer:5", fast_note
+    assert fast_plan["motion"] == "guide", fast_note
     # Edit the first prompt in the table: the edit must survive a re-plan as wan_prompts.
     rows[0][6] = "a red fox in the snow"
     plan_dict, table, figure, note, state = _fn(blocks, "on_plan")(state, rows, plan_dict, *defaults)

@@ -892,3 +892,20 @@ def test_step_caches_are_checked_against_the_model_when_planning():
     with pytest.raises(PlanError, match=r"^cache: unknown cache 'turbo'"):
         plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1, cache="turbo"))
     assert plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, cache="taylorseer:4")).cache == "taylorseer:4"
+
+
+def test_motion_guide_needs_vace_and_maps_strength_to_the_guide_scale():
+    s = load_settings(SHARED / "forge-deforum-default.txt")  # strength_schedule 0: (0.85)
+    plan = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, motion="guide"))
+    assert plan.motion == "guide" and any(c.name == "motion" for c in plan.choices)
+    first, *rest = plan.clips
+    assert first.mode == "t2v" and first.guide_scale is None and first.movement  # nothing to warp yet: words
+    assert rest and all(c.guide_scale == pytest.approx(0.85 / 0.65, abs=1e-3) and c.movement == "" for c in rest)
+    both = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, motion="both"))
+    assert all(c.movement for c in both.clips)
+    words = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1))
+    assert words.motion == "words" and all(c.guide_scale is None for c in words.clips)
+    with pytest.raises(PlanError, match=r"^motion: guide needs a VACE model that continues clips"):
+        plan_clips(s, MODEL_SPECS["t2v"], PlanOptions(seed=1, motion="guide", extra_modes=("i2v",)))
+    with pytest.raises(PlanError, match=r"^motion: expected one of words, guide, both"):
+        plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, motion="fly"))

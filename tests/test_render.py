@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -537,3 +538,60 @@ def test_a_render_with_a_preset_a_lora_per_clip_and_a_step_cache(tiny_models, tm
 
     with pytest.raises(RenderError, match=r"nowhere"):
         render(missing)
+
+
+def test_motion_guide_reaches_vace_for_every_chained_clip_and_survives_resume(tiny_models, tmp_path):
+    """--motion guide: every VACE clip gets its known frames, then the last frame shown warped along the camera
+    path (2D translation_x here, so the guide moves right), with a mask of the right shape; a resumed render
+    gives the later clips the same guides."""
+    from deforum_wan.renderer.loading import load_pipelines
+    from deforum_wan.renderer.models import classify_model
+
+    pipes = load_pipelines(classify_model(tiny_models["vace"]))
+    seen: dict[str, list] = {}
+
+    def spy(key):
+        original = pipes._run
+
+        def run(pipe, extra, request):
+            if "video" in extra:
+                seen.setdefault(key, []).append((request, extra))
+            return original(pipe, extra, request)
+
+        return run
+
+    s = small_settings(max_frames=36, animation_mode="2D", translation_x="0: (2)", prompts={"0": "a red fox"})
+    options = PlanOptions(steps=1, seed=3, max_clip_frames=13, overlap=2, motion="guide")
+    pipes._run = spy("full")
+    full = render(RenderJob(settings=s, model=str(tiny_models["vace"]), outdir=str(tmp_path / "a"), make_video=False,
+                            options=options), pipelines=pipes)
+    calls = seen["full"]
+    assert full.status == "done" and len(calls) == len(full.plan.clips) - 1 >= 2
+    for (request, extra), clip in zip(calls, full.plan.clips[1:]):
+        assert len(extra["video"]) == len(extra["mask"]) == clip.num_frames
+        assert extra["video"][0].size == (full.plan.width, full.plan.height)
+        assert [np.asarray(m).max() for m in extra["mask"]] == [0] * clip.overlap + [255] * (clip.num_frames - 2)
+        assert extra["conditioning_scale"] == pytest.approx(0.65 / 0.65)  # Deforum's default strength
+        assert len(request.guide_frames) == clip.num_frames - clip.overlap
+        guide = np.asarray(request.guide_frames, dtype=np.float64)
+        # translation_x 2 px a frame to the right: later guide frames are the earlier ones moved right.
+        shift = int(np.argmin([np.abs(guide[-1][:, 8:-8] - np.roll(guide[0], d, axis=1)[:, 8:-8]).mean()
+                               for d in range(0, 12)]))
+        assert shift > 0, shift
+
+    def stop_in_the_first_vace_clip() -> bool:
+        return len(seen.get("first", [])) >= 1
+
+    pipes._run = spy("first")
+    job = RenderJob(settings=s, model=str(tiny_models["vace"]), outdir=str(tmp_path / "b"), make_video=False,
+                    options=options)
+    part = render(job, pipelines=pipes, should_stop=stop_in_the_first_vace_clip)
+    assert part.status == "interrupted"
+    pipes._run = spy("resumed")
+    rest = render(replace(job, resume=part.timestring), pipelines=pipes)
+    assert rest.status == "done"
+    by_clip = {r.seed: np.asarray(r.guide_frames) for r, _ in seen["resumed"]}
+    for request, _extra in calls:
+        if request.seed in by_clip:
+            np.testing.assert_array_equal(by_clip[request.seed], np.asarray(request.guide_frames))
+    assert by_clip  # some clip was rendered after the resume

@@ -54,6 +54,10 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps-tolerance", type=float,
                    help="auto timing maps frames one for one when fps is within this fraction of the model's "
                         "rate (default 0.1: 15 fps on a 16 fps model plays its motion at 0.94x)")
+    p.add_argument("--motion", choices=["words", "guide", "both"],
+                   help="how the camera schedules reach the picture: camera words in the prompt (default), a motion "
+                        "guide for VACE (the last frame shown, warped along each clip's path as Deforum warps; "
+                        "strength_schedule sets how closely it is followed), or both")
     p.add_argument("--preset", choices=["quality", "fast", "turbo"],
                    help="sampling values of a step-distill LoRA: fast = CausVid (9 steps, no CFG), turbo = lightx2v "
                         "4-step; quality (default) = the model's official values. Load the LoRA with --lora")
@@ -89,7 +93,7 @@ def plan_options(args: argparse.Namespace, seed: int, extra_modes: tuple[str, ..
         guidance_2=args.guidance_2, exact_size=args.exact_size,
         max_clip_frames=args.max_clip_frames, sensitivity=args.sensitivity, language=args.language,
         timing=args.timing, fps_tolerance=args.fps_tolerance, min_clip_seconds=args.min_clip_seconds, seed=seed,
-        preset=args.preset, cache=args.cache, loras=tuple(args.lora),
+        preset=args.preset, cache=args.cache, loras=tuple(args.lora), motion=args.motion,
     )
 
 

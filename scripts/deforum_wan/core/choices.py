@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from .schedules import parse_schedule
 from .settings import DeforumSettings
-from .specs import NEG_SHARED, ModelSpec, is_480p, trained_size
-from .timeline import PlanError, wan_rate
+from .specs import I2V, NEG_SHARED, T2V, VACE, ModelSpec, is_480p, trained_size
+from .timeline import MIN_CLIP_FRAMES, PlanError, wan_rate
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plan import Clip, PlanOptions
 
 MIN_SIDE, MAX_SIDE = 16, 4096  # Wan render size, per side
+CONTINUITY = ("auto", "i2v", "vace", "none")
+DEFAULT_VACE_OVERLAP = 5  # about a third of a second at 16 fps: enough to carry motion on
 _RESOLUTION = re.compile(r"(\d+)\s*[x×]\s*(\d+)(?:\s*\(.*\))?")  # "864x480", "864x480 (Landscape)"
 
 
@@ -432,3 +434,98 @@ def resolve_cache(options: PlanOptions, model: ModelSpec) -> tuple[str | None, C
     if why:
         raise PlanError(f"cache: {spec.name} does not work on {model.label} ({model.kind}): {why}")
     return str(spec), Choice("cache", str(spec), f"option: cache ({spec.info.label}: {spec.info.meaning})")
+
+
+MOTIONS = ("words", "guide", "both")
+# Deforum's default strength (args.py strength_schedule "0: (0.65)") maps to VACE's default conditioning scale 1.0.
+DEFORUM_STRENGTH = 0.65
+
+
+def resolve_motion(settings: DeforumSettings, options: PlanOptions, continuity: str) -> tuple[str, Choice]:
+    """How the camera schedules reach the picture: camera words in the prompt, a warped motion guide for VACE
+    (renderer/guide.py), or both. The guide needs clips that VACE continues."""
+    raw = first(options.motion, wan_option(settings, "motion"))
+    field = "motion" if options.motion is not None else "wan_motion"
+    motion = str(raw if raw is not None else "words").strip().lower()
+    if motion not in MOTIONS:
+        raise PlanError(f"{field}: expected one of {', '.join(MOTIONS)}, got {raw!r}")
+    if motion != "words" and continuity != "vace":
+        raise PlanError(f"{field}: {motion} needs a VACE model that continues clips (continuity vace); this job's "
+                        f"continuity is {continuity}")
+    notes = {"words": "camera words in each clip's prompt",
+             "guide": "each VACE clip follows the previous clip's last frame warped along the camera path "
+                      "(Deforum's warp); no camera words",
+             "both": "camera words and the warped motion guide"}
+    where = f"option: {field}" if raw is not None else "default"
+    return motion, Choice("motion", motion, f"{where}: {notes[motion]}")
+
+
+def guide_scales(settings: DeforumSettings, spans: list[tuple[int, int]]) -> list[float]:
+    """VACE conditioning scale per clip from Deforum's strength_schedule: its mean over the clip's frames
+    divided by Deforum's default 0.65 (so the default is VACE's own 1.0), within 0..2. Higher strength keeps
+    more of the warped picture in Deforum; a higher scale makes VACE follow the guide more closely."""
+    values = parse_schedule(settings.strength_schedule, settings.max_frames, settings.seed, key="strength_schedule")
+    scales = []
+    for a, b in spans:
+        mean = float(values[a:b].mean()) if b > a else float(values[a])
+        scales.append(round(min(2.0, max(0.0, mean / DEFORUM_STRENGTH)), 3))
+    return scales
+
+
+def resolve_continuity(options: PlanOptions, modes: set[str]) -> tuple[str, list[str]]:
+    if options.continuity not in CONTINUITY:
+        raise PlanError(f"continuity: expected one of {', '.join(CONTINUITY)}, got {options.continuity!r}")
+    if options.continuity == "auto":
+        for mode in (VACE, I2V):
+            if mode in modes:
+                return mode, []
+        return "none", ["this model cannot continue a clip (no I2V or VACE): clips are independent T2V renders"]
+    if options.continuity != "none" and options.continuity not in modes:
+        raise PlanError(
+            f"continuity: {options.continuity} needs a model that supports it; this job supports {', '.join(sorted(modes))}"
+        )
+    if options.continuity == "none" and T2V not in modes:
+        raise PlanError("continuity: none starts every clip from text, which this model cannot (it needs a start "
+                        "image); use continuity auto or i2v")
+    return options.continuity, []
+
+
+def clip_limit(settings: DeforumSettings, options: PlanOptions, model: ModelSpec) -> int:
+    """Largest clip: the option, else `wan_max_clip_frames`, else the model's; rounded down to 4n+1."""
+    max_clip = model.max_frames
+    wan_max = wan_option(settings, "max_clip_frames")
+    if options.max_clip_frames is not None or wan_max is not None:
+        max_clip = checked_number("max_clip_frames", first(options.max_clip_frames, wan_max), int, MIN_CLIP_FRAMES,
+                           model.max_frames)
+    return max_clip - (max_clip - 1) % 4
+
+
+def vace_overlap(settings: DeforumSettings, options: PlanOptions, continuity: str, max_clip: int) -> int:
+    """Frames each chained clip repeats: VACE's K (option, `wan_overlap`, else the default), I2V 1, none 0."""
+    if continuity == VACE:
+        raw = first(options.overlap, wan_option(settings, "overlap", "frame_overlap"),
+                     min(DEFAULT_VACE_OVERLAP, max_clip - 4))
+        return checked_number("overlap", raw, int, 1, max_clip - 4)
+    return 0 if continuity == "none" else 1
+
+
+def resolve_init_mode(settings: DeforumSettings, model: ModelSpec, modes: set[str]) -> tuple[str | None, list[str]]:
+    """I2V (else VACE) when the settings start from an init image the model can take, else None.
+
+    A model that cannot start a clip from text (I2V, FLF2V, I2V-A14B) needs the init image: without
+    one the plan fails here, naming the field, before any model is loaded.
+    """
+    init = settings.init_image
+    has_image = bool(init and str(init).strip().lower() not in ("", "none"))
+    if not (settings.use_init and has_image):
+        if T2V not in modes:
+            field, why = ("use_init", "init_image is set but use_init is off") if has_image else (
+                "init_image", "no init_image is set")
+            raise PlanError(f"{field}: {model.label} ({model.kind}) cannot start a clip from text, and {why}; give "
+                            "the first clip an image (init_image with use_init on), or choose a model that starts "
+                            "from text (vace, t2v, ti2v-5b, a14b-t2v)")
+        return None, []
+    mode = I2V if I2V in modes else VACE if VACE in modes else None
+    if mode is None:
+        return None, ["init_image is set but this model cannot start from an image: the first clip is T2V"]
+    return mode, []

@@ -37,8 +37,9 @@ from typing import Any
 import numpy as np
 
 from .choices import (
-    ColorChoice, Choice, apply_preset, negative_choice, resolve_cache, resolve_color, resolve_sampling, resolve_size, resolve_timing,
-    resolve_video, round_to_multiple, scale_by_schedules,
+    CONTINUITY, DEFAULT_VACE_OVERLAP, ColorChoice, Choice, apply_preset, clip_limit, guide_scales, negative_choice,
+    resolve_cache, resolve_color, resolve_continuity, resolve_init_mode, resolve_motion, resolve_sampling, resolve_size,
+    resolve_timing, resolve_video, round_to_multiple, scale_by_schedules, vace_overlap,
 )
 from .choices import checked_number as _number, first as _first, wan_option as _wan_option
 from .coverage import format_key_report, key_report
@@ -47,7 +48,7 @@ from .prompts import plain_prompt, prompt_at, prompt_keyframes
 from .schedules import parse_schedule
 from .seeds import frame_seeds
 from .settings import MAX_FPS, MIN_FPS, DeforumSettings
-from .specs import I2V, T2V, VACE, ModelSpec
+from .specs import T2V, VACE, ModelSpec
 from .timeline import (
     MIN_CLIP_FRAMES, ClipFrames, ClipGapError, PlanError, Segment, SegmentFrames, group_segments, map_segment,
     split_segment,
@@ -60,8 +61,6 @@ __all__ = [
 ]
 
 PLAN_VERSION = 1
-CONTINUITY = ("auto", "i2v", "vace", "none")
-DEFAULT_VACE_OVERLAP = 5  # about a third of a second at 16 fps: enough to carry motion on
 # Prompt segments shorter than this are merged into one clip: each clip costs a join and its 4n+1 rounding,
 # and Wan needs a couple of seconds to show a scene (its clips are 5 s at most).
 DEFAULT_MIN_CLIP_SECONDS = 2.0
@@ -91,6 +90,7 @@ class PlanOptions:
     preset: str | None = None  # quality | fast | turbo (core/speed.py): a step-distill LoRA's sampling values
     cache: str | None = None  # NAME[:THRESHOLD]: a diffusers step cache on the transformer(s)
     loras: tuple[str, ...] = ()  # NAME_OR_FILE[:WEIGHT[:WEIGHT_2]] for every clip (checked by renderer/loras.py)
+    motion: str | None = None  # words | guide | both (choices.resolve_motion)
     seed: int | None = None  # the resolved base seed when settings.seed is -1
 
 
@@ -121,6 +121,7 @@ class Clip:
     loras: tuple[tuple[str, float], ...] = ()  # <lora:name:weight> tags, for LoRA support to come
     shown_end: int = 0  # one past the last Wan frame the timeline uses; the next clip continues from before it
     merged: tuple[str, ...] = ()  # prompt keys merged into this clip (prompts shorter than min_clip_seconds)
+    guide_scale: float | None = None  # VACE conditioning scale of the motion guide (from strength_schedule)
 
     @property
     def cost(self) -> int:
@@ -202,6 +203,7 @@ class ClipPlan:
     scheduler_options: dict = field(default_factory=dict)
     cache: str | None = None  # NAME:THRESHOLD of the step cache, if any
     loras: tuple[str, ...] = ()  # the user's LoRAs (prompt tags are per clip)
+    motion: str = "words"  # words | guide | both
 
     def clip_for_frame(self, frame: int) -> Clip:
         for clip in self.clips:
@@ -266,24 +268,6 @@ def camera_path(settings: DeforumSettings) -> CameraPath:
     )
 
 
-def _continuity(options: PlanOptions, modes: set[str]) -> tuple[str, list[str]]:
-    if options.continuity not in CONTINUITY:
-        raise PlanError(f"continuity: expected one of {', '.join(CONTINUITY)}, got {options.continuity!r}")
-    if options.continuity == "auto":
-        for mode in (VACE, I2V):
-            if mode in modes:
-                return mode, []
-        return "none", ["this model cannot continue a clip (no I2V or VACE): clips are independent T2V renders"]
-    if options.continuity != "none" and options.continuity not in modes:
-        raise PlanError(
-            f"continuity: {options.continuity} needs a model that supports it; this job supports {', '.join(sorted(modes))}"
-        )
-    if options.continuity == "none" and T2V not in modes:
-        raise PlanError("continuity: none starts every clip from text, which this model cannot (it needs a start "
-                        "image); use continuity auto or i2v")
-    return options.continuity, []
-
-
 # ---------------------------------------------------------------- planning
 
 
@@ -314,47 +298,7 @@ class _Choices:
     color: ColorChoice
     preset: Any  # core.speed.Preset
     cache: str | None
-
-
-def _clip_limit(settings: DeforumSettings, options: PlanOptions, model: ModelSpec) -> int:
-    """Largest clip: the option, else `wan_max_clip_frames`, else the model's; rounded down to 4n+1."""
-    max_clip = model.max_frames
-    wan_max = _wan_option(settings, "max_clip_frames")
-    if options.max_clip_frames is not None or wan_max is not None:
-        max_clip = _number("max_clip_frames", _first(options.max_clip_frames, wan_max), int, MIN_CLIP_FRAMES,
-                           model.max_frames)
-    return max_clip - (max_clip - 1) % 4
-
-
-def _overlap(settings: DeforumSettings, options: PlanOptions, continuity: str, max_clip: int) -> int:
-    """Frames each chained clip repeats: VACE's K (option, `wan_overlap`, else the default), I2V 1, none 0."""
-    if continuity == VACE:
-        raw = _first(options.overlap, _wan_option(settings, "overlap", "frame_overlap"),
-                     min(DEFAULT_VACE_OVERLAP, max_clip - 4))
-        return _number("overlap", raw, int, 1, max_clip - 4)
-    return 0 if continuity == "none" else 1
-
-
-def _init_mode(settings: DeforumSettings, model: ModelSpec, modes: set[str]) -> tuple[str | None, list[str]]:
-    """I2V (else VACE) when the settings start from an init image the model can take, else None.
-
-    A model that cannot start a clip from text (I2V, FLF2V, I2V-A14B) needs the init image: without
-    one the plan fails here, naming the field, before any model is loaded.
-    """
-    init = settings.init_image
-    has_image = bool(init and str(init).strip().lower() not in ("", "none"))
-    if not (settings.use_init and has_image):
-        if T2V not in modes:
-            field, why = ("use_init", "init_image is set but use_init is off") if has_image else (
-                "init_image", "no init_image is set")
-            raise PlanError(f"{field}: {model.label} ({model.kind}) cannot start a clip from text, and {why}; give "
-                            "the first clip an image (init_image with use_init on), or choose a model that starts "
-                            "from text (vace, t2v, ti2v-5b, a14b-t2v)")
-        return None, []
-    mode = I2V if I2V in modes else VACE if VACE in modes else None
-    if mode is None:
-        return None, ["init_image is set but this model cannot start from an image: the first clip is T2V"]
-    return mode, []
+    motion: str
 
 
 def _min_clip_frames(settings: DeforumSettings, options: PlanOptions) -> tuple[int, Choice]:
@@ -370,10 +314,10 @@ def _min_clip_frames(settings: DeforumSettings, options: PlanOptions) -> tuple[i
 def _choices(settings: DeforumSettings, model: ModelSpec, options: PlanOptions) -> _Choices:
     """Check and resolve every option, in a fixed order so the first bad one is the one named."""
     modes = set(model.modes) | set(options.extra_modes)
-    continuity, warnings = _continuity(options, modes)
+    continuity, warnings = resolve_continuity(options, modes)
     width, height, notes, size = resolve_size(settings, options, model)
-    max_clip = _clip_limit(settings, options, model)
-    overlap = _overlap(settings, options, continuity, max_clip)
+    max_clip = clip_limit(settings, options, model)
+    overlap = vace_overlap(settings, options, continuity, max_clip)
     steps, guidance, guidance_2, flow_shift, choices, sampling_notes = resolve_sampling(settings, model, options,
                                                                                        width, height)
     values = {"steps": steps, "guidance": guidance, "guidance_2": guidance_2, "flow_shift": flow_shift}
@@ -381,20 +325,22 @@ def _choices(settings: DeforumSettings, model: ModelSpec, options: PlanOptions) 
                                                          bool(options.loras))
     steps, guidance, guidance_2, flow_shift = (values[k] for k in ("steps", "guidance", "guidance_2", "flow_shift"))
     cache, cache_choice = resolve_cache(options, model)
+    motion, motion_choice = resolve_motion(settings, options, continuity)
     _check_fps(settings)
     timing, rate, timing_choice, timing_notes = resolve_timing(settings, options, model)
     min_frames, min_choice = _min_clip_frames(settings, options)
     color, color_notes = resolve_color(settings, options)
     sensitivity = _number("sensitivity", options.sensitivity, float, 0.01, 100)
-    init_mode, init_notes = _init_mode(settings, model, modes)
+    init_mode, init_notes = resolve_init_mode(settings, model, modes)
     culprit = "max_clip_frames" if max_clip < model.max_frames else "overlap" if continuity == VACE else "fps"
     notes = warnings + notes + sampling_notes + preset_notes + timing_notes + color_notes + init_notes
     extra = (Choice("preset", preset.name, preset.label),) if preset.name != "quality" else ()
     extra += (cache_choice,) if cache_choice else ()
+    extra += (motion_choice,) if motion != "words" else ()
     return _Choices(continuity, width, height, max_clip, overlap, steps, guidance, guidance_2, flow_shift, sensitivity,
                     options.language, init_mode, culprit, tuple(notes),
                     (size, *choices, *extra, timing_choice, min_choice, color.choice), model.negative_prompt,
-                    settings.steps, timing, rate, min_frames, color, preset, cache)
+                    settings.steps, timing, rate, min_frames, color, preset, cache, motion)
 
 
 def _check_fps(settings: DeforumSettings) -> None:
@@ -472,6 +418,14 @@ def _clip(index: int, members: list[tuple[int, int, int]], frames: ClipFrames, m
     )
 
 
+def _guided(settings: DeforumSettings, clips: list[Clip], motion: str) -> list[Clip]:
+    """VACE clips follow a warped motion guide at a scale from strength_schedule; with guide alone their
+    prompts lose the camera words. A clip that starts from text has no picture to warp and keeps its words."""
+    scales = guide_scales(settings, [(c.output_start, c.output_end) for c in clips])
+    return [replace(c, guide_scale=scale, movement="" if motion == "guide" else c.movement) if c.mode == VACE else c
+            for c, scale in zip(clips, scales)]
+
+
 def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions = PlanOptions()) -> ClipPlan:
     """Cut the settings' timeline into Wan clips for `model`.
 
@@ -501,6 +455,8 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
             mode = chained if clips else choices.init_mode or T2V
             clips.append(_clip(len(clips), members, piece, mode, choices, timeline))
     clips, scheduled = scale_by_schedules(settings, clips)
+    if choices.motion != "words":
+        clips = _guided(settings, clips, choices.motion)
 
     metrics = PlanMetrics(
         output_frames=settings.max_frames,
@@ -545,6 +501,7 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
         scheduler_options=choices.preset.scheduler_options(two_experts=model.default_guidance_2 is not None),
         cache=choices.cache,
         loras=tuple(options.loras),
+        motion=choices.motion,
     )
 
 

@@ -90,6 +90,8 @@ class ClipRequest:
     preview_every: int = 0
     scheduler: str | None = None  # a diffusers scheduler class for this call (a speed preset's), else the model's
     scheduler_options: tuple[tuple[str, Any], ...] = ()  # its keyword arguments, e.g. stochastic_sampling
+    guide_frames: np.ndarray | Sequence[Any] | None = None  # vace: pictures for the frames after the known ones
+    conditioning_scale: float | None = None  # vace: weight of the known frames and the guide (1.0: VACE's default)
 
 
 def patch_prompt_cleaning() -> None:
@@ -144,12 +146,14 @@ def to_pil(image: Any, width: int, height: int) -> PIL.Image.Image:
 
 
 def vace_conditioning(
-    known_frames: np.ndarray | Sequence[Any], num_frames: int, width: int, height: int
+    known_frames: np.ndarray | Sequence[Any], num_frames: int, width: int, height: int,
+    guide_frames: np.ndarray | Sequence[Any] | None = None,
 ) -> tuple[list[PIL.Image.Image], list[PIL.Image.Image]]:
     """Video and mask for VACE continuation, following WanVACEPipeline's documented recipe.
 
     Known frames come first and are kept (mask black, 0); the remaining frames are
-    grey (128) and generated (mask white, 255).
+    generated (mask white, 255): grey (128), or the motion guide's pictures, which
+    VACE then takes as a hint (renderer/guide.py).
     """
     import PIL.Image
 
@@ -160,7 +164,11 @@ def vace_conditioning(
     black = PIL.Image.new("L", (width, height), 0)
     white = PIL.Image.new("L", (width, height), 255)
     rest = num_frames - len(known)
-    return known + [grey] * rest, [black] * len(known) + [white] * rest
+    if guide_frames is None:
+        return known + [grey] * rest, [black] * len(known) + [white] * rest
+    if len(guide_frames) != rest:
+        raise ValueError(f"{len(guide_frames)} guide frames for the {rest} frames after the known ones")
+    return known + [to_pil(frame, width, height) for frame in guide_frames], [black] * len(known) + [white] * rest
 
 
 @dataclass(eq=False)
@@ -235,8 +243,11 @@ class Pipelines:
         if not _is_vace(self.main):
             raise ModeError(f"{self.info.name} ({self.info.kind}) is not a VACE model; it cannot continue clips")
         known = request.known_frames if request.known_frames is not None else []
-        video, mask = vace_conditioning(known, request.num_frames, request.width, request.height)
-        return self._run(self.main, {"video": video, "mask": mask}, request)
+        video, mask = vace_conditioning(known, request.num_frames, request.width, request.height, request.guide_frames)
+        extra: dict[str, Any] = {"video": video, "mask": mask}
+        if request.conditioning_scale is not None:
+            extra["conditioning_scale"] = float(request.conditioning_scale)
+        return self._run(self.main, extra, request)
 
     # -- housekeeping -------------------------------------------------------------
 

@@ -498,7 +498,13 @@ def _render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | 
     if clip.mode == I2V:
         return pipelines.i2v(replace(request, image=tail[-1]))
     if clip.mode == VACE:
-        return pipelines.vace(replace(request, known_frames=list(tail[-clip.overlap:])))
+        request = replace(request, known_frames=list(tail[-clip.overlap:]))
+        if plan.motion != "words":  # the camera path as a warped picture (renderer/guide.py)
+            from .guide import clip_guide
+
+            guide = clip_guide(settings, plan, clip, tail[-1])
+            request = replace(request, guide_frames=guide.frames, conditioning_scale=guide.scale)
+        return pipelines.vace(request)
     raise RenderError(f"clip {clip.index}: unknown mode {clip.mode!r}")
 
 

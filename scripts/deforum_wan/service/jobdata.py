@@ -21,7 +21,7 @@ NONE, RETRYABLE, TERMINAL = "NONE", "RETRYABLE", "TERMINAL"
 # options_overrides keys and where they go in the worker job.
 PLAN_OVERRIDES = ("continuity", "overlap", "width", "height", "steps", "guidance", "flow_shift", "max_clip_frames",
                   "sensitivity", "language", "timing", "fps_tolerance", "min_clip_seconds", "color_match", "seed",
-                  "guidance_2", "exact_size", "preset", "cache", "loras")
+                  "guidance_2", "exact_size", "preset", "cache", "loras", "motion")
 JOB_OVERRIDES = ("model", "i2v_model", "device", "memory_profile", "attention", "compile", "vae_tiling", "make_video",
                  "enhance", "storage")
 ENHANCE_OVERRIDES = ("enhance_style", "enhance_style_strength", "enhance_target_language")

@@ -96,7 +96,7 @@ def _device(value: Any) -> str:
 def override_checks() -> dict[str, Callable[[Any], Any]]:
     from ..renderer.loading import ATTENTION_CHOICES
     from ..renderer.memory import MEMORY_PROFILES, STORAGE_CHOICES
-    from ..core.choices import TIMINGS
+    from ..core.choices import MOTIONS, TIMINGS
     from ..core.speed import PRESETS
     from ..core.plan import CONTINUITY
 
@@ -117,6 +117,7 @@ def override_checks() -> dict[str, Callable[[Any], Any]]:
         "sensitivity": lambda v: _float_option(v, 0.01, 100),
         "language": _choice(("en", "zh")),
         "timing": _choice(TIMINGS),
+        "motion": _choice(MOTIONS),
         "preset": _choice(PRESETS),
         "cache": _cache_option,
         "loras": _loras_option,

@@ -310,6 +310,8 @@ def build_tab(ctx: TabContext):
                                              elem_id="deforum_wan_timing")
                         min_clip = gr.Number(label="Min clip seconds", value=DEFAULT_MIN_CLIP_SECONDS,
                                              elem_id="deforum_wan_min_clip", info="0: a clip per prompt")
+                        motion = gr.Dropdown(label="Camera motion", choices=["words", "guide", "both"], value="words",
+                                             elem_id="deforum_wan_motion", info="guide: VACE follows the warped path")
                     with gr.Row():
                         preset = gr.Dropdown(label="Speed preset", choices=list(PRESETS), value="quality",
                                              elem_id="deforum_wan_preset", info="fast/turbo need their LoRA")
@@ -374,13 +376,13 @@ def build_tab(ctx: TabContext):
                 resume_btn = gr.Button("Resume", elem_id="deforum_wan_resume", scale=1)
 
         option_inputs = [model_dd, width, height, steps, guidance, continuity, overlap, color_match, timing, min_clip,
-                         preset, cache, loras, memory, enhance, style, style_strength, qwen]
+                         motion, preset, cache, loras, memory, enhance, style, style_strength, qwen]
 
         def controls_of(values: tuple) -> Controls:
-            (label, w, h, st, g, cont, ov, cm, tm, mc, ps, ca, lo, mem, enh, sty, strength, qw) = values
+            (label, w, h, st, g, cont, ov, cm, tm, mc, mo, ps, ca, lo, mem, enh, sty, strength, qw) = values
             return Controls(model_path=model_paths.get(label) if label else None, width=w, height=h, steps=st,
                             guidance=g, continuity=cont, overlap=ov, color_match=cm, timing=tm, min_clip_seconds=mc,
-                            preset=ps, cache=ca, loras=lo, memory_profile=mem, enhance=enh, style=sty,
+                            motion=mo, preset=ps, cache=ca, loras=lo, memory_profile=mem, enhance=enh, style=sty,
                             style_strength=strength, qwen=qw)
 
         # -- import
@@ -449,7 +451,7 @@ def build_tab(ctx: TabContext):
                 return gr.update(), f"**Cannot plan:** {exc}"
             return plan.to_dict(), plan_summary(plan, notes)
 
-        for control in (width, height, steps, guidance, color_match, timing, min_clip, preset):
+        for control in (width, height, steps, guidance, color_match, timing, min_clip, motion, preset):
             control.change(on_plan_note, inputs=plan_inputs, outputs=[plan_state, plan_note])
 
         # -- models

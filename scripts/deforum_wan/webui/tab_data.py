@@ -48,6 +48,7 @@ class Controls:
     color_match: bool = True
     timing: str = "auto"
     min_clip_seconds: Any = None  # None: the default (2 s); 0 keeps every prompt change as a cut
+    motion: str = "words"
     preset: str = "quality"
     cache: str = ""  # NAME[:THRESHOLD], empty for none
     loras: str = ""  # comma-separated NAME[:WEIGHT[:WEIGHT_2]]
@@ -67,7 +68,7 @@ class Controls:
                            color_match=bool(self.color_match), timing=_timing(self.timing),
                            min_clip_seconds=_seconds(self.min_clip_seconds), seed=seed,
                            preset=self.preset or None, cache=(self.cache or "").strip() or None,
-                           loras=tuple(lora_list(self.loras)))
+                           loras=tuple(lora_list(self.loras)), motion=self.motion or None)
 
     def overrides(self) -> dict:
         """options_overrides for JobQueue.submit (the same keys the API takes); 0 means "the default"."""
@@ -78,7 +79,7 @@ class Controls:
                   "color_match": bool(self.color_match), "enhance": bool(self.enhance),
                   "timing": _timing(self.timing), "min_clip_seconds": _seconds(self.min_clip_seconds),
                   "preset": self.preset or None, "cache": (self.cache or "").strip() or None,
-                  "loras": lora_list(self.loras) or None}
+                  "loras": lora_list(self.loras) or None, "motion": self.motion or None}
         if self.enhance:
             values.update(enhance_style=self.style or "", enhance_style_strength=float(self.style_strength or 0.5))
         return {k: v for k, v in values.items() if v is not None}
