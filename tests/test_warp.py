@@ -166,6 +166,8 @@ def test_schedule_errors_name_their_key():
         warp_path(_settings(animation_mode="3D", near_schedule="0: (sin()"))
     with pytest.raises(ScheduleError, match="perspective_flip_phi"):
         warp_path(_settings(perspective_flip_phi="0: ((2)"))
+    with pytest.raises(SettingsError, match="aspect_ratio_schedule"):
+        warp_path(_settings(animation_mode="3D", aspect_ratio_schedule="0: (1), 4: (0)"))
     with pytest.raises(SettingsError, match="zoom"):
         warp_path(_settings(zoom="0: (1), 5: (0)"))
     with pytest.raises(SettingsError, match="padding_mode"):

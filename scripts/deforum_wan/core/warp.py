@@ -171,6 +171,10 @@ def warp_path(settings: DeforumSettings) -> WarpPath:
         if bad.size:
             raise SettingsError("fov_schedule", f"the field of view at frame {bad[0]} is {values['fov'][bad[0]]:g}; "
                                                 "it must be between 0 and 180 degrees")
+        bad = np.flatnonzero(values["aspect_ratio"] <= 0)
+        if bad.size and not _flag(settings, "aspect_ratio_use_old_formula"):
+            raise SettingsError("aspect_ratio_schedule", f"the aspect ratio at frame {bad[0]} is "
+                                f"{values['aspect_ratio'][bad[0]]:g}; it must be above 0")
     if flip:
         bad = np.flatnonzero((values["perspective_flip_fv"] <= 0) | (values["perspective_flip_fv"] >= 180))
         if bad.size:
