@@ -295,8 +295,8 @@ def _show(value: Any, width: int = 48) -> str:
 class _Report:
     """Builds the entries for one settings object; `add` marks a key and decides whether it changed."""
 
-    def __init__(self, settings: DeforumSettings):
-        self.settings, self.raw, self.mode = settings, settings.raw, settings.animation_mode
+    def __init__(self, settings: DeforumSettings, motion: str = "words"):
+        self.settings, self.raw, self.mode, self.motion = settings, settings.raw, settings.animation_mode, motion
         self.moving = self.mode in ("2D", "3D")
         self.entries: list[KeyStatus] = []
 
@@ -418,7 +418,9 @@ def _relative(r: _Report, key: str, what: str, official: str) -> None:
 
 def _diffusion(r: _Report) -> None:
     strength = "each clip continues from the previous clip's frames (I2V/VACE), with no img2img strength"
-    r.add("strength_schedule", IGNORED, strength)
+    guide = "the motion guide's weight: VACE conditioning scale = mean strength over the clip / 0.65"
+    r.add("strength_schedule", *((MAPPED, guide) if r.motion != "words" else (IGNORED, strength + " (--motion guide "
+                                                                               "maps it)")))
     r.ignore("keyframe_strength_schedule", strength, present_only=True)
     _relative(r, "cfg_scale_schedule", "model's guidance", "official guidance (or wan_guidance_scale)")
     r.ignore("distilled_cfg_scale_schedule", "Flux's distilled guidance; Wan has none", present_only=True)
@@ -573,9 +575,9 @@ _GROUPS: tuple[Callable[[_Report], None], ...] = (_prompts, _timeline, _seeds, _
                                                     _inputs, _init, _output, _wan)
 
 
-def key_report(settings: DeforumSettings) -> KeyReport:
-    """Every covered Deforum key of `settings`: used, mapped (to what) or ignored (why)."""
-    report = _Report(settings)
+def key_report(settings: DeforumSettings, motion: str = "words") -> KeyReport:
+    """Every covered Deforum key of `settings`: used, mapped (to what) or ignored (why); `motion` is the plan's."""
+    report = _Report(settings, motion)
     for group in _GROUPS:
         group(report)
     return KeyReport(tuple(report.entries))

@@ -472,7 +472,7 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
     )
     color = choices.color
     video = resolve_video(settings)
-    keys = key_report(settings)
+    keys = key_report(settings, choices.motion)
     return ClipPlan(
         version=PLAN_VERSION,
         model_kind=model.kind,
@@ -542,9 +542,10 @@ def format_plan(plan: ClipPlan, width: int = 120) -> str:
         head = (f"{c.index:>4} {c.output_start:>5}-{c.output_end - 1:<5} {t0:>6.2f}-{t1:<6.2f} {c.num_frames:>4} "
                 f"{c.mode:>4} {c.seed:>10} {c.cost / total:>5.0%}  ")
         room = max(width - len(head), 30)
-        prompt_room = max(room - len(c.movement) - 3, 20)
+        movement = "; ".join(x for x in (c.movement, c.guide_scale is not None and f"guide x{c.guide_scale:.2f}") if x)
+        prompt_room = max(room - len(movement) - 3, 20)
         prompt = c.prompt if len(c.prompt) <= prompt_room else c.prompt[: prompt_room - 1] + "…"
-        lines.append(f"{head}{prompt} | {c.movement}")
+        lines.append(f"{head}{prompt} | {movement}")
     return "\n".join(lines)
 
 

@@ -120,7 +120,7 @@ class WarpPath:
         for name, allowed in (("border", BORDERS), ("padding_mode", PADDING_MODES), ("sampling_mode", SAMPLING_MODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.depth_algorithm not in DEPTH_ALGORITHMS:
+        if self.depth_algorithm not in DEPTH_ALGORITHMS and not _depth_anything(self.depth_algorithm):
             raise ValueError(f"depth_algorithm must be one of {DEPTH_ALGORITHMS}, got {self.depth_algorithm!r}")
         if int(self.width) < 1 or int(self.height) < 1:
             raise ValueError(f"the picture size must be positive, got {self.width}x{self.height}")
@@ -190,11 +190,18 @@ def warp_path(settings: DeforumSettings) -> WarpPath:
     )
 
 
+def _depth_anything(name: str) -> bool:
+    """The Forge fork's Depth-Anything-V2 models (Small/Base/Large): relative inverse depth, as MiDaS gives."""
+    return name.strip().lower().startswith("depth-anything")
+
+
 def _depth_algorithm(settings: DeforumSettings) -> str:
     value = settings.raw.get("depth_algorithm", _RAW_DEFAULTS["depth_algorithm"])
     for known in DEPTH_ALGORITHMS:
         if isinstance(value, str) and value.strip().lower() == known.lower():
             return known
+    if isinstance(value, str) and _depth_anything(value):
+        return value.strip()
     raise SettingsError("depth_algorithm", f"expected one of {', '.join(DEPTH_ALGORITHMS)}, got {value!r}")
 
 
@@ -217,8 +224,8 @@ def depth_to_z(depth: np.ndarray | None, algorithm: str = "Midas-3-Hybrid") -> n
     hist, edges = np.histogram(norm, bins=1024, range=(0, 1))
     cdf = hist.cumsum()
     equalised = np.interp(norm, edges[:-1], cdf / float(cdf[-1]))
-    if algo.startswith("midas"):
-        return (2.0 - equalised).astype(np.float32)  # (d * 1 - 2) * -1
+    if algo.startswith("midas") or _depth_anything(algo):  # Depth-Anything: treated as MiDaS (not checked against
+        return (2.0 - equalised).astype(np.float32)  # the fork's code); (d * 1 - 2) * -1
     if algo in ("adabins", "leres", "zoe"):
         return (equalised + 1.0).astype(np.float32)
     raise ValueError(f"unknown depth_algorithm {algorithm!r}")
