@@ -124,6 +124,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def add_render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--i2v-model", help="an I2V model folder for continuing clips when --model cannot")
     p.add_argument("--models-dir", help="where model names/kinds are looked up (default: $DEFORUM_WAN_MODELS or models/wan)")
+    p.add_argument("--depth-model", metavar="FOLDER",
+                   help="a depth-estimation model folder (a path such as ./Depth-Anything-V2-Small-hf), or its name under "
+                        "<models-dir>/depth/: the motion guide warps with predicted depth when the settings have "
+                        "use_depth_warping on in 3D")
     p.add_argument("--outdir", default="outputs", help="output folder; the batch folder goes inside it")
     p.add_argument("--resume", metavar="TIMESTRING", help="continue an unfinished render")
     p.add_argument("--device", help="cuda, cpu, cuda:1, ... (default: cuda if available)")
@@ -158,7 +162,7 @@ def render_job(args: argparse.Namespace):
         settings=settings, model=args.model, outdir=args.outdir, options=options, i2v_model=args.i2v_model,
         models_dir=args.models_dir, resume=args.resume, device=args.device, memory_profile=args.memory_profile,
         attention=args.attention, compile=args.compile, vae_tiling=args.vae_tiling, stop_file=args.stop_file,
-        storage=args.weight_storage,
+        storage=args.weight_storage, depth_model=args.depth_model,
         make_video=not args.no_video, enhance=args.enhance,
         enhance_options={"qwen": args.qwen, "style": args.style, "style_strength": args.style_strength,
                          "target_language": args.target_language, "models_dir": args.models_dir,

@@ -73,6 +73,7 @@ class RenderJob:
     enhance: bool = False
     enhance_options: dict = field(default_factory=dict)
     preview_every: int = preview.DEFAULT_EVERY  # a latent preview every N denoising steps; 0: none
+    depth_model: str | None = None  # depth model folder, or a name under <models_dir>/depth/ (guide depth warping)
 
 
 @dataclass(frozen=True)
@@ -223,11 +224,13 @@ def render(
     if info.kind == "ti2v-5b":
         extra_modes += (I2V,)
     settings, plan, folder, timestring, resumed = prepare(job, info.spec, extra_modes)
+    depth = _depth(job, settings, plan.motion)  # a depth model that is not there fails before anything is written
     new_folder = not folder.exists()
     try:
         speedups = _speedups(plan, info, job.models_dir)  # a LoRA that cannot be used fails before any load
         return _render_prepared(job, info, i2v_info, settings, plan, folder, timestring, resumed, emit=emit,
-                                should_stop=should_stop, pipelines=pipelines, started=started, speedups=speedups)
+                                should_stop=should_stop, pipelines=pipelines, started=started, speedups=speedups,
+                                depth=depth)
     except Exception as exc:
         if not resumed:
             _clean_failed_start(folder, timestring, new_folder, emit)
@@ -239,7 +242,7 @@ def render(
 
 def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: DeforumSettings, plan: ClipPlan, folder: Path,
                      timestring: str, resumed: bool, *, emit: EventCallback, should_stop: Callable[[], bool] | None,
-                     pipelines: Any, started: float, speedups: Any) -> RenderResult:
+                     pipelines: Any, started: float, speedups: Any, depth: Any = None) -> RenderResult:
     stop_file = Path(job.stop_file) if job.stop_file else None
 
     def stopping() -> bool:
@@ -253,6 +256,8 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
     preview_every = max(0, int(job.preview_every or 0))
     showing = {"preview": False}  # the last image announced is a preview (removed at the end), not a frame
 
+    if depth is not None:
+        depth.emit = emit
     if job.enhance and not resumed:
         from ..enhance.rewrite import enhance_plan  # frees its model before the video model loads
 
@@ -339,7 +344,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
 
             speedups.clip(clip)
             frames = _render_clip(pipelines, plan, clip, tail, settings, on_step,
-                                  on_preview if preview_every else None, preview_every)
+                                  on_preview if preview_every else None, preview_every, depth)
             pipeline_seconds += time.perf_counter() - clip_start
             frames = anchor.match(clip, frames)
             keep = _tail_length(plan, clip)
@@ -363,6 +368,8 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
         raise
     finally:
         speedups.close()
+        if depth is not None:
+            depth.free()
         if own_pipelines and pipelines is not None:
             pipelines.free()
         preview_files.remove()
@@ -483,7 +490,8 @@ def _resume_tail(plan: ClipPlan, clip: Clip, folder: Path, timestring: str, emit
 
 def _render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | None,
                  settings: DeforumSettings, on_step: Callable[[int, int], bool],
-                 on_preview: Callable[[int, int, np.ndarray], None] | None = None, preview_every: int = 0) -> np.ndarray:
+                 on_preview: Callable[[int, int, np.ndarray], None] | None = None, preview_every: int = 0,
+                 depth: Any = None) -> np.ndarray:
     request = ClipRequest(
         prompt=clip.render_prompt, negative_prompt=clip.negative_prompt, num_frames=clip.num_frames,
         width=plan.width, height=plan.height, steps=clip.steps, guidance=clip.guidance, guidance_2=clip.guidance_2,
@@ -502,10 +510,22 @@ def _render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | 
         if plan.motion != "words":  # the camera path as a warped picture (renderer/guide.py)
             from .guide import clip_guide
 
-            guide = clip_guide(settings, plan, clip, tail[-1])
+            guide = clip_guide(settings, plan, clip, tail[-1], depth_model=depth.get() if depth else None)
             request = replace(request, guide_frames=guide.frames, conditioning_scale=guide.scale)
         return pipelines.vace(request)
     raise RenderError(f"clip {clip.index}: unknown mode {clip.mode!r}")
+
+
+def _depth(job: RenderJob, settings: DeforumSettings, motion: str) -> Any:
+    """The job's depth model, checked now, loaded at the first guide that uses it; None without one."""
+    if not job.depth_model:
+        return None
+    from .depth import DepthModelError, LazyDepth, depth_wanted
+
+    try:
+        return LazyDepth(job.depth_model, job.models_dir, job.device, depth_wanted(settings, motion))
+    except DepthModelError as exc:
+        raise RenderError(str(exc)) from None
 
 
 def _speedups(plan: ClipPlan, info: Any, models_dir: str | None) -> Any:

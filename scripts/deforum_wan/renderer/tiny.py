@@ -1,4 +1,4 @@
-"""Tiny random Wan (and Qwen) models, saved in the real diffusers layout.
+"""Tiny random Wan (and Qwen, depth) models, saved in the real diffusers/transformers layout.
 
 Tests and the offline demo need models that load through exactly the same
 `from_pretrained(folder)` path as a user's downloaded Wan-AI folders, but that
@@ -31,9 +31,11 @@ TINY_NAMES: dict[str, str] = {
     "a14b-t2v": "tiny-wan2.2-t2v-a14b",
     "a14b-i2v": "tiny-wan2.2-i2v-a14b",
     "qwen": "tiny-qwen2.5-instruct",
+    "depth": "tiny-depth-anything",
 }
 WAN_KINDS: tuple[str, ...] = ("t2v", "i2v", "flf2v", "vace", "ti2v-5b", "a14b-t2v", "a14b-i2v")
-ALL_KINDS: tuple[str, ...] = WAN_KINDS + ("qwen",)
+ALL_KINDS: tuple[str, ...] = WAN_KINDS + ("qwen", "depth")
+DEFAULT_KINDS: tuple[str, ...] = WAN_KINDS + ("qwen",)  # the depth model is built when asked for (--kinds depth)
 
 SEED = 0
 TEXT_DIM = 32  # width of the tiny text encoder, and so the transformer's text_dim
@@ -447,17 +449,49 @@ def save_qwen(folder: str | Path) -> Path:
     return folder
 
 
+def save_depth(folder: str | Path) -> Path:
+    """A tiny random Depth Anything (V2 layout: a Dinov2 backbone, DPT neck and relative-depth head) with its
+    image processor, as `depth-anything/Depth-Anything-V2-Small-hf` is laid out (config.json,
+    model.safetensors, preprocessor_config.json)."""
+    import torch
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    folder = Path(folder)
+    torch.manual_seed(SEED)
+    backbone = Dinov2Config(
+        hidden_size=16, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=56,
+        out_features=["stage1", "stage2", "stage3", "stage4"], out_indices=[1, 2, 3, 4],
+        apply_layernorm=True, reshape_hidden_states=False,
+    )
+    config = DepthAnythingConfig(
+        backbone_config=backbone, reassemble_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5],
+        neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=8, head_hidden_size=8,
+        depth_estimation_type="relative",
+    )
+    DepthAnythingForDepthEstimation(config).eval().save_pretrained(str(folder), safe_serialization=True)
+    # Depth Anything V2's own processor settings, at a tiny size (its real one is 518).
+    processor = {
+        "image_processor_type": "DPTImageProcessor", "do_resize": True, "size": {"height": 56, "width": 56},
+        "keep_aspect_ratio": True, "ensure_multiple_of": 14, "resample": 3, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225], "do_pad": False,
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+    return folder
+
+
 def make_tiny_models(out_dir: str | Path, kinds: Iterable[str] | None = None) -> dict[str, Path]:
-    """Build tiny models for `kinds` (default: every Wan kind plus "qwen") under out_dir.
+    """Build tiny models for `kinds` (default: every Wan kind plus "qwen"; "depth" on request) under out_dir.
 
     Returns kind -> folder. Folders are named after TINY_NAMES so that
     `models.discover_models(out_dir)` finds the Wan ones, as it would real downloads;
     the Qwen model goes into `out_dir/qwen/`, where the enhancer and the models
-    route look when out_dir is the Wan models folder (`<webui>/models/wan`).
+    route look when out_dir is the Wan models folder (`<webui>/models/wan`), and the
+    depth model into `out_dir/depth/`, where `--depth-model NAME` looks.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    wanted = list(ALL_KINDS if kinds is None else kinds)
+    wanted = list(DEFAULT_KINDS if kinds is None else kinds)
     unknown = [k for k in wanted if k not in TINY_NAMES]
     if unknown:
         raise ValueError(f"unknown tiny model kind(s) {unknown}; known: {', '.join(ALL_KINDS)}")
@@ -467,6 +501,9 @@ def make_tiny_models(out_dir: str | Path, kinds: Iterable[str] | None = None) ->
         if kind == "qwen":
             folder = out_dir / "qwen" / TINY_NAMES[kind]
             save_qwen(folder)
+        elif kind == "depth":
+            folder = out_dir / "depth" / TINY_NAMES[kind]
+            save_depth(folder)
         else:
             save_wan(kind, folder)
         log.info("built tiny %s model in %s", kind, folder)

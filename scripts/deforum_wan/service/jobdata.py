@@ -23,7 +23,7 @@ PLAN_OVERRIDES = ("continuity", "overlap", "width", "height", "steps", "guidance
                   "sensitivity", "language", "timing", "fps_tolerance", "min_clip_seconds", "color_match", "seed",
                   "guidance_2", "exact_size", "preset", "cache", "loras", "motion")
 JOB_OVERRIDES = ("model", "i2v_model", "device", "memory_profile", "attention", "compile", "vae_tiling", "make_video",
-                 "enhance", "storage")
+                 "enhance", "storage", "depth_model")
 ENHANCE_OVERRIDES = ("enhance_style", "enhance_style_strength", "enhance_target_language")
 OVERRIDE_KEYS = PLAN_OVERRIDES + JOB_OVERRIDES + ENHANCE_OVERRIDES
 

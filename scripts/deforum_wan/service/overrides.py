@@ -1,7 +1,7 @@
 """What each `options_overrides` key of a txt2vid request accepts: one checker per key.
 
 Each checker returns the value or raises ValueError saying what is wrong; the
-validator (validation.py) names the field. LoRAs come by name only, never as paths.
+validator (validation.py) names the field. LoRAs and depth models come by name only, never as paths.
 """
 from __future__ import annotations
 
@@ -87,6 +87,16 @@ def _loras_option(value: Any) -> list[str]:
     return value
 
 
+def _depth_model_option(value: Any) -> str:
+    """A depth model by its folder name in the models folder's depth/ (as LoRAs: a name, never a path)."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise ValueError(f"expected the name of a folder in the models folder's depth/, got {value!r}")
+    if any(c in value for c in "/\\\x00:") or value.strip().startswith(("~", ".")):
+        raise ValueError(f"{value!r}: give a depth model by its folder name in the models folder's depth/, "
+                         "not by a path")
+    return value.strip()
+
+
 def _device(value: Any) -> str:
     if not isinstance(value, str) or not _DEVICE.match(value):
         raise ValueError(f"expected cpu, cuda, cuda:N, mps or xpu, got {value!r}")
@@ -103,6 +113,7 @@ def override_checks() -> dict[str, Callable[[Any], Any]]:
     return {
         "model": _text_option(1000),
         "i2v_model": _text_option(1000),
+        "depth_model": _depth_model_option,
         "steps": lambda v: _int_option(v, 1, MAX_STEPS),
         "width": lambda v: _int_option(v, MIN_SIDE, MAX_SIDE),
         "height": lambda v: _int_option(v, MIN_SIDE, MAX_SIDE),
