@@ -898,9 +898,11 @@ def test_motion_guide_needs_vace_and_maps_strength_to_the_guide_scale():
     s = load_settings(SHARED / "forge-deforum-default.txt")  # strength_schedule 0: (0.85)
     plan = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, motion="guide"))
     assert plan.motion == "guide" and any(c.name == "motion" for c in plan.choices)
-    first, *rest = plan.clips
-    assert first.mode == "t2v" and first.guide_scale is None and first.movement  # nothing to warp yet: words
-    assert rest and all(c.guide_scale == pytest.approx(0.85 / 0.65, abs=1e-3) and c.movement == "" for c in rest)
+    # No init image: the first clip starts from the first frame of a short T2V render, so it is guided too.
+    assert plan.bootstrap and plan.clips[0].mode == "vace" and plan.clips[0].overlap == 1
+    assert all(c.guide_scale == pytest.approx(0.85 / 0.65, abs=1e-3) and c.movement == "" for c in plan.clips)
+    started = plan_clips(with_init(s), MODEL_SPECS["vace"], PlanOptions(seed=1, motion="guide"))
+    assert not started.bootstrap and started.clips[0].mode == "vace"
     both = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1, motion="both"))
     assert all(c.movement for c in both.clips)
     words = plan_clips(s, MODEL_SPECS["vace"], PlanOptions(seed=1))

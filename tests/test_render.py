@@ -566,11 +566,14 @@ def test_motion_guide_reaches_vace_for_every_chained_clip_and_survives_resume(ti
     full = render(RenderJob(settings=s, model=str(tiny_models["vace"]), outdir=str(tmp_path / "a"), make_video=False,
                             options=options), pipelines=pipes)
     calls = seen["full"]
-    assert full.status == "done" and len(calls) == len(full.plan.clips) - 1 >= 2
-    for (request, extra), clip in zip(calls, full.plan.clips[1:]):
+    # No init image: the first clip starts from frame 0 of a short T2V render and is guided like the others.
+    assert full.status == "done" and full.plan.bootstrap and len(calls) == len(full.plan.clips) >= 3
+    assert [c.overlap for c in full.plan.clips[:2]] == [1, 2]
+    for (request, extra), clip in zip(calls, full.plan.clips):
         assert len(extra["video"]) == len(extra["mask"]) == clip.num_frames
         assert extra["video"][0].size == (full.plan.width, full.plan.height)
-        assert [np.asarray(m).max() for m in extra["mask"]] == [0] * clip.overlap + [255] * (clip.num_frames - 2)
+        assert [np.asarray(m).max() for m in extra["mask"]] == [0] * clip.overlap + [255] * (clip.num_frames
+                                                                                            - clip.overlap)
         assert extra["conditioning_scale"] == pytest.approx(0.65 / 0.65)  # Deforum's default strength
         assert len(request.guide_frames) == clip.num_frames - clip.overlap
         guide = np.asarray(request.guide_frames, dtype=np.float64)

@@ -204,6 +204,7 @@ class ClipPlan:
     cache: str | None = None  # NAME:THRESHOLD of the step cache, if any
     loras: tuple[str, ...] = ()  # the user's LoRAs (prompt tags are per clip)
     motion: str = "words"  # words | guide | both
+    bootstrap: bool = False  # the first clip starts from the first frame of a short T2V render (guide, no init image)
 
     def clip_for_frame(self, frame: int) -> Clip:
         for clip in self.clips:
@@ -299,6 +300,7 @@ class _Choices:
     preset: Any  # core.speed.Preset
     cache: str | None
     motion: str
+    bootstrap: bool  # init_mode VACE from a short T2V render's first frame, not from an init image
 
 
 def _min_clip_frames(settings: DeforumSettings, options: PlanOptions) -> tuple[int, Choice]:
@@ -332,6 +334,8 @@ def _choices(settings: DeforumSettings, model: ModelSpec, options: PlanOptions) 
     color, color_notes = resolve_color(settings, options)
     sensitivity = _number("sensitivity", options.sensitivity, float, 0.01, 100)
     init_mode, init_notes = resolve_init_mode(settings, model, modes)
+    bootstrap = motion != "words" and init_mode is None  # the guide needs a picture: a short T2V render's frame 0
+    init_mode = VACE if bootstrap else init_mode
     culprit = "max_clip_frames" if max_clip < model.max_frames else "overlap" if continuity == VACE else "fps"
     notes = warnings + notes + sampling_notes + preset_notes + timing_notes + color_notes + init_notes
     extra = (Choice("preset", preset.name, preset.label),) if preset.name != "quality" else ()
@@ -340,7 +344,7 @@ def _choices(settings: DeforumSettings, model: ModelSpec, options: PlanOptions) 
     return _Choices(continuity, width, height, max_clip, overlap, steps, guidance, guidance_2, flow_shift, sensitivity,
                     options.language, init_mode, culprit, tuple(notes),
                     (size, *choices, *extra, timing_choice, min_choice, color.choice), model.negative_prompt,
-                    settings.steps, timing, rate, min_frames, color, preset, cache, motion)
+                    settings.steps, timing, rate, min_frames, color, preset, cache, motion, bootstrap)
 
 
 def _check_fps(settings: DeforumSettings) -> None:
@@ -502,6 +506,7 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
         cache=choices.cache,
         loras=tuple(options.loras),
         motion=choices.motion,
+        bootstrap=choices.bootstrap,
     )
 
 

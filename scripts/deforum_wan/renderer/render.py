@@ -440,7 +440,7 @@ class _ColorAnchor:
         plan = self.plan
         if plan.color_reference == "image":
             return load_image(str(plan.color_image), field="color_coherence_image_path")
-        if plan.clips[0].mode != T2V:  # started from the init image
+        if plan.clips[0].mode != T2V and not plan.bootstrap:  # started from the init image
             return fit_image(load_image(str(self.settings.init_image)), plan.width, plan.height)
         first = self.folder / outputs.frame_name(self.timestring, 0)
         if outputs.contiguous_frames(self.folder, self.timestring) > 0:
@@ -501,7 +501,9 @@ def _render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | 
     )
     if clip.mode == T2V:
         return pipelines.t2v(request)
-    if tail is None:  # the first clip, started from the settings' init image
+    if tail is None and plan.bootstrap:  # the guide's first picture: frame 0 of a short T2V render of this clip
+        tail = pipelines.t2v(replace(request, num_frames=5, on_preview=None, preview_every=0))[:1]
+    elif tail is None:  # the first clip, started from the settings' init image
         tail = fit_image(load_image(str(settings.init_image)), plan.width, plan.height)[None]
     if clip.mode == I2V:
         return pipelines.i2v(replace(request, image=tail[-1]))
