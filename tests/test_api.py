@@ -383,6 +383,8 @@ def _bad_payloads(tmp_path: Path) -> list[tuple[str, object, int, str]]:
          "options_overrides.exact_size"),
         ("guidance_2 huge", {"deforum_settings": s, "options_overrides": {"guidance_2": 99}}, 422,
          "options_overrides.guidance_2"),
+        ("sensitivity a huge whole number", {"deforum_settings": s, "options_overrides": {"sensitivity": 10**400}},
+         422, "options_overrides.sensitivity"),
         ("preset unknown", {"deforum_settings": s, "options_overrides": {"preset": "warp"}}, 422,
          "options_overrides.preset"),
         ("cache unknown", {"deforum_settings": s, "options_overrides": {"cache": "turbo:1"}}, 422,

@@ -28,6 +28,9 @@ def _int_option(value: Any, low: int, high: int) -> int:
 def _float_option(value: Any, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, int) and not low <= value <= high:  # before float(): a huge int would overflow it
+        digits = str(value)
+        raise ValueError(f"must be between {low:g} and {high:g}, got {digits if len(digits) < 20 else digits[:12] + '…'}")
     value = float(value)
     if not math.isfinite(value) or not low <= value <= high:
         raise ValueError(f"must be between {low:g} and {high:g}, got {value!r}")
