@@ -85,10 +85,10 @@ def test_i2v_model_starts_from_the_init_image(tiny_models, tmp_path):
 
 
 class Recorder:
-    """Real pipelines, with every clip they return kept for inspection."""
+    """Real pipelines, with every request they get and every clip they return kept for inspection."""
 
     def __init__(self, pipelines):
-        self.inner, self.clips = pipelines, []
+        self.inner, self.clips, self.requests = pipelines, [], []
 
     def __getattr__(self, name):
         attr = getattr(self.inner, name)
@@ -97,6 +97,7 @@ class Recorder:
 
         def call(request):
             frames = attr(request)
+            self.requests.append(request)
             self.clips.append(frames)
             return frames
 
@@ -405,27 +406,6 @@ def test_an_i2v_model_without_an_init_image_fails_before_loading(tiny_models, tm
     assert not (tmp_path / "out").exists()
 
 
-class _Calls(Recorder):
-    """Real pipelines; every request and the frames it returned are kept."""
-
-    def __init__(self, pipelines):
-        super().__init__(pipelines)
-        self.requests = []
-
-    def __getattr__(self, name):
-        attr = getattr(self.inner, name)
-        if name not in ("t2v", "i2v", "vace"):
-            return attr
-
-        def call(request):
-            frames = attr(request)
-            self.requests.append(request)
-            self.clips.append(frames)
-            return frames
-
-        return call
-
-
 def test_a_chained_clip_continues_from_the_last_frame_shown(tiny_models, tmp_path):
     """At 24 fps a prompt segment's last clip has surplus Wan frames (4n+1 rounding) no output frame shows:
     the next clip must continue from the frames before them, not from the surplus."""
@@ -433,7 +413,7 @@ def test_a_chained_clip_continues_from_the_last_frame_shown(tiny_models, tmp_pat
     from deforum_wan.renderer.models import classify_model
 
     s = small_settings(max_frames=40, fps=24, prompts={"0": "a red fox", "13": "a blue bird", "27": "a cat"})
-    pipes = _Calls(load_pipelines(classify_model(tiny_models["vace"])))
+    pipes = Recorder(load_pipelines(classify_model(tiny_models["vace"])))
     job = RenderJob(settings=s, model=str(tiny_models["vace"]), outdir=str(tmp_path), make_video=False,
                     options=PlanOptions(steps=1, overlap=2, min_clip_seconds=0, color_match=False))
     result = render(job, pipelines=pipes)
@@ -506,7 +486,7 @@ def test_a_render_with_a_preset_a_lora_per_clip_and_a_step_cache(tiny_models, tm
     config = read_transformer_config(tiny_models["t2v"])
     models = tmp_path / "models" / "wan"
     save_safetensors(models / "loras" / "style.safetensors", lora_tensors("comfyui", config, seed=1))
-    pipes = _Calls(load_pipelines(classify_model(tiny_models["t2v"])))
+    pipes = Recorder(load_pipelines(classify_model(tiny_models["t2v"])))
     weights, schedulers = [], []
     original = pipes.inner.t2v
 
