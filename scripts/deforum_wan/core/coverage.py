@@ -161,7 +161,7 @@ _WAN_IGNORED = {
 }
 
 _NO_NOISE = "Wan adds no img2img noise: each clip is sampled from fresh noise"
-_NO_DEPTH = "Wan does no depth warp: 3D moves become camera words"
+_NO_DEPTH = "no depth warp with camera words (--motion guide warps with depth: use_depth_warping and --depth-model)"
 _PLAIN = re.compile(r'^"?(\d+)"?:\(?"?([-+]?(?:\d+\.?\d*|\.\d+))"?\)?$')
 
 
