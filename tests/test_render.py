@@ -406,6 +406,25 @@ def test_an_i2v_model_without_an_init_image_fails_before_loading(tiny_models, tm
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("key, settings", [
+    ("init_image", {"use_init": True, "init_image": "{bad}"}),
+    ("color_coherence_image_path", {"color_coherence": "Image", "color_coherence_image_path": "{bad}"}),
+])
+def test_an_unreadable_image_fails_before_the_model_loads(tiny_models, tmp_path, monkeypatch, key, settings):
+    from deforum_wan.renderer import loading
+    from deforum_wan.renderer.render import RenderError
+
+    bad = tmp_path / "not-an-image.png"
+    bad.write_text("this is text")
+    monkeypatch.setattr(loading, "load_pipelines", lambda *a, **k: pytest.fail("the model was loaded"))
+    values = {k: v.format(bad=bad) if isinstance(v, str) else v for k, v in settings.items()}
+    job = RenderJob(settings=small_settings(**values), model=str(tiny_models["vace"]), outdir=str(tmp_path / "out"),
+                    options=PlanOptions(steps=1))
+    with pytest.raises(RenderError, match=rf"^{key} '.*not-an-image.png' cannot be read"):
+        render(job)
+    assert not list((tmp_path / "out").rglob("*.png"))
+
+
 def test_a_chained_clip_continues_from_the_last_frame_shown(tiny_models, tmp_path):
     """At 24 fps a prompt segment's last clip has surplus Wan frames (4n+1 rounding) no output frame shows:
     the next clip must continue from the frames before them, not from the surplus."""

@@ -228,6 +228,7 @@ def render(
     new_folder = not folder.exists()
     try:
         speedups = _speedups(plan, info, job.models_dir)  # a LoRA that cannot be used fails before any load
+        _check_images(plan, settings)  # and so does an image that cannot be read
         return _render_prepared(job, info, i2v_info, settings, plan, folder, timestring, resumed, emit=emit,
                                 should_stop=should_stop, pipelines=pipelines, started=started, speedups=speedups,
                                 depth=depth)
@@ -528,6 +529,14 @@ def _depth(job: RenderJob, settings: DeforumSettings, motion: str) -> Any:
         return LazyDepth(job.depth_model, job.models_dir, job.device, depth_wanted(settings, motion))
     except DepthModelError as exc:
         raise RenderError(str(exc)) from None
+
+
+def _check_images(plan: ClipPlan, settings: DeforumSettings) -> None:
+    """Read the images the render will need (the init image, the colour reference) before any model loads."""
+    if plan.clips and plan.clips[0].mode != T2V and not plan.bootstrap:
+        load_image(str(settings.init_image))
+    if plan.color_match and plan.color_reference == "image":
+        load_image(str(plan.color_image), field="color_coherence_image_path")
 
 
 def _speedups(plan: ClipPlan, info: Any, models_dir: str | None) -> Any:
