@@ -110,7 +110,7 @@ def test_plain_frames_follow_the_schedule(tmp_path: Path):
 def test_plain_frames_are_core_warps_of_the_given_image(tmp_path: Path):
     from PIL import Image
 
-    from deforum_wan.core.warp import fly
+    from deforum_wan.core.warp import fly, scaled_path
     from deforum_wan.renderer.frames import fit_image
 
     rng = np.random.default_rng(3)
@@ -126,7 +126,7 @@ def test_plain_frames_are_core_warps_of_the_given_image(tmp_path: Path):
     saved = [_png(frames / outputs.frame_name(mp.PREVIEW_TIMESTRING, i)) for i in range(6)]
     assert np.array_equal(saved[0], source)
     settings = load_settings(path)
-    expected = [w for _i, w, _m in fly(source, 0, 5, mp.scaled_path(settings, 96, 64))]
+    expected = [w for _i, w, _m in fly(source, 0, 5, scaled_path(settings, 96, 64))]
     assert all(np.array_equal(a, b) for a, b in zip(saved[1:], expected))
     assert not np.array_equal(saved[5], saved[0])
 

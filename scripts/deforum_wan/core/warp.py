@@ -33,7 +33,7 @@ picture (what the move reveals and Deforum fills from the border).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -146,6 +146,16 @@ def _flag(settings: DeforumSettings, *keys: str) -> bool:
         elif value is not None:
             raise SettingsError(key, f"expected true or false, got {value!r}")
     return False
+
+
+def scaled_path(settings: DeforumSettings, width: int, height: int) -> WarpPath:
+    """The settings' warp path for a picture of width x height: 2D translations are pixels, so they scale with it
+    (zoom, angles, the transform centre and the 3D moves do not depend on the size)."""
+    path = warp_path(settings)
+    if (width, height) == (path.width, path.height):
+        return path
+    return replace(path, width=width, height=height, translation_x=path.translation_x * (width / path.width),
+                   translation_y=path.translation_y * (height / path.height))
 
 
 def warp_path(settings: DeforumSettings) -> WarpPath:

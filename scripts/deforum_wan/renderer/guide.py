@@ -82,8 +82,7 @@ def clip_guide(settings: DeforumSettings, plan: ClipPlan, clip: Clip, last_shown
     settings warp in 3D with `use_depth_warping` on; otherwise the depth is Deforum's flat one."""
     from PIL import Image
 
-    from ..core.warp import fly
-    from .motion_preview import scaled_path
+    from ..core.warp import fly, scaled_path
 
     width, height = plan.width, plan.height
     picture = np.asarray(Image.fromarray(last_shown).convert("RGB").resize((width, height), Image.LANCZOS))

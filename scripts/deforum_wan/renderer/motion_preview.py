@@ -28,7 +28,6 @@ from .frames import fit_image
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.plan import ClipPlan
     from ..core.settings import DeforumSettings
-    from ..core.warp import WarpPath
 
 DEFAULT_MAX_SIDE = 384  # the long side: 3D bicubic warps of 384 px take about 0.04 s a frame on one core
 PREVIEW_TIMESTRING = "00000000000000"  # the plain frames' names: {timestring}_{index:09}.png
@@ -151,24 +150,10 @@ def _read_image(where: str, field: str) -> np.ndarray:
 # The warp and the strip
 
 
-def scaled_path(settings: "DeforumSettings", width: int, height: int) -> "WarpPath":
-    """The settings' warp path for a picture of width x height: 2D translations are pixels, so they scale with it
-    (zoom, angles, the transform centre and the 3D moves do not depend on the size)."""
-    from dataclasses import replace
-
-    from ..core.warp import warp_path
-
-    path = warp_path(settings)
-    if (width, height) == (path.width, path.height):
-        return path
-    return replace(path, width=width, height=height, translation_x=path.translation_x * (width / path.width),
-                   translation_y=path.translation_y * (height / path.height))
-
-
 def plain_frames(settings: "DeforumSettings", image: np.ndarray) -> Iterator[np.ndarray]:
     """Exactly max_frames frames: frame 0 is `image`, each next one the previous warped by that frame's camera
     move (Deforum's cumulative warp, core.warp.fly)."""
-    from ..core.warp import fly
+    from ..core.warp import fly, scaled_path
 
     total = settings.max_frames
     yield image
