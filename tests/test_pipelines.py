@@ -52,6 +52,22 @@ def test_vace_conditioning_keeps_known_frames_and_masks_the_rest() -> None:
         vace_conditioning(np.zeros((10, H, W, 3), np.uint8), 9, W, H)
 
 
+
+def test_vace_conditioning_takes_a_source_video_with_its_mask_and_kept_images() -> None:
+    """Video Input: the source frames are the hint, a mask video says where to change;
+    guided images are kept at their clip frames whatever else is there."""
+    known = np.full((1, H, W, 3), 7, np.uint8)
+    source = np.stack([np.full((H, W, 3), 50 + i, np.uint8) for i in range(4)])
+    masks = [np.zeros((H, W), np.uint8), np.full((H, W), 255, np.uint8)] + [np.full((H, W, 3), 255, np.uint8)] * 2
+    guided = np.full((H, W, 3), 222, np.uint8)
+    video, mask = vace_conditioning(known, 5, W, H, source, masks, keep_at=((3, guided),))
+    assert [int(np.asarray(v)[0, 0, 0]) for v in video] == [7, 50, 51, 222, 53]
+    assert [int(np.asarray(m).max()) for m in mask] == [0, 0, 255, 0, 255]
+    with pytest.raises(ValueError, match="guide masks"):
+        vace_conditioning(known, 5, W, H, source, masks[:2])
+    with pytest.raises(ValueError, match="outside the clip"):
+        vace_conditioning(known, 5, W, H, keep_at=((5, guided),))
+
 # --- through diffusers ----------------------------------------------------------------
 
 

@@ -360,7 +360,7 @@ def test_a_url_soundtrack_is_fetched_by_the_render_not_by_ffmpeg(tiny_models, tm
         assert result.video.is_file() and any("loopback" in w for w in result.warnings), result.warnings
         assert server.routes.seen == []
         real_fetch = fetch.fetch
-        monkeypatch.setattr(render_module.fetch, "fetch", lambda url, kind, policy=None: real_fetch(
+        monkeypatch.setattr(fetch, "fetch", lambda url, kind, policy=None: real_fetch(
             url, kind, fetch.FetchPolicy(allow_loopback=True)))
         result = render(RenderJob(**{**job.__dict__, "outdir": str(tmp_path / "fetched")}))
         assert server.routes.seen == ["/song.wav"] and not [w for w in result.warnings if "soundtrack" in w]

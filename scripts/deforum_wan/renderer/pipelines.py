@@ -92,6 +92,8 @@ class ClipRequest:
     scheduler_options: tuple[tuple[str, Any], ...] = ()  # its keyword arguments, e.g. stochastic_sampling
     guide_frames: np.ndarray | Sequence[Any] | None = None  # vace: pictures for the frames after the known ones
     conditioning_scale: float | None = None  # vace: weight of the known frames and the guide (1.0: VACE's default)
+    guide_masks: Sequence[Any] | None = None  # vace: per guide frame, [H, W] uint8 (255 generate, 0 keep); None: 255
+    keep_at: tuple[tuple[int, Any], ...] = ()  # vace: (clip frame, image) pairs given and kept, e.g. guided images
 
 
 def patch_prompt_cleaning() -> None:
@@ -147,13 +149,16 @@ def to_pil(image: Any, width: int, height: int) -> PIL.Image.Image:
 
 def vace_conditioning(
     known_frames: np.ndarray | Sequence[Any], num_frames: int, width: int, height: int,
-    guide_frames: np.ndarray | Sequence[Any] | None = None,
+    guide_frames: np.ndarray | Sequence[Any] | None = None, guide_masks: Sequence[Any] | None = None,
+    keep_at: Sequence[tuple[int, Any]] = (),
 ) -> tuple[list[PIL.Image.Image], list[PIL.Image.Image]]:
-    """Video and mask for VACE continuation, following WanVACEPipeline's documented recipe.
+    """Video and mask for VACE, following WanVACEPipeline's documented recipe.
 
     Known frames come first and are kept (mask black, 0); the remaining frames are
-    generated (mask white, 255): grey (128), or the motion guide's pictures, which
-    VACE then takes as a hint (renderer/guide.py).
+    generated (mask white, 255): grey (128), or the guide's pictures (the motion guide,
+    a source video), which VACE then takes as a hint; `guide_masks` narrow where each
+    guide frame is regenerated (a Deforum mask video: white = change). `keep_at` puts
+    given images at given clip frames and keeps them (guided images).
     """
     import PIL.Image
 
@@ -165,10 +170,37 @@ def vace_conditioning(
     white = PIL.Image.new("L", (width, height), 255)
     rest = num_frames - len(known)
     if guide_frames is None:
-        return known + [grey] * rest, [black] * len(known) + [white] * rest
-    if len(guide_frames) != rest:
-        raise ValueError(f"{len(guide_frames)} guide frames for the {rest} frames after the known ones")
-    return known + [to_pil(frame, width, height) for frame in guide_frames], [black] * len(known) + [white] * rest
+        video, mask = known + [grey] * rest, [black] * len(known) + [white] * rest
+    else:
+        if len(guide_frames) != rest:
+            raise ValueError(f"{len(guide_frames)} guide frames for the {rest} frames after the known ones")
+        video = known + [to_pil(frame, width, height) for frame in guide_frames]
+        mask = [black] * len(known) + [white] * rest
+    if guide_masks is not None:
+        if len(guide_masks) != rest:
+            raise ValueError(f"{len(guide_masks)} guide masks for the {rest} frames after the known ones")
+        mask[len(known):] = [_mask_image(m, width, height) for m in guide_masks]
+    for at, image in keep_at:
+        if not 0 <= at < num_frames:
+            raise ValueError(f"a kept frame at {at} is outside the clip's {num_frames} frames")
+        video[at], mask[at] = to_pil(image, width, height), black
+    return video, mask
+
+
+def _mask_image(mask: Any, width: int, height: int) -> PIL.Image.Image:
+    """An [H, W] (or [H, W, 3]) array or PIL image -> an L mask of the clip's size, 255 where VACE generates."""
+    import PIL.Image
+
+    if isinstance(mask, PIL.Image.Image):
+        pil = mask.convert("L")
+    else:
+        array = np.asarray(mask)
+        if array.ndim == 3:
+            array = array[..., :3].mean(axis=-1)
+        if array.ndim != 2:
+            raise ValueError(f"expected a mask shaped [H, W], got {array.shape}")
+        pil = PIL.Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "L")
+    return pil if pil.size == (width, height) else pil.resize((width, height), PIL.Image.NEAREST)
 
 
 @dataclass(eq=False)
@@ -243,7 +275,8 @@ class Pipelines:
         if not _is_vace(self.main):
             raise ModeError(f"{self.info.name} ({self.info.kind}) is not a VACE model; it cannot continue clips")
         known = request.known_frames if request.known_frames is not None else []
-        video, mask = vace_conditioning(known, request.num_frames, request.width, request.height, request.guide_frames)
+        video, mask = vace_conditioning(known, request.num_frames, request.width, request.height, request.guide_frames,
+                                        request.guide_masks, request.keep_at)
         extra: dict[str, Any] = {"video": video, "mask": mask}
         if request.conditioning_scale is not None:
             extra["conditioning_scale"] = float(request.conditioning_scale)

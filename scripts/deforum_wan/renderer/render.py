@@ -32,23 +32,20 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import fetch
 from . import outputs
 from . import preview
-from .frames import ColorReference, fit_image, match_to_reference, resample
-from .pipelines import ClipRequest, Interrupted
+from .conditioning import ColorAnchor, check_images, render_clip
+from .errors import RenderError
+from .frames import resample
+from .pipelines import Interrupted
 from ..core.plan import Clip, ClipPlan, PlanOptions, plan_clips
 from ..core.seeds import resolve_seed
 from ..core.settings import DeforumSettings
-from ..core.specs import I2V, T2V, VACE, ModelSpec
+from ..core.specs import I2V, ModelSpec
 
 log = logging.getLogger(__name__)
 
 EventCallback = Callable[[dict], None]
-
-
-class RenderError(RuntimeError):
-    """A render cannot start or go on; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -129,22 +126,6 @@ class _Writer:
         self.thread.join()
         if self.error:
             raise RenderError(f"writing frames to {self.folder} failed: {self.error}") from self.error
-
-
-def load_image(source: str, policy: fetch.FetchPolicy | None = None, field: str = "init_image") -> np.ndarray:
-    """An image from a local path or an http(s) URL (fetched with the SSRF checks of renderer.fetch); errors name `field`."""
-    import io
-
-    from PIL import Image
-
-    try:
-        if fetch.is_url(source):
-            image = Image.open(io.BytesIO(fetch.fetch(source.strip(), fetch.IMAGE, policy).data))
-        else:
-            image = Image.open(Path(source).expanduser())
-        return np.asarray(image.convert("RGB"))
-    except Exception as exc:
-        raise RenderError(f"{field} {source!r} cannot be read: {exc}") from None
 
 
 def _same_layout(a: ClipPlan, b: ClipPlan) -> bool:
@@ -228,7 +209,7 @@ def render(
     new_folder = not folder.exists()
     try:
         speedups = _speedups(plan, info, job.models_dir)  # a LoRA that cannot be used fails before any load
-        _check_images(plan, settings)  # and so does an image that cannot be read
+        check_images(plan, settings)  # and so does an image that cannot be read
         return _render_prepared(job, info, i2v_info, settings, plan, folder, timestring, resumed, emit=emit,
                                 should_stop=should_stop, pipelines=pipelines, started=started, speedups=speedups,
                                 depth=depth)
@@ -312,7 +293,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
         if pending:
             speedups.apply(pipelines, emit)
         previous_tail: np.ndarray | None = None
-        anchor = _ColorAnchor(plan, settings, folder, timestring)
+        anchor = ColorAnchor(plan, settings, folder, timestring)
         for clip in pending:
             if stopping():
                 raise Stopped()
@@ -344,7 +325,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
                     emit({"type": "preview", "clip": _clip.index, "step": step, "steps": steps, "path": str(path)})
 
             speedups.clip(clip)
-            frames = _render_clip(pipelines, plan, clip, tail, settings, on_step,
+            frames = render_clip(pipelines, plan, clip, tail, settings, on_step,
                                   on_preview if preview_every else None, preview_every, depth)
             pipeline_seconds += time.perf_counter() - clip_start
             frames = anchor.match(clip, frames)
@@ -413,44 +394,6 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
     return result
 
 
-class _ColorAnchor:
-    """Every clip matched to one fixed reference, as Deforum's color_coherence does, so drift cannot build up.
-
-    The reference is color_coherence_image_path (color_coherence Image), else the init image when the
-    render starts from one, else output frame 0 (the first clip is then the reference and left as it is;
-    on resume frame 0 is read back from disk).
-    """
-
-    def __init__(self, plan: ClipPlan, settings: DeforumSettings, folder: Path, timestring: str):
-        self.plan, self.settings, self.folder, self.timestring = plan, settings, folder, timestring
-        self.reference: ColorReference | None = None
-
-    def match(self, clip: Clip, frames: np.ndarray) -> np.ndarray:
-        space = self.plan.color_space
-        if not (self.plan.color_match and space):
-            return frames
-        if self.reference is None:
-            image = self._reference_image()
-            if image is None:  # the first clip of a text-started render is the reference itself
-                self.reference = ColorReference.from_frames(frames[clip.sources[0][0]], space)
-                return frames
-            self.reference = ColorReference.from_frames(image, space)
-        return match_to_reference(frames, self.reference)
-
-    def _reference_image(self) -> np.ndarray | None:
-        plan = self.plan
-        if plan.color_reference == "image":
-            return load_image(str(plan.color_image), field="color_coherence_image_path")
-        if plan.clips[0].mode != T2V and not plan.bootstrap:  # started from the init image
-            return fit_image(load_image(str(self.settings.init_image)), plan.width, plan.height)
-        first = self.folder / outputs.frame_name(self.timestring, 0)
-        if outputs.contiguous_frames(self.folder, self.timestring) > 0:
-            from PIL import Image
-
-            return np.asarray(Image.open(first).convert("RGB"))
-        return None
-
-
 def _onto_timeline(plan: ClipPlan, clip: Clip, frames: np.ndarray) -> np.ndarray:
     """The clip's output frames: Wan frames as they are, with motion-compensated in-betweens (timing
     interpolate) or crossfades (timing blend) where an output frame falls between two."""
@@ -489,36 +432,6 @@ def _resume_tail(plan: ClipPlan, clip: Clip, folder: Path, timestring: str, emit
     return np.repeat(frame[None], clip.overlap, axis=0)
 
 
-def _render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | None,
-                 settings: DeforumSettings, on_step: Callable[[int, int], bool],
-                 on_preview: Callable[[int, int, np.ndarray], None] | None = None, preview_every: int = 0,
-                 depth: Any = None) -> np.ndarray:
-    request = ClipRequest(
-        prompt=clip.render_prompt, negative_prompt=clip.negative_prompt, num_frames=clip.num_frames,
-        width=plan.width, height=plan.height, steps=clip.steps, guidance=clip.guidance, guidance_2=clip.guidance_2,
-        seed=clip.seed,
-        flow_shift=clip.flow_shift, on_step=on_step, on_preview=on_preview, preview_every=preview_every,
-        scheduler=plan.scheduler, scheduler_options=tuple(sorted(plan.scheduler_options.items())),
-    )
-    if clip.mode == T2V:
-        return pipelines.t2v(request)
-    if tail is None and plan.bootstrap:  # the guide's first picture: frame 0 of a short T2V render of this clip
-        tail = pipelines.t2v(replace(request, num_frames=5, on_preview=None, preview_every=0))[:1]
-    elif tail is None:  # the first clip, started from the settings' init image
-        tail = fit_image(load_image(str(settings.init_image)), plan.width, plan.height)[None]
-    if clip.mode == I2V:
-        return pipelines.i2v(replace(request, image=tail[-1]))
-    if clip.mode == VACE:
-        request = replace(request, known_frames=list(tail[-clip.overlap:]))
-        if plan.motion != "words":  # the camera path as a warped picture (renderer/guide.py)
-            from .guide import clip_guide
-
-            guide = clip_guide(settings, plan, clip, tail[-1], depth_model=depth.get() if depth else None)
-            request = replace(request, guide_frames=guide.frames, conditioning_scale=guide.scale)
-        return pipelines.vace(request)
-    raise RenderError(f"clip {clip.index}: unknown mode {clip.mode!r}")
-
-
 def _depth(job: RenderJob, settings: DeforumSettings, motion: str) -> Any:
     """The job's depth model, checked now, loaded at the first guide that uses it; None without one."""
     if not job.depth_model:
@@ -529,14 +442,6 @@ def _depth(job: RenderJob, settings: DeforumSettings, motion: str) -> Any:
         return LazyDepth(job.depth_model, job.models_dir, job.device, depth_wanted(settings, motion))
     except DepthModelError as exc:
         raise RenderError(str(exc)) from None
-
-
-def _check_images(plan: ClipPlan, settings: DeforumSettings) -> None:
-    """Read the images the render will need (the init image, the colour reference) before any model loads."""
-    if plan.clips and plan.clips[0].mode != T2V and not plan.bootstrap:
-        load_image(str(settings.init_image))
-    if plan.color_match and plan.color_reference == "image":
-        load_image(str(plan.color_image), field="color_coherence_image_path")
 
 
 def _speedups(plan: ClipPlan, info: Any, models_dir: str | None) -> Any:
