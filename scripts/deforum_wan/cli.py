@@ -117,7 +117,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     settings = _load(args.settings)
     seed = resolve_seed(args.seed if args.seed is not None else settings.seed)
     plan = plan_clips(settings, model_spec_for(args.model), plan_options(args, seed))
-    print(plan.to_json() if args.json else format_plan(plan))
+    from .core.input_report import format_input_report, input_report
+
+    inputs = input_report(settings.raw)  # what the file brings: init image, video, guided images, Parseq
+    if args.json:
+        print(json.dumps({**plan.to_dict(), "inputs": [e.to_dict() for e in inputs]}, indent=2, ensure_ascii=False))
+    else:
+        print(format_plan(plan) + "\n\n" + format_input_report(inputs))
     return 0
 
 

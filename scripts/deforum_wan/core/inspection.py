@@ -1,10 +1,11 @@
-"""What a user checks before rendering: length, size, prompts over time, camera ranges, and what
-happens to every Deforum key (used, mapped or ignored: coverage.py)."""
+"""What a user checks before rendering: length, size, prompts over time, camera ranges, the inputs the
+file brings (input_report.py), and what happens to every Deforum key (used, mapped or ignored: coverage.py)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 from .coverage import format_key_report, key_report
+from .input_report import InputEntry, format_input_report, input_report
 from .prompts import prompt_at, prompt_keyframes
 from .schedules import parse_schedule
 from .settings import CAMERA_KEYS, DeforumSettings
@@ -43,6 +44,7 @@ class Inspection:
     schedules: tuple[ScheduleStats, ...]
     keys: dict  # coverage.KeyReport.to_dict(): every covered key with its status and note, and the warnings
     keys_text: str = ""  # the same as a table
+    inputs: tuple[InputEntry, ...] = ()  # init image, Video Input, Guided Images, Parseq: on or off, as written
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +79,7 @@ def inspect_settings(settings: DeforumSettings) -> Inspection:
         schedules=tuple(stats),
         keys=report.to_dict(),
         keys_text=format_key_report(report),
+        inputs=input_report(settings.raw),
     )
 
 
@@ -95,6 +98,8 @@ def format_inspection(ins: Inspection, width: int = 100) -> str:
     lines += ["", "camera schedules (per-frame values):", f"  {'key':<20}{'min':>10}{'max':>10}{'mean':>10}"]
     for s in ins.schedules:
         lines.append(f"  {s.key:<20}{s.minimum:>10.4g}{s.maximum:>10.4g}{s.mean:>10.4g}")
+    if ins.inputs:
+        lines += ["", format_input_report(ins.inputs)]
     if ins.keys_text:
         lines += ["", ins.keys_text]
     return "\n".join(lines)
