@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SETTINGS = REPO.parent / "shared" / "deforum-settings" / "a1111-deforum-test-simple.txt"
 EXPECTED_IDS = ("deforum_wan_settings_path", "deforum_wan_plan_table", "deforum_wan_plot", "deforum_wan_generate",
                 "deforum_wan_interrupt", "deforum_wan_progress", "deforum_wan_video", "deforum_wan_resume_list",
-                "deforum_wan_model", "deforum_wan_enhance_preview", "deforum_wan_environment_check")
+                "deforum_wan_model", "deforum_wan_enhance_preview", "deforum_wan_environment_check",
+                "deforum_wan_init_image", "deforum_wan_init_path", "deforum_wan_init_strength", "deforum_wan_init_status")
 
 
 def fake_host(root: Path) -> dict[str, list]:
@@ -152,6 +153,62 @@ def check_imports(blocks, root: Path) -> None:
     assert "20240102000000" in status and "Unfinished renders" in status, status
 
 
+def check_init_image(blocks, root: Path, state: dict, defaults: list) -> None:
+    """An uploaded picture is kept where the API keeps its inputs and the plan starts from it; a path outside the
+    allowed folders, or a file that is not an image, is refused with a message; clearing brings the file's own back."""
+    from PIL import Image
+
+    from deforum_wan.service.validation import Validator
+
+    for name in ("on_init_upload", "on_init_path", "on_init_clear", "on_init_import", "on_init_strength"):
+        assert _triggers(blocks, name), f"{name} is not wired"
+    upload = root / "gradio" / "9f8e" / "start.png"  # gradio's temporary copy
+    upload.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 24), (200, 30, 20)).save(upload)
+    choice, status, _image = _fn(blocks, "on_init_upload")(str(upload), state, None, 0.6)
+    saved = Path(choice["path"])
+    outdir = root / "outputs" / "img2img-images"
+    assert saved.parent == outdir / "deforum_wan_api_inputs" and saved.read_bytes() == upload.read_bytes(), choice
+    assert "The render starts from the uploaded image" in status and "strength 0.60" in status, status
+    assert "use_init off" in status, status  # what it replaces, said clearly
+    plan_dict, _table, _fig, note, kept = _fn(blocks, "on_plan")(state, None, None, *defaults[:-2], choice, 0.6)
+    assert plan_dict["clips"][0]["mode"] != "t2v" and "init image: the uploaded image from the tab" in note, note
+    assert not kept.get("use_init"), "the tab's init image leaked into the imported settings"
+    # The job's settings as Generate submits them: the API's own validation accepts the saved path.
+    from deforum_wan.core.settings import load_settings
+    from deforum_wan.webui import init_image
+
+    job = init_image.apply(load_settings(state), choice, 0.6).to_dict()
+    assert job["use_init"] is True and job["init_image"] == str(saved) and job["strength"] == 0.6, job
+    queue = types.SimpleNamespace(outdir=str(outdir), models_dir=None)
+    assert Validator(queue, [str(outdir)]).check_source(job["init_image"], ("init_image",), "image") == str(saved)
+    # Refused: a file outside the allowed folders, a file that is not an image, a traversal.
+    outside = root / "elsewhere.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    not_image = outdir / "notes.png"
+    not_image.write_text("hello")
+    for given, words in ((str(outside), "only http(s) URLs, data: URLs and files inside"),
+                         (str(not_image), "not an image PIL can read"), (str(outdir / ".." / "x.png"), "'..'"),
+                         ("file:///etc/passwd", "file: URLs are not allowed")):
+        kept_choice, status, image = _fn(blocks, "on_init_path")(given, state, choice, 0.6)
+        assert kept_choice == choice and "**Cannot use the init image**" in status and words in status, status
+        assert _value(image) is None or image == {"__type__": "update"}, image
+    bad_upload = root / "gradio" / "9f8e" / "broken.png"
+    bad_upload.write_bytes(b"\x89PNG not really")
+    refused, status, image = _fn(blocks, "on_init_upload")(str(bad_upload), state, None, 0.6)
+    assert refused is None and "not an image PIL can read" in status and _value(image) is None, status
+    # A path inside the output folder: copied to the inputs folder and shown as the thumbnail.
+    inside = outdir / "Deforum_1" / "frame.png"
+    Image.new("RGB", (16, 16), (0, 90, 200)).save(inside)
+    picked, status, image = _fn(blocks, "on_init_path")(str(inside), state, None, 0.6)
+    assert Path(picked["path"]).parent == saved.parent and _value(image) == picked["path"], picked
+    assert f"The render starts from {inside}" in status, status
+    cleared, status = _fn(blocks, "on_init_clear")(state, 0.6)
+    assert cleared is None and "No init image" in status, status
+    strength, status = _fn(blocks, "on_init_import")(dict(state, strength=0.35), None, 0.6)
+    assert _value(strength) == 0.35, strength
+
+
 def check(settings_path: Path) -> dict:
     import gradio as gr
 
@@ -197,8 +254,9 @@ def check(settings_path: Path) -> dict:
     state, summary, status, _plan = _fn(blocks, "on_load")(str(settings_path))
     assert state and "frames" in summary, status
     # model, width, height, steps, guidance, continuity, overlap, colour, timing, min clip s, motion, preset, cache, LoRAs,
-    # memory, enhancer (4)
-    defaults = ["", 32, 32, 2, 0, "auto", 0, True, "auto", 2, "words", "quality", "", "", "auto", False, "", 0.5, ""]
+    # memory, enhancer (4), init image (its choice, strength)
+    defaults = ["", 32, 32, 2, 0, "auto", 0, True, "auto", 2, "words", "quality", "", "", "auto", False, "", 0.5, "",
+                None, 0.8]
     plan_dict, table, figure, note, state = _fn(blocks, "on_plan")(state, None, None, *defaults)
     rows = _value(table)
     assert plan_dict and rows and figure is not None and table["visible"] is True, note
@@ -232,6 +290,7 @@ def check(settings_path: Path) -> dict:
     latest = _fn(blocks, "on_latest")()
     assert latest[0] is None and "No Deforum settings" in latest[2], latest
     check_imports(blocks, root)
+    check_init_image(blocks, root, state, defaults)
     return {"gradio": gr.__version__, "components": len(config["components"]), "clips": len(rows),
             "python": sys.version.split()[0]}
 

@@ -223,8 +223,15 @@ def tab_context():
         jobs=functools.cache(lambda: Jobs(queue())),  # one wrapper (one subscription) on this web UI's queue
         outdir=outdir, models_dir=models_dir, default_model=lambda: _opt("deforum_wan_default_model") or None,
         memory_profile=lambda: _opt("deforum_wan_memory_profile") or "auto", output_roots=output_roots,
-        webui_root=_webui_root(),
+        webui_root=_webui_root(), allowed_roots=allowed_roots, fetch_policy=_fetch_policy,
     )
+
+
+def _fetch_policy() -> Any:
+    """The API's URL rules (the host's options) for the tab's init image URLs too."""
+    from ..renderer import fetch
+
+    return fetch.host_policy()
 
 
 def on_ui_tabs() -> list[tuple[Any, str, str]]:

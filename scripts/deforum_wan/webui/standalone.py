@@ -16,9 +16,10 @@ def standalone_context(outdir: str, models_dir: str | None) -> TabContext:
 
     out = str(Path(outdir).expanduser().resolve())
     models = str(Path(models_dir).expanduser().resolve()) if models_dir else str(default_models_dir().resolve())
+    here = os.getcwd()
     return TabContext(outdir=lambda: out, models_dir=lambda: models, output_roots=lambda: [out],
                       default_model=lambda: os.environ.get("DEFORUM_WAN_DEFAULT_MODEL"),
-                      webui_root=os.getcwd(), standalone=True)
+                      webui_root=here, standalone=True, allowed_roots=lambda: [out, here])
 
 
 def build_app(outdir: str = "outputs", models_dir: str | None = None, token: str | None = None):
@@ -30,7 +31,7 @@ def build_app(outdir: str = "outputs", models_dir: str | None = None, token: str
     app = FastAPI(title="Deforum Wan")
     from ..service import api
 
-    api.add_routes(app, ctx.get_jobs().queue, allowed_roots=[ctx.outdir(), os.getcwd()], model_roots=[ctx.models_dir()])
+    api.add_routes(app, ctx.get_jobs().queue, allowed_roots=ctx.allowed_roots(), model_roots=[ctx.models_dir()])
     blocks = build_tab(ctx)
     if gr.__version__.startswith("3."):
         blocks.queue(concurrency_count=8)

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..service import bridge, doctor
-from . import tab_data
-from .tab_data import Controls, none_if_zero as _none_if_zero
+from . import init_image, tab_data
+from .tab_data import Controls, error_html as _error_html, last_frame as _last_frame, none_if_zero as _none_if_zero
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[2]
 EXTENSION_DIR = SCRIPTS_DIR.parent
@@ -52,6 +52,15 @@ class TabContext:
     webui_root: str | None = None
     jobs: Callable[[], "Jobs"] | None = None
     standalone: bool = False
+    allowed_roots: Callable[[], list[str]] = lambda: []  # where init images may be read from (the API's roots)
+    fetch_policy: Callable[[], Any] | None = None  # renderer.fetch.FetchPolicy for init image URLs
+
+    def init_images(self) -> init_image.InitImages:
+        """The API's Validator on the tab's queue: its allowed roots and inputs folder take the tab's init image."""
+        from ..service.validation import Validator
+
+        return init_image.InitImages(Validator(self.get_jobs().queue, self.allowed_roots() or None),
+                                     self.fetch_policy)
 
     def get_jobs(self) -> "Jobs":
         if self.jobs is None:
@@ -161,34 +170,33 @@ def model_spec_and_note(model_path: str | None):
     return fallback, f"no model chosen: planned for {fallback.label}"
 
 
-def make_plan(settings_state: Any, rows: Any, plan_state: Any, controls: Controls):
-    """Settings with table edits applied, the new plan, and a note; raises ValueError for the user."""
-    from ..core.plan import ClipPlan, plan_clips
-    from ..core.seeds import resolve_seed
+def edited_settings(settings_state: Any, rows: Any, plan_state: Any):
+    """The imported settings with the table's prompt edits (what the tab keeps between plans)."""
+    from ..core.plan import ClipPlan
 
     settings = _settings_from_state(settings_state)
     if plan_state and rows is not None:
         settings = tab_data.apply_prompt_edits(ClipPlan.from_dict(plan_state), settings, rows)
+    return settings
+
+
+def make_plan(settings_state: Any, rows: Any, plan_state: Any, controls: Controls):
+    """Settings for the render (table edits, the tab's init image), the new plan, and notes; ValueError for the user."""
+    from ..core.plan import plan_clips
+    from ..core.seeds import resolve_seed
+
+    settings = init_image.apply(edited_settings(settings_state, rows, plan_state), controls.init_image,
+                                controls.init_strength)
     spec, note = model_spec_and_note(controls.model_path)
     plan = plan_clips(settings, spec, controls.plan_options(seed=resolve_seed(settings.seed)))
     notes = [note] if note else []
+    choice = init_image.InitChoice.from_state(controls.init_image)
+    if choice is not None:
+        notes.append(f"init image: {choice.shown} from the tab, in place of the settings' (strength "
+                     f"{float(settings.raw.get('strength', init_image.DEFAULT_STRENGTH)):.2f})")
     if settings.seed == -1:
         notes.append("seed -1: the seeds shown are an example; the render draws its own")
     return settings, plan, notes
-
-
-def plan_summary(plan: Any, notes: list[str]) -> str:
-    m = plan.metrics
-    lines = [f"**{plan.model_kind}** at {plan.native_fps} fps → {plan.max_frames} frames at {plan.fps:g} fps "
-             f"({m.seconds:.2f} s), {plan.width}×{plan.height}, continuity **{plan.continuity}**; "
-             f"timing **{plan.timing}**; {m.clip_count} clip(s), {m.generated_frames} Wan frames for a timeline of "
-             f"{m.timeline_frames} (×{m.generated_per_timeline:.2f}), cost {m.cost}"
-             + (f" (×{m.cost / max(m.quality_cost, 1):.2f} of quality, preset **{plan.preset}**)"
-                if plan.preset != "quality" else "")]
-    lines += [f"- clip {c.index} merges prompts {', '.join(c.merged)} (shorter than the minimum clip length; the "
-              "table edits the first)" for c in plan.clips if c.merged]
-    lines += [f"- {w}" for w in (*plan.warnings, *notes)]
-    return "\n".join(lines)
 
 
 def scan_model_choices(models_dir: str) -> dict[str, str]:
@@ -281,6 +289,7 @@ def build_tab(ctx: TabContext):
                     no_scroll = {} if gr.__version__.startswith("3.") else {"autoscroll": False}
                     summary = gr.Textbox(label="Summary", lines=10, max_lines=24, interactive=False,
                                          elem_id="deforum_wan_summary", elem_classes=["deforum-wan-mono"], **no_scroll)
+                    init = init_image.InitPanel(ctx.init_images, settings_state)
                 with gr.Column(scale=4):
                     gr.Markdown("### Model and options")
                     with gr.Row():
@@ -376,14 +385,15 @@ def build_tab(ctx: TabContext):
                 resume_btn = gr.Button("Resume", elem_id="deforum_wan_resume", scale=1)
 
         option_inputs = [model_dd, width, height, steps, guidance, continuity, overlap, color_match, timing, min_clip,
-                         motion, preset, cache, loras, memory, enhance, style, style_strength, qwen]
+                         motion, preset, cache, loras, memory, enhance, style, style_strength, qwen, init.state,
+                         init.strength]
 
         def controls_of(values: tuple) -> Controls:
-            (label, w, h, st, g, cont, ov, cm, tm, mc, mo, ps, ca, lo, mem, enh, sty, strength, qw) = values
+            (label, w, h, st, g, cont, ov, cm, tm, mc, mo, ps, ca, lo, mem, enh, sty, strength, qw, ini, ini_s) = values
             return Controls(model_path=model_paths.get(label) if label else None, width=w, height=h, steps=st,
                             guidance=g, continuity=cont, overlap=ov, color_match=cm, timing=tm, min_clip_seconds=mc,
                             motion=mo, preset=ps, cache=ca, loras=lo, memory_profile=mem, enhance=enh, style=sty,
-                            style_strength=strength, qwen=qw)
+                            style_strength=strength, qwen=qw, init_image=ini, init_strength=ini_s)
 
         # -- import
         def on_load(path: Any):
@@ -413,20 +423,19 @@ def build_tab(ctx: TabContext):
                 figure = camera_figure(settings, plan)
             except (ValueError, OSError) as exc:
                 return None, gr.update(visible=False), None, f"**Cannot plan:** {exc}", state
+            kept = edited_settings(state, rows, plan_dict)  # the tab's init image stays out of the imported settings
             return (plan.to_dict(), gr.update(value=tab_data.plan_rows(plan, settings), visible=True), figure,
-                    plan_summary(plan, notes), settings.to_dict())
+                    tab_data.plan_summary(plan, notes), kept.to_dict())
 
         plan_outputs = [plan_state, plan_table, plot, plan_note, settings_state]
         plan_inputs = [settings_state, plan_table, plan_state, *option_inputs]
         load_outputs = [settings_state, summary, import_status, plan_state]
-        upload.upload(on_upload, inputs=[upload], outputs=load_outputs).then(
-            on_plan, inputs=plan_inputs, outputs=plan_outputs)
-        load_path_btn.click(on_load, inputs=[path_box], outputs=load_outputs).then(
-            on_plan, inputs=plan_inputs, outputs=plan_outputs)
-        path_box.submit(on_load, inputs=[path_box], outputs=load_outputs).then(
-            on_plan, inputs=plan_inputs, outputs=plan_outputs)
-        latest_btn.click(on_latest, outputs=[*load_outputs, path_box]).then(
-            on_plan, inputs=plan_inputs, outputs=plan_outputs)
+        imports = [upload.upload(on_upload, inputs=[upload], outputs=load_outputs),
+                   load_path_btn.click(on_load, inputs=[path_box], outputs=load_outputs),
+                   path_box.submit(on_load, inputs=[path_box], outputs=load_outputs),
+                   latest_btn.click(on_latest, outputs=[*load_outputs, path_box])]
+        for event in [init.after_import(e) for e in imports] + init.wire():  # the init image can change clip modes
+            event.then(on_plan, inputs=plan_inputs, outputs=plan_outputs)
         update_plan_btn.click(on_plan, inputs=plan_inputs, outputs=plan_outputs)
 
         def on_preview_camera(state: Any, rows: Any, plan_dict: Any, *values: Any):
@@ -449,7 +458,7 @@ def build_tab(ctx: TabContext):
                 _settings, plan, notes = make_plan(state, rows, plan_dict, controls_of(values))
             except (ValueError, OSError) as exc:
                 return gr.update(), f"**Cannot plan:** {exc}"
-            return plan.to_dict(), plan_summary(plan, notes)
+            return plan.to_dict(), tab_data.plan_summary(plan, notes)
 
         for control in (width, height, steps, guidance, color_match, timing, min_clip, motion, preset):
             control.change(on_plan_note, inputs=plan_inputs, outputs=[plan_state, plan_note])
@@ -564,27 +573,6 @@ def build_tab(ctx: TabContext):
         interrupt_btn.click(on_interrupt, inputs=[job_state], outputs=[], queue=False)
         refresh_resume_btn.click(lambda: gr.update(choices=list(resume_choices(ctx.outdir()))), outputs=[resume_dd])
     return blocks
-
-
-def _last_frame(record: Any) -> str | None:
-    """The newest frame of a finished or stopped job, for the preview."""
-    preview = tab_data.record_field(record, "preview")
-    if preview and os.path.isfile(preview):
-        return preview
-    folder, ts = tab_data.record_field(record, "outdir"), tab_data.record_field(record, "timestring")
-    if folder and ts:
-        from ..renderer import outputs
-
-        n = outputs.contiguous_frames(folder, ts)
-        if n:
-            return str(Path(folder) / outputs.frame_name(ts, n - 1))
-    return None
-
-
-def _error_html(exc: BaseException) -> str:
-    import html
-
-    return f'<div class="deforum-wan-progress error">{html.escape(str(exc))}</div>'
 
 
 # ---------------------------------------------------------------------------

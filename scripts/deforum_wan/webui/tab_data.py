@@ -57,6 +57,8 @@ class Controls:
     style: str = ""
     style_strength: float = 0.5
     qwen: str = ""
+    init_image: Any = None  # the init image box's choice (init_image.InitChoice state): None keeps the settings'
+    init_strength: Any = None  # Deforum's `strength` for the init image
     extra: dict = field(default_factory=dict)
 
     def plan_options(self, seed: int | None = None):
@@ -365,6 +367,44 @@ def pick_default_model(choices: Mapping[str, str], preferred: str | None) -> str
         return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
 
     return min(choices, key=rank, default=None)
+
+
+# ---------------------------------------------------------------------------
+# Plan note and job results
+
+
+def plan_summary(plan: Any, notes: list[str]) -> str:
+    """The plan note: model, length, size, continuity, cost, then merged prompts, warnings and notes."""
+    m = plan.metrics
+    lines = [f"**{plan.model_kind}** at {plan.native_fps} fps → {plan.max_frames} frames at {plan.fps:g} fps "
+             f"({m.seconds:.2f} s), {plan.width}×{plan.height}, continuity **{plan.continuity}**; "
+             f"timing **{plan.timing}**; {m.clip_count} clip(s), {m.generated_frames} Wan frames for a timeline of "
+             f"{m.timeline_frames} (×{m.generated_per_timeline:.2f}), cost {m.cost}"
+             + (f" (×{m.cost / max(m.quality_cost, 1):.2f} of quality, preset **{plan.preset}**)"
+                if plan.preset != "quality" else "")]
+    lines += [f"- clip {c.index} merges prompts {', '.join(c.merged)} (shorter than the minimum clip length; the "
+              "table edits the first)" for c in plan.clips if c.merged]
+    lines += [f"- {w}" for w in (*plan.warnings, *notes)]
+    return "\n".join(lines)
+
+
+def last_frame(record: Any) -> str | None:
+    """The newest frame of a finished or stopped job, for the preview."""
+    preview = record_field(record, "preview")
+    if preview and os.path.isfile(preview):
+        return preview
+    folder, ts = record_field(record, "outdir"), record_field(record, "timestring")
+    if folder and ts:
+        n = outputs.contiguous_frames(folder, ts)
+        if n:
+            return str(Path(folder) / outputs.frame_name(ts, n - 1))
+    return None
+
+
+def error_html(exc: BaseException) -> str:
+    import html
+
+    return f'<div class="deforum-wan-progress error">{html.escape(str(exc))}</div>'
 
 
 # ---------------------------------------------------------------------------
