@@ -3,6 +3,9 @@
     const hints = {
         deforum_wan_setup_check: "Ask the worker again whether renders can run (it starts once: a few seconds).",
         deforum_wan_latest: "Load the newest *_settings.txt Deforum saved in its output folders (our own renders' files only when Deforum left none), or deforum_settings.txt in the web UI folder. A resume flag in the file is cleared: resume from Unfinished renders.",
+        deforum_wan_init_image: "The picture the first clip starts from, in place of the settings' init_image; it is kept in the output folder's deforum_wan_api_inputs. Clear it to use the settings' own.",
+        deforum_wan_init_path: "A file inside the web UI's output or input folders, or an http(s) URL (fetched once, with the API's rules).",
+        deforum_wan_init_strength: "Deforum's strength: how strongly a VACE first clip keeps the init image. Starts at the settings' value.",
         deforum_wan_model: "Wan model folders found in the models folder (Settings > Deforum Wan).",
         deforum_wan_continuity: "How each clip continues the previous one: VACE carries the last frames over, I2V starts from the last frame, none renders clips independently.",
         deforum_wan_overlap: "Frames of the previous clip that the next clip continues from (VACE).",

@@ -344,3 +344,44 @@ def test_gradio_341_page_setup_banner_and_plan_table(app_341, browser, tmp_path)
         assert banner.is_visible()
     finally:
         page.close()
+
+
+def test_init_image_upload_reaches_the_render_and_a_bad_path_is_named(app, page, tmp_path):
+    """Drop a picture on the Init image box: it is kept in the API's inputs folder, the plan and the note say the
+    render starts from it, and the rendered frames carry its colours; a path outside the output folders is refused."""
+    import numpy as np
+    from PIL import Image
+
+    settings = _settings_file(tmp_path, "init_settings.txt", color_coherence="LAB", batch_name="Init_{timestring}")
+    _load(page, settings)
+    page.wait_for_selector("#deforum_wan_plan_note :text('5 frames at 20 fps')")
+    page.locator("#deforum_wan_init").get_by_text("Init image", exact=True).first.click()
+    red = tmp_path / "red_start.png"
+    Image.new("RGB", (64, 48), (200, 30, 20)).save(red)
+    page.set_input_files("#deforum_wan_init_image input[type=file]", str(red))
+    page.wait_for_selector("#deforum_wan_init_status :text('The render starts from the uploaded image')")
+    assert "use_init off" in page.inner_text("#deforum_wan_init_status")
+    page.wait_for_selector("#deforum_wan_plan_note :text('init image: the uploaded image from the tab')")
+    page.wait_for_selector("#deforum_wan_init_image img")  # the thumbnail
+    page.screenshot(path=str(ARTIFACTS / "05-init-image.png"), full_page=True)
+
+    for elem_id, value in (("deforum_wan_width", 32), ("deforum_wan_height", 32), ("deforum_wan_steps", 2)):
+        _set_number(page, elem_id, value)
+    page.click("#deforum_wan_generate")
+    seen = _watch_run(page, lambda s: s["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"), RENDER_TIMEOUT_MS / 1000)
+    assert seen[-1]["status"] == "SUCCEEDED", seen[-3:]
+    folder = next(app["outdir"].glob("Init_*"))
+    saved = json.loads(next(folder.glob("*_settings.txt")).read_text())
+    init = Path(saved["init_image"])
+    assert saved["use_init"] is True and init.parent == (app["outdir"] / "deforum_wan_api_inputs").resolve()
+    assert init.read_bytes() == red.read_bytes()
+    frames = np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*_?????????.png"))])
+    mean = frames.reshape(-1, 3).mean(axis=0)
+    assert len(frames) == 5 and mean[0] > 150 and mean[1] < 90 and mean[2] < 90, mean
+
+    _text_input(page, "deforum_wan_init_path").fill("/etc/hostname")
+    page.click("#deforum_wan_init_use")
+    page.wait_for_selector("#deforum_wan_init_status :text('Cannot use the init image')")
+    status = page.inner_text("#deforum_wan_init_status")
+    assert "files inside the web UI's output or input folders" in status, status
+    assert "The render starts from the uploaded image" in status  # the earlier choice stays
