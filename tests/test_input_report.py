@@ -98,3 +98,23 @@ def test_sources_by_kind_and_long_values_shown_by_their_size():
     assert "docs/manifest.json (file)" in local.summary and "parseq_use_deltas False" in local.summary
     assert input_report({"parseq_manifest": {"rendered_frames": []}})[3].summary.startswith(
         "parseq_manifest: an inline object, 0 rendered frames")
+
+
+def test_any_json_values_give_a_report_never_an_exception():
+    from hypothesis import given, settings, strategies as st
+
+    values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                      max_size=3), max_leaves=8)
+    keys = ["use_init", "init_image", "strength", "animation_mode", "video_init_path", "video_mask_path",
+            "use_mask_video", "extract_nth_frame", "use_looper", "init_images", "parseq_manifest", "parseq_use_deltas"]
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.dictionaries(st.sampled_from(keys), values | st.sampled_from(["Video Input", "{", "{\"a\": 1}", "http://x"])))
+    def check(raw):
+        entries = input_report(raw)
+        assert [e.name for e in entries] == ["init image", "Video Input", "Guided Images", "Parseq"]
+        format_input_report(entries)
+        json.dumps([e.to_dict() for e in entries])
+
+    check()
