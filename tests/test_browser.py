@@ -385,3 +385,30 @@ def test_init_image_upload_reaches_the_render_and_a_bad_path_is_named(app, page,
     status = page.inner_text("#deforum_wan_init_status")
     assert "files inside the web UI's output or input folders" in status, status
     assert "The render starts from the uploaded image" in status  # the earlier choice stays
+
+
+def test_gradio_341_init_image_upload_and_a_file_that_is_not_an_image(app_341, browser, tmp_path):
+    """Automatic1111's gradio draws the same Init image box: a dropped picture is taken, a text file is refused."""
+    from PIL import Image
+
+    page = _open(browser, app_341["url"])
+    try:
+        _load(page, _settings_file(tmp_path, "init_341_settings.txt", use_init=True, init_image="/pics/own.png"))
+        page.locator("#deforum_wan_init").get_by_text("Init image", exact=True).first.click()
+        page.wait_for_selector("#deforum_wan_init_status :text('/pics/own.png')")  # the file's own, shown first
+        picture = tmp_path / "start.png"
+        Image.new("RGB", (40, 24), (0, 90, 200)).save(picture)
+        page.set_input_files("#deforum_wan_init_image input[type=file]", str(picture))
+        page.wait_for_selector("#deforum_wan_init_status :text('The render starts from the uploaded image')")
+        status = page.inner_text("#deforum_wan_init_status")
+        assert "in place of the settings' init_image /pics/own.png (use_init on)" in status, status
+        saved = list((app_341["outdir"] / "deforum_wan_api_inputs").glob("*.png"))
+        assert len(saved) == 1, saved
+        notes = app_341["outdir"] / "notes.png"
+        notes.write_text("not a picture")
+        _text_input(page, "deforum_wan_init_path").fill(str(notes))
+        page.click("#deforum_wan_init_use")
+        page.wait_for_selector("#deforum_wan_init_status :text('not an image PIL can read')")
+        page.screenshot(path=str(ARTIFACTS / "06-gradio-341-init-image.png"), full_page=True)
+    finally:
+        page.close()
