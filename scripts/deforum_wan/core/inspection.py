@@ -43,6 +43,7 @@ class Inspection:
     schedules: tuple[ScheduleStats, ...]
     keys: dict  # coverage.KeyReport.to_dict(): every covered key with its status and note, and the warnings
     keys_text: str = ""  # the same as a table
+    parseq: str = ""  # what a Parseq manifest drives (core/parseq.py), when the settings name one
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +78,7 @@ def inspect_settings(settings: DeforumSettings) -> Inspection:
         schedules=tuple(stats),
         keys=report.to_dict(),
         keys_text=format_key_report(report),
+        parseq=settings.parseq.describe() if settings.parseq else "",
     )
 
 
@@ -84,6 +86,7 @@ def format_inspection(ins: Inspection, width: int = 100) -> str:
     lines = [
         f"frames {ins.max_frames} at {ins.fps:g} fps = {ins.seconds:.2f} s, {ins.width}x{ins.height}, "
         f"{ins.animation_mode} mode, seed {ins.seed} ({ins.seed_behavior})",
+        *([ins.parseq] if ins.parseq else []),
         "",
         f"prompts ({len(ins.prompts)}):",
     ]
