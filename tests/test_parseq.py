@@ -269,3 +269,18 @@ def test_a_tiny_render_driven_by_a_manifest(tiny_models, tmp_path):
     assert result.plan.clips[-1].prompt.startswith(BIRD[0]) and result.plan.clips[0].prompt.startswith(FOX[0])
     saved = load_settings(outputs.settings_file(result.folder, result.timestring))  # the saved settings carry it
     assert saved.parseq is not None and saved.max_frames == 12 and saved.angle == s.angle
+
+
+def test_the_manifest_size_is_bounded(tmp_path, monkeypatch):
+    from deforum_wan.core import parseq
+    from deforum_wan.renderer.manifest import loader_for
+
+    text = json.dumps(build_manifest())
+    monkeypatch.setattr(parseq, "MAX_MANIFEST_BYTES", len(text) - 1)
+    with pytest.raises(SettingsError, match=rf"parseq_manifest: the manifest is {len(text)} bytes; at most"):
+        parseq_settings(text)
+    (tmp_path / "m.json").write_text(text)
+    with pytest.raises(SettingsError, match=rf"parseq_manifest: .*m.json is {len(text)} bytes; at most"):
+        settings_from_dict({**BASE, "parseq_manifest": "m.json"}, load_manifest=loader_for(tmp_path / "s.txt"))
+    monkeypatch.setattr(parseq, "MAX_MANIFEST_BYTES", len(text))
+    assert parseq_settings(text).max_frames == 24

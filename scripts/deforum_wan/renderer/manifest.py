@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from ..core.parseq import KEY, MAX_MANIFEST_BYTES, ParseqError, manifest_from_text
+from ..core import parseq
+from ..core.parseq import KEY, ParseqError, manifest_from_text
 from ..core.settings import SettingsError
 from . import fetch
 
@@ -35,8 +36,8 @@ def read_manifest(reference: str, *, base: str | Path | None = None,
                                  f"(looked for {path})")
     try:
         size = path.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise SettingsError(KEY, f"{path} is {size} bytes; at most {MAX_MANIFEST_BYTES}")
+        if size > parseq.MAX_MANIFEST_BYTES:  # checked before reading it
+            raise SettingsError(KEY, f"{path} is {size} bytes; at most {parseq.MAX_MANIFEST_BYTES}")
         data = path.read_bytes()
     except OSError as exc:
         raise SettingsError(KEY, f"cannot read {path}: {exc}") from None
