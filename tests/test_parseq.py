@@ -284,3 +284,27 @@ def test_the_manifest_size_is_bounded(tmp_path, monkeypatch):
         settings_from_dict({**BASE, "parseq_manifest": "m.json"}, load_manifest=loader_for(tmp_path / "s.txt"))
     monkeypatch.setattr(parseq, "MAX_MANIFEST_BYTES", len(text))
     assert parseq_settings(text).max_frames == 24
+
+
+def test_the_camera_plot_shows_the_parseq_values():
+    from deforum_wan.webui.plot import camera_series, keyframe_legend
+
+    manifest = build_manifest()
+    s = parseq_settings(manifest)
+    series = {c.key: c for c in camera_series(s)}
+    for key in ("translation_x", "translation_z", "rotation_3d_y"):
+        np.testing.assert_array_equal(series[key].per_frame, expected(manifest, key, True))
+    assert keyframe_legend(s) == [(1, 0, FOX[0]), (2, 12, BIRD[0])]
+
+
+def test_the_tab_imports_a_manifest_and_keeps_it_through_its_state(tmp_path):
+    from deforum_wan.webui.tab import _settings_from_state, load_settings_file
+
+    (tmp_path / "parseq.json").write_text(json.dumps(build_manifest()))
+    state, summary, status = load_settings_file(str(tmp_path / "parseq.json"))
+    assert status.startswith("Imported") and "Parseq drives the render: 24 frames" in summary
+    s = _settings_from_state(json.loads(json.dumps(state)))  # the state the tab plans and submits from
+    assert s.max_frames == 24 and s.parseq is not None
+    (tmp_path / "settings.txt").write_text(json.dumps({**BASE, "parseq_manifest": "gone.json"}))
+    state, _summary, status = load_settings_file(str(tmp_path / "settings.txt"))
+    assert state is None and "parseq_manifest: 'gone.json' is neither" in status
