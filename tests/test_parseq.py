@@ -308,3 +308,13 @@ def test_the_tab_imports_a_manifest_and_keeps_it_through_its_state(tmp_path):
     (tmp_path / "settings.txt").write_text(json.dumps({**BASE, "parseq_manifest": "gone.json"}))
     state, _summary, status = load_settings_file(str(tmp_path / "settings.txt"))
     assert state is None and "parseq_manifest: 'gone.json' is neither" in status
+
+
+def test_the_motion_guide_warp_reads_the_manifest_and_no_perspective_flip_is_switched_on():
+    from deforum_wan.core.warp import warp_path
+
+    manifest = build_manifest()
+    path = warp_path(parseq_settings(manifest, animation_mode="2D"))
+    assert not path.perspective_flip  # render.py's flip_2d_perspective = True is read by nothing at 3224268
+    np.testing.assert_array_equal(path.translation_x, expected(manifest, "translation_x", True))
+    np.testing.assert_array_equal(path.fov, expected(manifest, "fov", True))

@@ -24,7 +24,10 @@ camera plot and `inspect` all see the Parseq values:
   becomes `max_frames` and `options.output_fps`/`options.cadence` become `fps` and
   `diffusion_cadence`; otherwise the settings' values stay, the last frame's values
   hold past the manifest's end and frames past `max_frames` are unused;
-* Deforum always turns on `flip_2d_perspective` with Parseq (render.py).
+* render.py sets `anim_args.flip_2d_perspective = True` with Parseq, but at that commit
+  nothing reads it (the warp reads `enable_perspective_flip`; the old name is only
+  renamed when a settings file is loaded, deprecation_utils.py), so the flip stays
+  as the settings say.
 
 Deliberate differences, all where Deforum would warn, crash or render NaN: frames must
 be numbered 0..n-1 in order, every frame must carry frame 0's fields, values read must
@@ -297,7 +300,6 @@ def overrides(data: Mapping[str, Any], manifest: Any, *, max_frames: int,
         out["fps"] = int(fps) if float(fps).is_integer() else float(fps)
     if managing and cadence:
         out["diffusion_cadence"] = cadence
-    out["flip_2d_perspective"] = True  # render.py@3224268: "Always enable pseudo-3d with parseq"
     summary = ParseqSummary(frames=n, max_frames=count, fps=0.0, manages_max_frames=managing,
                             manages_fps=bool(managing and fps), use_deltas=use_deltas, managed=tuple(managed),
                             kept=tuple(kept), cadence=cadence if managing else None, source=source)
