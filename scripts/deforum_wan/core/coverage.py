@@ -522,9 +522,9 @@ def _inputs(r: _Report) -> None:
         model = r.text(f"cn_{i}_model")
         named = f" ({model})" if model not in ("", "None") else ""
         r.add(f"cn_{i}_enabled", IGNORED, f"ControlNet unit {i}{named} has no Wan equivalent")
-    r.add("parseq_manifest", USED, r.settings.parseq.describe() if r.settings.parseq else "none given")  # parseq.py
-    for key in ("parseq_use_deltas", "parseq_non_schedule_overrides"):
-        r.when(key, bool(r.settings.parseq), USED, "read as in Deforum's parseq_adapter.py", "no parseq_manifest")
+    pq = r.settings.parseq  # core/parseq.py: what the manifest drives; its two switches read as Deforum reads them
+    for key in ("parseq_manifest", "parseq_use_deltas", "parseq_non_schedule_overrides"):
+        r.when(key, bool(pq), USED, pq.describe() if pq and key.endswith("manifest") else "as in Deforum", "none")
 
 
 def _init(r: _Report) -> None:
