@@ -318,3 +318,9 @@ def test_the_motion_guide_warp_reads_the_manifest_and_no_perspective_flip_is_swi
     assert not path.perspective_flip  # render.py's flip_2d_perspective = True is read by nothing at 3224268
     np.testing.assert_array_equal(path.translation_x, expected(manifest, "translation_x", True))
     np.testing.assert_array_equal(path.fov, expected(manifest, "fov", True))
+
+
+def test_the_two_switches_are_checked_by_name():
+    with pytest.raises(SettingsError) as err:
+        parseq_settings(parseq_use_deltas="sometimes")
+    assert err.value.key == "parseq_use_deltas" and "expected true or false, got 'sometimes'" in str(err.value)

@@ -89,7 +89,11 @@ _PARSEQ_ONLY = re.compile(r"prompt_weight_\d+")
 
 
 class ParseqError(ValueError):
-    """A manifest problem; core/settings.py reports it as a SettingsError on `parseq_manifest`."""
+    """A manifest problem; core/settings.py reports it as a SettingsError on `key`."""
+
+    def __init__(self, problem: str, key: str = KEY):
+        self.key = key
+        super().__init__(problem)
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,7 @@ def resolve(value: Any, load: Callable[[str], Any] | None) -> tuple[Any, str]:
         return (value if isinstance(value, Mapping) else manifest_from_text(value)), "inline"
     if load is None:
         raise ParseqError(f"{ref!r} must be read before the settings are parsed (the command line, the API "
-                                 "and the tab read files and http(s) URLs); or give the manifest itself")
+                          "and the tab read files and http(s) URLs); or give the manifest itself")
     return load(ref), ref
 
 
@@ -168,7 +172,7 @@ def _bool(data: Mapping[str, Any], key: str) -> bool:
         return value.strip().lower() == "true"
     if isinstance(value, (int, float)) and value in (0, 1):
         return bool(value)
-    raise ParseqError(f"{key}: expected true or false, got {value!r}")
+    raise ParseqError(f"expected true or false, got {value!r}", key=key)
 
 
 def _known(field: str) -> bool:

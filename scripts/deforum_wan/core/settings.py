@@ -296,7 +296,7 @@ def settings_from_dict(data: Mapping[str, Any], *,
         manifest, source = parseq.resolve(data[parseq.KEY], load_manifest)
         values, summary = parseq.overrides(data, manifest, max_frames=settings.max_frames, source=source)
     except parseq.ParseqError as e:
-        raise SettingsError(parseq.KEY, str(e)) from None
+        raise SettingsError(e.key, str(e)) from None
     try:
         settings = _from_dict({**data, **values, parseq.KEY: manifest})
     except SettingsError as e:
