@@ -324,3 +324,25 @@ def test_the_two_switches_are_checked_by_name():
     with pytest.raises(SettingsError) as err:
         parseq_settings(parseq_use_deltas="sometimes")
     assert err.value.key == "parseq_use_deltas" and "expected true or false, got 'sometimes'" in str(err.value)
+
+
+def test_the_cases_of_deforums_own_adapter_test():
+    """parseq_adapter_test.py@3224268: two frames, overrides off, max_frames 2, fps 30."""
+    def load(frames, deltas=True):
+        manifest = json.dumps({"options": {"output_fps": 30}, "rendered_frames": frames})
+        return settings_from_dict({"prompts": {"0": "own"}, "max_frames": 2, "fps": 30, "parseq_manifest": manifest,
+                                   "parseq_use_deltas": deltas, "parseq_non_schedule_overrides": False})
+
+    angles = [{"frame": 0, "angle": 90, "angle_delta": 90}, {"frame": 1, "angle": 180, "angle_delta": 90}]
+    assert parse_schedule(load(angles).angle, 2)[1] == 90  # test_usedelta
+    assert parse_schedule(load(angles, deltas=False).angle, 2)[1] == 180  # test_usenondelta
+    bare = load([{"frame": 0}, {"frame": 1}])  # test_fallbackonundefined, test_withoutprompt, test_withoutseed
+    assert bare.angle == "0: (0)" and bare.prompts == (("0", "own"),) and bare.seed_behavior == "iter"
+    prompted = load([{"frame": 0, "deforum_prompt": "blah"}, {"frame": 1, "deforum_prompt": "blah"}])
+    assert prompted.prompts == (("0", "blah"),) and "prompts" in prompted.parseq.managed  # test_withprompt
+    seeded = load([{"frame": 0, "seed": 1}, {"frame": 1, "seed": 2}])
+    assert frame_seeds(seeded, 0) == [1, 2] and seeded.seed_behavior == "schedule"  # test_withseed
+    looper = load([{"frame": 0, "guided_blendFactorMax": 0.4}, {"frame": 1, "guided_blendFactorMax": 0.4}])
+    assert parse_schedule(looper.raw["blendFactorMax"], 2)[0] == 0.4  # test_looper
+    cn = load([{"frame": 0, "cn_1_weight": 1}, {"frame": 1, "cn_1_weight": 1}])
+    assert parse_schedule(cn.raw["cn_1_weight"], 2)[0] == 1  # test_cn
