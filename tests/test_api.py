@@ -901,3 +901,67 @@ def test_an_i2v_model_without_an_init_image_is_refused_naming_the_field(tmp_path
         assert r.status_code == 422 and "deforum_settings.use_init:" in r.json()["message"], r.text
     assert not queue.list()
     queue.close()
+
+
+# ---------------------------------------------------------------- Parseq manifests
+
+
+def test_parseq_manifests_inline_as_the_settings_by_url_and_by_path(tmp_path, web):
+    from test_parseq import build_manifest
+
+    from deforum_wan.core.settings import load_settings
+
+    manifest = build_manifest()
+    web.routes.add("/m.json", json.dumps(manifest).encode(), "application/json")
+    queue = JobQueue(tmp_path / "jobs.sqlite3", runner=lambda job, **kw: None, outdir=tmp_path / "out",
+                     default_model="vace")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "parseq.json").write_text(json.dumps(manifest))
+    small = {k: v for k, v in SMALL.items() if k != "max_frames"}
+    with serve(queue) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        by_url = dict(small, parseq_manifest=web.url("/m.json"))
+        r = client.post("/deforum_wan/txt2vid", json={"deforum_settings": by_url})
+        assert r.status_code == 422 and "deforum_settings.parseq_manifest: cannot use" in r.json()["message"]
+        assert "loopback" in r.json()["message"] and web.routes.seen == []
+        r = client.post("/deforum_wan/txt2vid", json={"deforum_settings": dict(small, parseq_manifest="/etc/passwd")})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "deforum_settings", "parseq_manifest"]
+        assert "only http(s) URLs, data: URLs and files inside" in r.json()["message"]
+        stored = [_accepted_settings(queue, client.post("/deforum_wan/txt2vid", json={"deforum_settings": body}))
+                  for body in (manifest, dict(small, parseq_manifest=json.dumps(manifest)),
+                               dict(small, parseq_manifest=str(tmp_path / "out" / "parseq.json")))]
+    with serve(queue, fetch_policy=FetchPolicy(allow_loopback=True)) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
+        stored.append(_accepted_settings(queue, client.post("/deforum_wan/txt2vid", json={"deforum_settings": by_url})))
+        assert web.routes.seen == ["/m.json"]
+    assert isinstance(stored[2]["parseq_manifest"], dict) and isinstance(stored[3]["parseq_manifest"], dict)
+    for data in stored:  # what the worker loads: the manifest inline, no file or URL left to read
+        s = load_settings(data)
+        assert s.max_frames == 24 and s.fps == 16 and s.parseq is not None and s.prompts[0][1].startswith("a red fox")
+    queue.close()
+
+
+def test_bad_parseq_manifests_are_422_naming_the_field(tmp_path):
+    from test_parseq import build_manifest
+
+    queue = JobQueue(tmp_path / "jobs.sqlite3", runner=lambda job, **kw: None, outdir=tmp_path / "out",
+                     default_model="vace")
+    bad = build_manifest()
+    bad["rendered_frames"][5]["strength"] = "high"
+    long = {"options": {"output_fps": 16}, "rendered_frames": [{"frame": i, "strength": 0.5} for i in range(10_001)]}
+    cases = [
+        (dict(SMALL, parseq_manifest=bad), "rendered_frames[5].strength (frame 5): expected a number, got 'high'"),
+        (bad, "rendered_frames[5].strength (frame 5): expected a number"),
+        (dict(SMALL, parseq_manifest="{oops"), "the manifest is not valid JSON"),
+        (dict(SMALL, parseq_manifest={"meta": {}}), "no rendered_frames"),
+        (dict(SMALL, parseq_manifest=["a"]), "expected the manifest (JSON), a file path or an http(s) URL, got list"),
+        (dict(SMALL, parseq_manifest="data:application/json,{}"), "give the manifest itself"),
+        (dict(SMALL, parseq_manifest=long), "max_frames must be between 1 and 10000, got 10001"),
+    ]
+    with serve(queue) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        for body, words in cases:
+            r = client.post("/deforum_wan/txt2vid", json={"deforum_settings": [body]})
+            assert r.status_code == 422, (words, r.text[:300])
+            assert f"deforum_settings[0].parseq_manifest: {words}" in r.json()["message"], r.text[:400]
+            assert r.json()["detail"][0]["loc"] == ["body", "deforum_settings", 0, "parseq_manifest"]
+    assert not queue.list()
+    queue.close()

@@ -168,3 +168,69 @@ def test_an_image_model_without_an_init_image_fails_at_plan_time(tmp_path: Path)
     out = run("plan", str(SHARED / "a1111-deforum-default.txt"), "--model", "a14b-i2v", "--seed", "1")
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert out.stderr.startswith("error: init_image: Wan2.2 I2V-A14B (a14b-i2v) cannot start a clip from text")
+
+
+# ---------------------------------------------------------------- Parseq manifests (core/parseq.py)
+
+
+def test_plan_and_inspect_show_what_a_parseq_manifest_drives(tmp_path: Path):
+    from test_parseq import build_manifest
+
+    (tmp_path / "parseq.json").write_text(json.dumps(build_manifest()))
+    out = run("plan", str(tmp_path / "parseq.json"), "--model", "vace", "--seed", "3")  # the manifest as the file
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^parseq +24 frames +Parseq drives the render: 24 frames, its frame count, 16 fps from the "
+                     r"manifest, deltas on; manages prompts, angle, zoom", out.stdout, re.M), out.stdout
+    data = json.loads(run("inspect", str(tmp_path / "parseq.json"), "--json").stdout)
+    assert data["max_frames"] == 24 and data["fps"] == 16 and data["parseq"].startswith("Parseq drives the render")
+    assert {e["key"]: e for e in data["keys"]["entries"]}["parseq_manifest"]["status"] == "used"
+    settings = tmp_path / "settings.txt"  # a settings file naming the manifest beside it
+    settings.write_text(json.dumps({"prompts": {"0": "a cat"}, "parseq_manifest": "parseq.json",
+                                    "parseq_use_deltas": False, "max_frames": 40, "fps": 8}))
+    out = run("inspect", str(settings))
+    assert out.returncode == 0, out.stderr
+    assert "frames 24 at 16 fps" in out.stdout and "Parseq (parseq.json) drives the render" in out.stdout
+    assert "deltas off" in out.stdout and "a red fox in the snow" in out.stdout
+
+
+def test_bad_parseq_manifests_are_one_line_errors(tmp_path: Path):
+    from test_parseq import build_manifest
+
+    manifest = build_manifest()
+    manifest["rendered_frames"][5]["strength"] = "high"
+    (tmp_path / "bad.json").write_text(json.dumps(manifest))
+    (tmp_path / "missing.txt").write_text(json.dumps({"prompts": {"0": "a"}, "parseq_manifest": "nope.json"}))
+    (tmp_path / "notjson.txt").write_text(json.dumps({"prompts": {"0": "a"}, "parseq_manifest": "{nope"}))
+    for name, words in (("bad.json", "parseq_manifest: rendered_frames[5].strength (frame 5): expected a number, "
+                                     "got 'high'"),
+                        ("missing.txt", "parseq_manifest: 'nope.json' is neither the manifest's JSON"),
+                        ("notjson.txt", "parseq_manifest: the manifest is not valid JSON")):
+        for command in ("plan", "inspect", "render"):
+            out = run(command, str(tmp_path / name), *(["--model", "t2v"] if command != "inspect" else []),
+                      *(["--outdir", str(tmp_path / "out")] if command == "render" else []))
+            assert out.returncode == 2 and out.stderr.count("\n") == 1, (name, command, out.stderr)
+            assert out.stderr.startswith(f"error: {words}"), (name, command, out.stderr)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_parseq_manifest_url_is_fetched_under_the_url_rules(tmp_path: Path, monkeypatch, capsys):
+    from netfixtures import LocalServer
+    from test_parseq import build_manifest
+
+    from deforum_wan import cli
+    from deforum_wan.renderer import fetch
+
+    with LocalServer() as server:
+        server.routes.add("/m.json", json.dumps(build_manifest()).encode(), "application/json")
+        settings = tmp_path / "settings.txt"
+        settings.write_text(json.dumps({"prompts": {"0": "a"}, "parseq_manifest": server.url("/m.json")}))
+        assert cli.main(["plan", str(settings), "--model", "vace"]) == 2  # this machine: refused before connecting
+        assert "parseq_manifest: cannot use" in capsys.readouterr().err and server.routes.seen == []
+        real_fetch = fetch.fetch
+        monkeypatch.setattr(fetch, "fetch", lambda url, kind, policy=None: real_fetch(
+            url, kind, fetch.FetchPolicy(allow_loopback=True)))
+        assert cli.main(["plan", str(settings), "--model", "vace", "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        assert server.routes.seen == ["/m.json"] and plan["max_frames"] == 24
+        assert next(c for c in plan["choices"] if c["name"] == "parseq")["source"].startswith(
+            f"Parseq ({server.url('/m.json')}) drives the render")

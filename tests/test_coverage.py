@@ -181,10 +181,10 @@ def test_keys_deforum_does_not_read_are_no_change():
 
 def test_features_wan_lacks_warn_when_switched_on():
     report = _report(diffusion_cadence=1, cn_2_enabled=True, cn_2_model="control_v11p_sd15_seg", use_looper=True,
-                     hybrid_composite="Normal", parseq_manifest='{"frames": []}', frame_interpolation_engine="FILM",
+                     hybrid_composite="Normal", frame_interpolation_engine="FILM",
                      make_gif=True, r_upscale_video=True, color_force_grayscale=True, add_soundtrack="Init Video")
     warned = {w.split()[0] for w in report.warnings}
-    assert warned == {"cn_2_enabled", "use_looper", "hybrid_composite", "parseq_manifest", "frame_interpolation_engine",
+    assert warned == {"cn_2_enabled", "use_looper", "hybrid_composite", "frame_interpolation_engine",
                       "make_gif", "r_upscale_video", "color_force_grayscale", "add_soundtrack"}
     assert "control_v11p_sd15_seg" in report.get("cn_2_enabled").note
 

@@ -203,3 +203,25 @@ def test_https_checks_the_certificate_against_the_host_name(tmp_path, monkeypatc
         assert fetch.fetch(url, IMAGE, LOOPBACK_OK).data == png_bytes()
         with pytest.raises(FetchError, match="match|mismatch"):
             fetch.fetch(server.url("/fox.png", "other.example"), IMAGE, LOOPBACK_OK)
+
+
+def test_json_for_a_parseq_manifest_is_typed_checked_and_capped(server, monkeypatch):
+    from deforum_wan.renderer.fetch import JSON
+
+    body = b'{"rendered_frames": [{"frame": 0, "zoom": 1.0}]}'
+    server.routes.add("/m.json", body, "application/json; charset=utf-8")
+    server.routes.add("/m.txt", body, "text/plain")
+    server.routes.add("/broken.json", b'{"rendered_frames": [', "application/json")
+    server.routes.add("/big.json", b"[" + b"0," * 600 + b"0]", "application/json")
+    got = fetch.fetch(server.url("/m.json"), JSON, LOOPBACK_OK)
+    assert got.data == body and got.suffix == ".json"
+    assert fetch.fetch(server.url("/m.txt"), JSON, LOOPBACK_OK).data == body  # file hosts serve .json as text
+    with pytest.raises(FetchError, match="expected JSON, the server says text/html"):
+        fetch.fetch(server.url("/page.html"), JSON, LOOPBACK_OK)
+    with pytest.raises(FetchError, match="not JSON"):
+        fetch.fetch(server.url("/broken.json"), JSON, LOOPBACK_OK)
+    monkeypatch.setitem(fetch.MAX_BYTES, JSON, 1000)
+    with pytest.raises(FetchError, match="limit of 1000 bytes|the limit is 1000 bytes"):
+        fetch.fetch(server.url("/big.json"), JSON, LOOPBACK_OK)
+    with pytest.raises(FetchError, match="loopback"):
+        fetch.fetch(server.url("/m.json"), JSON)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from deforum_wan.core.settings import (
+    DEFAULT_ZOOM,
     MAX_PROMPT_CHARS,
     DeforumSettings,
     SettingsError,
@@ -150,7 +151,7 @@ def test_prompt_at_the_limit_and_real_timestrings_load():
     assert settings_from_dict({"prompts": {"0": "a"}, "resume_timestring": ""}).resume_timestring == ""
 
 
-def test_parseq_manifest_is_named_for_what_it_is(tmp_path: Path):
+def test_a_parseq_manifest_as_the_settings_is_deforums_defaults_plus_it(tmp_path: Path):
     manifest = {
         "meta": {"generated_by": "sd_parseq", "version": "0.1.94"},
         "prompts": {"format": "v2", "enabled": True, "commonPrompt": {"positive": "", "negative": ""}},
@@ -159,7 +160,7 @@ def test_parseq_manifest_is_named_for_what_it_is(tmp_path: Path):
     }
     path = tmp_path / "parseq.json"
     path.write_text(json.dumps(manifest))
-    with pytest.raises(SettingsError) as err:
-        load_settings(path)
-    assert "Parseq manifest, not a Deforum settings file" in str(err.value)
-    assert "prompts['enabled']" not in str(err.value)
+    s = load_settings(path)  # Deforum's defaults plus the manifest (core/parseq.py; more in test_parseq.py)
+    # deltas are on by default and there is no zoom_delta: Deforum keeps its own zoom schedule then
+    assert s.max_frames == 1 and s.parseq is not None and s.parseq.kept == ("zoom",) and s.zoom == DEFAULT_ZOOM
+    assert s.prompts == DeforumSettings().prompts  # the manifest's own "prompts" are Parseq's, not Deforum's

@@ -12,8 +12,10 @@ from . import __version__
 
 def _load(path: str):
     from .core.settings import load_settings
+    from .renderer.manifest import loader_for
 
-    return load_settings(path)
+    # A parseq_manifest named by path (beside the settings file) or URL (renderer/fetch.py's rules) is read here.
+    return load_settings(path, load_manifest=loader_for(path))
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

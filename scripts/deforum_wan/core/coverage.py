@@ -500,7 +500,7 @@ def _cadence(r: _Report) -> None:
 
 
 def _inputs(r: _Report) -> None:
-    """Hybrid video, video input, masks, guided images, ControlNet and Parseq: features Wan does not have."""
+    """Hybrid video, video input, masks, guided images, ControlNet (features Wan does not have) and Parseq."""
     hybrid = r.moving and (r.set("hybrid_composite") or r.set("hybrid_motion"))
     r.add("hybrid_composite", IGNORED, "Wan does not composite a hybrid video", live=r.moving)
     r.add("hybrid_motion", IGNORED, "Wan does not follow a hybrid video's motion", live=r.moving)
@@ -522,9 +522,9 @@ def _inputs(r: _Report) -> None:
         model = r.text(f"cn_{i}_model")
         named = f" ({model})" if model not in ("", "None") else ""
         r.add(f"cn_{i}_enabled", IGNORED, f"ControlNet unit {i}{named} has no Wan equivalent")
-    r.add("parseq_manifest", IGNORED, "Parseq manifests are not read: this file's own schedules are used")
-    r.ignore(("parseq_use_deltas", "parseq_non_schedule_overrides"), "Parseq manifests are not read",
-             live=r.set("parseq_manifest"))
+    pq = r.settings.parseq  # core/parseq.py: what the manifest drives; its two switches read as Deforum reads them
+    for key in ("parseq_manifest", "parseq_use_deltas", "parseq_non_schedule_overrides"):
+        r.when(key, bool(pq), USED, pq.describe() if pq and key.endswith("manifest") else "as in Deforum", "none")
 
 
 def _init(r: _Report) -> None:

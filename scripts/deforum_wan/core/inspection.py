@@ -45,6 +45,7 @@ class Inspection:
     keys: dict  # coverage.KeyReport.to_dict(): every covered key with its status and note, and the warnings
     keys_text: str = ""  # the same as a table
     inputs: tuple[InputEntry, ...] = ()  # init image, Video Input, Guided Images, Parseq: on or off, as written
+    parseq: str = ""  # what a Parseq manifest drives (core/parseq.py), when the settings name one
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +81,7 @@ def inspect_settings(settings: DeforumSettings) -> Inspection:
         keys=report.to_dict(),
         keys_text=format_key_report(report),
         inputs=input_report(settings.raw),
+        parseq=settings.parseq.describe() if settings.parseq else "",
     )
 
 
@@ -87,6 +89,7 @@ def format_inspection(ins: Inspection, width: int = 100) -> str:
     lines = [
         f"frames {ins.max_frames} at {ins.fps:g} fps = {ins.seconds:.2f} s, {ins.width}x{ins.height}, "
         f"{ins.animation_mode} mode, seed {ins.seed} ({ins.seed_behavior})",
+        *([ins.parseq] if ins.parseq else []),
         "",
         f"prompts ({len(ins.prompts)}):",
     ]

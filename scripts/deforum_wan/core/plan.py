@@ -341,6 +341,7 @@ def _choices(settings: DeforumSettings, model: ModelSpec, options: PlanOptions) 
     extra = (Choice("preset", preset.name, preset.label),) if preset.name != "quality" else ()
     extra += (cache_choice,) if cache_choice else ()
     extra += (motion_choice,) if motion != "words" else ()
+    extra += (Choice("parseq", settings.parseq.value, settings.parseq.describe()),) if settings.parseq else ()
     return _Choices(continuity, width, height, max_clip, overlap, steps, guidance, guidance_2, flow_shift, sensitivity,
                     options.language, init_mode, culprit, tuple(notes),
                     (size, *choices, *extra, timing_choice, min_choice, color.choice), model.negative_prompt,

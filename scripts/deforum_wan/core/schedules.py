@@ -419,6 +419,9 @@ def parse_schedule(
     seed = _check_seed(seed, key)
     if _is_number(text):
         return _constant_schedule(text, max_frames, key)
+    plain = _plain_schedule(text, max_frames)
+    if plain is not None:
+        return plain
     keyframes = _parse_keyframes(text, max_frames, seed, key, numeric=True)
     return _assemble(
         keyframes,
@@ -426,6 +429,30 @@ def parse_schedule(
         key,
         lambda keyframe, stop: _evaluate_span(keyframe, stop, max_frames, seed, key),
     )
+
+
+_PLAIN_PIECE = r"\s*([0-9]+)\s*:\s*\(([+-]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+))\)\s*"
+_PLAIN_PIECES = re.compile(_PLAIN_PIECE)
+_PLAIN_TEXT = re.compile(f"(?:{_PLAIN_PIECE},)*{_PLAIN_PIECE},?\\s*")
+
+
+def _plain_schedule(text: Any, max_frames: int) -> np.ndarray | None:
+    """The fast path for ``0:(1.5), 1:(2), ...`` (whole frames, plain numbers, as a Parseq manifest's
+    per-frame schedules are): two regular-expression passes instead of a loop over pieces. Gives what
+    the general path gives; anything else (and every error) is left to it (None)."""
+    if not isinstance(text, str) or _PLAIN_TEXT.fullmatch(text) is None:
+        return None
+    values = np.full(max_frames, np.nan, dtype=np.float64)
+    keyed = {}
+    for frame, number in _PLAIN_PIECES.findall(text):
+        keyed[int(frame)] = float(number)  # a later key for the same frame wins
+    if max(keyed) > MAX_FRAME_KEY or not all(map(math.isfinite, keyed.values())):
+        return None
+    inside = {f: v for f, v in keyed.items() if f < max_frames}
+    if not inside:
+        return None
+    values[list(inside)] = list(inside.values())
+    return _fill_gaps(values)
 
 
 def _parse_schedule_per_frame(

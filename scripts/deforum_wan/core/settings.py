@@ -16,7 +16,9 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+from . import parseq
 
 # Deforum's own defaults (deforum_helpers/args.py), used when a key is absent.
 DEFAULT_ZOOM = "0: (1.0025+0.002*sin(1.25*3.14*t/30))"
@@ -106,6 +108,8 @@ class DeforumSettings:
     loaded: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
     # Which key the prompts came from, so saving writes them back under the same name.
     prompts_key: str = "prompts"
+    # What a Parseq manifest drives (core/parseq.py), when the settings name one.
+    parseq: parseq.ParseqSummary | None = field(default=None, compare=False, repr=False)
 
     def wan_value(self, name: str, default: Any = None) -> Any:
         """A `wan_*` option; `name` may be given with or without the prefix."""
@@ -142,7 +146,8 @@ class DeforumSettings:
 _SCALAR_FIELDS = {
     f.name
     for f in fields(DeforumSettings)
-    if f.name not in ("prompts", "wan", "raw", "loaded", "prompts_key", "positive_prompts", "negative_prompts")
+    if f.name not in ("prompts", "wan", "raw", "loaded", "prompts_key", "positive_prompts", "negative_prompts",
+                      "parseq")
 }
 def _is_wan(key: Any) -> bool:
     return isinstance(key, str) and key.startswith("wan_")
@@ -262,20 +267,46 @@ def check_prompt_length(key: str, text: str) -> str:
     return text
 
 
-def _parseq_manifest(data: Mapping[str, Any]) -> bool:
+def is_parseq_manifest(data: Mapping[str, Any]) -> bool:
     """Parseq's export: `rendered_frames` per frame and `meta.generated_by` "sd_parseq"."""
     meta = data.get("meta")
     by = str(meta.get("generated_by", "")) if isinstance(meta, Mapping) else ""
     return "rendered_frames" in data or "parseq" in by.lower()
 
 
-def settings_from_dict(data: Mapping[str, Any]) -> DeforumSettings:
-    """Build settings from a Deforum settings object; unknown keys are kept verbatim."""
+ManifestLoader = Callable[[str], Any]
+
+
+def settings_from_dict(data: Mapping[str, Any], *,
+                       load_manifest: ManifestLoader | None = None) -> DeforumSettings:
+    """Build settings from a Deforum settings object; unknown keys are kept verbatim.
+
+    A `parseq_manifest` (or a Parseq manifest given as the settings: then Deforum's
+    defaults plus the manifest) sets what it manages (core/parseq.py); `load_manifest`
+    reads one named by a file path or URL, under the caller's rules.
+    """
     if not isinstance(data, Mapping):
         raise SettingsError("", f"settings must be a JSON object, got {type(data).__name__}")
-    if _parseq_manifest(data):
-        raise SettingsError("", "this is a Parseq manifest, not a Deforum settings file; load the settings file "
-                                "Deforum saves with a render (*_settings.txt)")
+    if is_parseq_manifest(data):
+        data = {parseq.KEY: dict(data)}
+    settings = _from_dict(data)
+    if not parseq.requested(data.get(parseq.KEY)):
+        return settings
+    try:
+        manifest, source = parseq.resolve(data[parseq.KEY], load_manifest)
+        values, summary = parseq.overrides(data, manifest, max_frames=settings.max_frames, source=source)
+    except parseq.ParseqError as e:
+        raise SettingsError(e.key, str(e)) from None
+    try:
+        settings = _from_dict({**data, **values, parseq.KEY: manifest})
+    except SettingsError as e:
+        if e.key.split("[", 1)[0] in values:  # a value the manifest set
+            raise SettingsError(parseq.KEY, f"{e.key}: {e.problem}") from None
+        raise
+    return replace(settings, parseq=replace(summary, fps=settings.fps))
+
+
+def _from_dict(data: Mapping[str, Any]) -> DeforumSettings:
     values: dict[str, Any] = {}
     take = data.__getitem__
 
@@ -340,21 +371,23 @@ def settings_from_dict(data: Mapping[str, Any]) -> DeforumSettings:
     return replace(settings, loaded=MappingProxyType(_typed_to_raw(settings)))
 
 
-def loads_settings(text: str, *, source: str = "settings") -> DeforumSettings:
+def loads_settings(text: str, *, source: str = "settings",
+                   load_manifest: ManifestLoader | None = None) -> DeforumSettings:
     """Parse settings JSON text; `source` names it in errors."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise SettingsError("", f"{source}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    return settings_from_dict(data)
+    return settings_from_dict(data, load_manifest=load_manifest)
 
 
-def load_settings(source: str | Path | Mapping[str, Any]) -> DeforumSettings:
-    """Load a Deforum settings file (`.txt`/`.json`), a JSON string or a dict."""
+def load_settings(source: str | Path | Mapping[str, Any], *,
+                  load_manifest: ManifestLoader | None = None) -> DeforumSettings:
+    """Load a Deforum settings file (`.txt`/`.json`), a JSON string or a dict (`load_manifest`: settings_from_dict)."""
     if isinstance(source, Mapping):
-        return settings_from_dict(source)
+        return settings_from_dict(source, load_manifest=load_manifest)
     if isinstance(source, str) and source.lstrip().startswith("{"):
-        return loads_settings(source)
+        return loads_settings(source, load_manifest=load_manifest)
     path = Path(source).expanduser()
     if not path.is_file():
         raise SettingsError("", f"settings file not found: {path}")
@@ -362,4 +395,4 @@ def load_settings(source: str | Path | Mapping[str, Any]) -> DeforumSettings:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise SettingsError("", f"cannot read settings file {path}: {e}") from None
-    return loads_settings(text, source=str(path))
+    return loads_settings(text, source=str(path), load_manifest=load_manifest)

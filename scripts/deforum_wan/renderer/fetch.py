@@ -7,7 +7,7 @@ host name is resolved here and every address is checked before we connect; we
 connect to the checked address itself (so DNS cannot change its answer between
 the check and the connection), follow redirects one hop at a time with the same
 checks, and stop at a size and a time limit. The body must be what the field
-needs (an image, or audio/video), checked by its Content-Type and by its bytes,
+needs (an image, audio/video, or JSON for a Parseq manifest), checked by its Content-Type and by its bytes,
 so ffmpeg only ever reads a local file we have looked at.
 
 The web UI's own options apply as they do to its /sdapi routes:
@@ -29,12 +29,14 @@ from urllib.parse import urljoin, urlsplit
 
 from .. import __version__
 
-IMAGE, AUDIO = "image", "audio"
-MAX_BYTES = {IMAGE: 32 * 1024 * 1024, AUDIO: 256 * 1024 * 1024}
+IMAGE, AUDIO, JSON = "image", "audio", "json"
+MAX_BYTES = {IMAGE: 32 * 1024 * 1024, AUDIO: 256 * 1024 * 1024, JSON: 32 * 1024 * 1024}  # JSON: a Parseq manifest
 MAX_IMAGE_SIDE = 8192  # an init image is scaled to at most 4096; bigger is a decompression bomb
 MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CHUNK = 64 * 1024
+# Parseq manifests are JSON; file hosts often serve .json as text or bytes.
+_JSON_TYPES = ("application/json", "text/json", "text/plain", "application/octet-stream")
 _IMAGE_TYPES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 
 
@@ -200,7 +202,7 @@ def _get(url: str, kind: str, policy: FetchPolicy, deadline: float) -> tuple[htt
     conn = conn_class(parts.hostname, parts.port or _default_port(parts.scheme))
     conn.sock = sock  # already connected to the checked address; http.client only writes and reads
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    accept = "image/*" if kind == IMAGE else "audio/*, video/*"
+    accept = {IMAGE: "image/*", JSON: "application/json"}.get(kind, "audio/*, video/*")
     headers = {"User-Agent": policy.user_agent or f"deforum-wan/{__version__}", "Accept": accept,
                "Accept-Encoding": "identity"}
     try:
@@ -238,7 +240,7 @@ def fetch(url: str, kind: str, policy: FetchPolicy | None = None) -> Fetched:
             data = _read(response, conn, limit, deadline, current)
         finally:
             conn.close()
-        suffix = check_image(data) if kind == IMAGE else check_audio(data)
+        suffix = check_image(data) if kind == IMAGE else check_json(data) if kind == JSON else check_audio(data)
         return Fetched(data=data, content_type=content_type, url=current, suffix=suffix)
     raise FetchError(f"more than {policy.max_redirects} redirects")
 
@@ -265,6 +267,8 @@ def _read(response: http.client.HTTPResponse, conn: Any, limit: int, deadline: f
 def _check_type(content_type: str, kind: str) -> None:
     if kind == IMAGE and not content_type.startswith("image/"):
         raise FetchError(f"expected an image, the server says {content_type or 'nothing'} (Content-Type)")
+    if kind == JSON and not (content_type in _JSON_TYPES or content_type.endswith("+json")):
+        raise FetchError(f"expected JSON, the server says {content_type or 'nothing'} (Content-Type)")
     if kind == AUDIO and not (content_type.startswith(("audio/", "video/")) or content_type == "application/ogg"):
         raise FetchError(f"expected audio or video, the server says {content_type or 'nothing'} (Content-Type)")
 
@@ -291,6 +295,17 @@ def check_image(data: bytes) -> str:
     except Exception as exc:  # PIL raises many types for bad data
         raise FetchError(f"not an image PIL can read ({type(exc).__name__}: {exc})") from None
     return _IMAGE_TYPES.get(fmt, ".png")
+
+
+def check_json(data: bytes) -> str:
+    """".json" if `data` is UTF-8 JSON text; else FetchError (the caller checks what the JSON says)."""
+    import json
+
+    try:
+        json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FetchError(f"not JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+    return ".json"
 
 
 def check_audio(data: bytes) -> str:

@@ -137,7 +137,7 @@ def _non_finite(value: Any, loc: list[Any], found: list[tuple[list[Any], str]], 
 def _text_limits(data: Mapping[str, Any], loc: tuple[Any, ...]) -> None:
     """No string over MAX_TEXT_CHARS, prompts included (they sit one level down)."""
     for key, value in data.items():
-        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS and key != "init_image":
+        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS and key not in ("init_image", "parseq_manifest"):
             raise ApiError(422, [((*loc, key), f"at most {MAX_TEXT_CHARS} characters, got {len(value)}")])
         if key in PROMPT_KEYS and isinstance(value, dict):
             for frame, text in value.items():
@@ -212,7 +212,11 @@ class Validator:
         if errors:
             raise ApiError(422, errors)
         # Only a request that is otherwise valid costs a download.
-        fetched: dict[tuple[str, str], str] = {}
+        fetched: dict[tuple[str, str], Any] = {}
+        for index, (loc, data, _parsed) in enumerate(checked):  # a Parseq manifest URL: checked again with it
+            if fetch.is_url(data.get("parseq_manifest")):
+                checked[index] = (loc, *self.with_fetched_manifest(items[index], data, overrides, spec_info, loc,
+                                                                   fetched))
         for loc, data, parsed in checked:
             self.fetch_used_urls(data, parsed, loc, fetched)
         return [data for _loc, data, _parsed in checked], overrides
@@ -290,13 +294,16 @@ class Validator:
         from ..core.plan import PlanOptions, plan_clips
         from ..core.prompts import prompt_keyframes
         from ..core.schedules import ScheduleError, parse_schedule
-        from ..core.settings import CAMERA_KEYS, SettingsError, settings_from_dict
+        from ..core import parseq
+        from ..core.settings import CAMERA_KEYS, SettingsError, is_parseq_manifest, settings_from_dict
 
         if not isinstance(item, dict):
             raise ApiError(422, [(loc, f"expected a settings object, got {type(item).__name__}")])
         data = dict(item)
         wan_prompts = data.get("wan_prompts")
-        if not any(k in data for k in ("prompts", "animation_prompts")) and not (isinstance(wan_prompts, dict) and wan_prompts):
+        given = is_parseq_manifest(data) or parseq.requested(data.get("parseq_manifest"))  # it may set the prompts
+        has_wan_prompts = isinstance(wan_prompts, dict) and bool(wan_prompts)
+        if not any(k in data for k in ("prompts", "animation_prompts")) and not has_wan_prompts and not given:
             raise ApiError(422, [((*loc, "prompts"), 'missing; add at least one prompt, e.g. {"0": "a cat"}')])
         _text_limits(data, loc)
         if "batch_name" in data:
@@ -305,8 +312,11 @@ class Validator:
                           ("color_coherence_image_path", fetch.IMAGE)):
             if key in data:
                 data[key] = self.check_source(data[key], (*loc, key), kind)
+        if parseq.requested(data.get("parseq_manifest")):
+            data["parseq_manifest"] = self.parseq_source(data["parseq_manifest"], (*loc, "parseq_manifest"))
+        pending = fetch.is_url(data.get("parseq_manifest"))  # fetched by `request` once everything else is valid
         try:
-            s = settings_from_dict(data)
+            s = settings_from_dict({k: v for k, v in data.items() if not (pending and k == "parseq_manifest")})
         except SettingsError as exc:
             raise ApiError(422, [_settings_error(exc, loc, data)]) from None
         limits = (("max_frames", s.max_frames, 1, MAX_FRAMES), ("W", s.W, MIN_SIDE, MAX_SIDE),
@@ -314,7 +324,11 @@ class Validator:
                   ("steps", s.steps, 1, MAX_DEFORUM_STEPS))
         for key, value, low, high in limits:
             if not low <= value <= high:
-                raise ApiError(422, [((*loc, key), f"must be between {low:g} and {high:g}, got {value:g}")])
+                problem = f"must be between {low:g} and {high:g}, got {value:g}"
+                if s.parseq and (key, True) in (("max_frames", s.parseq.manages_max_frames),
+                                                ("fps", s.parseq.manages_fps)):  # the manifest set it
+                    raise ApiError(422, [((*loc, "parseq_manifest"), f"{key} {problem}")])
+                raise ApiError(422, [((*loc, key), problem)])
         if s.resume_from_timestring and not _TIMESTRING.match(s.resume_timestring or ""):
             raise ApiError(422, [((*loc, "resume_timestring"), "expected the 14-digit timestring of a render "
                                                                 f"(YYYYmmddHHMMSS), got {s.resume_timestring!r}")])
@@ -356,6 +370,43 @@ class Validator:
                 except fetch.FetchError as exc:
                     raise ApiError(422, [(where, f"cannot use {_short(url)}: {exc}")]) from None
             data[key] = fetched[(url, kind)]
+
+    def parseq_source(self, value: Any, loc: tuple[Any, ...]) -> Any:
+        """parseq_manifest: the manifest itself (kept), an http(s) URL (fetched by `request`), or a file inside
+        the allowed folders, read here and put in its place."""
+        from ..core.parseq import ParseqError, reference
+        from ..core.settings import SettingsError
+        from ..renderer.manifest import read_manifest
+
+        try:
+            if reference(value) is None:
+                return value
+            if value.strip().lower().startswith("data:"):
+                raise ParseqError("give the manifest itself (a JSON object) instead of a data: URL")
+            checked = self.check_source(value, loc, fetch.JSON)
+            return checked if fetch.is_url(checked) else read_manifest(checked)
+        except SettingsError as exc:
+            raise ApiError(422, [(loc, exc.problem)]) from None
+        except ParseqError as exc:
+            raise ApiError(422, [(loc, str(exc))]) from None
+
+    def with_fetched_manifest(self, item: dict[str, Any], data: dict[str, Any], overrides: Mapping[str, Any],
+                              spec_info: Any, loc: tuple[Any, ...], fetched: dict[tuple[str, str], Any]) -> Any:
+        """The settings checked again with their Parseq manifest, fetched from its URL (renderer/fetch.py rules)."""
+        from ..core.parseq import ParseqError, manifest_from_text
+
+        url, where = data["parseq_manifest"], (*loc, "parseq_manifest")
+        if (url, fetch.JSON) not in fetched:
+            if len(fetched) >= MAX_URLS_PER_REQUEST:
+                raise ApiError(422, [(where, f"at most {MAX_URLS_PER_REQUEST} different URLs per request")])
+            try:
+                body = fetch.fetch(url.strip(), fetch.JSON, self.policy()).data
+                fetched[(url, fetch.JSON)] = manifest_from_text(body, f"the manifest at {_short(url)}")
+            except fetch.FetchError as exc:
+                raise ApiError(422, [(where, f"cannot use {_short(url)}: {exc}")]) from None
+            except ParseqError as exc:
+                raise ApiError(422, [(where, str(exc))]) from None
+        return self.settings({**item, "parseq_manifest": fetched[(url, fetch.JSON)]}, overrides, spec_info, loc)
 
     def check_batch_name(self, value: Any, loc: tuple[Any, ...]) -> None:
         if value is None:

@@ -144,12 +144,14 @@ def load_settings_file(path: str | None, shown: str | None = None) -> tuple[dict
     """
     from ..core.inspection import format_inspection, inspect_settings
     from ..core.settings import load_settings
+    from ..renderer import fetch, manifest
 
     if not path or not str(path).strip():
         return None, "", "Give a settings file."
     shown = shown or str(path).strip()
     try:
-        settings, note = tab_data.without_resume(load_settings(str(path).strip()))
+        loader = manifest.loader_for(str(path).strip(), fetch.host_policy())  # a parseq_manifest the file names
+        settings, note = tab_data.without_resume(load_settings(str(path).strip(), load_manifest=loader))
         summary = format_inspection(inspect_settings(settings))
     except (ValueError, OSError) as exc:
         return None, "", f"**Could not import** `{shown}`: {exc}"
