@@ -58,7 +58,7 @@ def test_a_file_with_every_input_lists_each_as_written(tmp_path):
     assert entries["Guided Images"].details == (("0", "a.png"), ("max_f/4-5", "https://example.com/b.png"))
     assert "image_strength_schedule 0:(0.6)" in entries["Guided Images"].summary
     parseq = entries["Parseq"].summary
-    assert "inline JSON" in parseq and "3 rendered frames" in parseq and "parseq_use_deltas False" in parseq
+    assert "inline" in parseq and "3 rendered frames" in parseq and "parseq_use_deltas False" in parseq
 
     text = _run("inspect", str(path))
     block = text[text.index("\ninputs:\n"):]
