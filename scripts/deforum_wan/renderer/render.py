@@ -37,6 +37,7 @@ from . import preview
 from .conditioning import ColorAnchor, check_images, render_clip
 from .errors import RenderError
 from .frames import resample
+from .kept_images import pin_outputs
 from .pipelines import Interrupted
 from ..core.plan import Clip, ClipPlan, PlanOptions, plan_clips
 from ..core.seeds import resolve_seed
@@ -335,7 +336,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
             end = max(clip.tail_end, min(keep, len(frames)))
             previous_tail = frames[max(0, end - keep):end]
             outputs.save_tail(folder, timestring, clip.index, previous_tail)
-            out = _onto_timeline(plan, clip, frames)
+            out = pin_outputs(clip, frames, _onto_timeline(plan, clip, frames))  # guided images shown as given
             for offset, frame in enumerate(out):
                 index = clip.output_start + offset
                 if index >= done:
