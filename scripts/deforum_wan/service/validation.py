@@ -5,7 +5,7 @@ field named, e.g. `deforum_settings[0].translation_x: cannot evaluate "sin(t"
 at frame 12: ...`. The settings go through the same parsers the renderer uses,
 so what is accepted here also renders. URLs the render will use (`init_image`
 with `use_init`, `soundtrack_path` with `add_soundtrack: File`, `color_coherence_image_path` with
-color_coherence Image) are fetched here,
+color_coherence Image, each image of `init_images` with `use_looper`) are fetched here,
 through deforum_wan.service.fetch, and replaced by the saved file: the worker and
 ffmpeg only ever read local files, and a URL we refuse is a 422 naming its field.
 
