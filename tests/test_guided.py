@@ -265,3 +265,36 @@ def test_bad_images_fail_before_the_model_loads(tiny_models, tmp_path, monkeypat
     with pytest.raises(RenderError, match=rf"^{field} '.*{bad.name}' cannot be read: .*{BAD[what]}"):
         render(job)
     assert not list((tmp_path / "out").rglob("*.png"))
+
+
+def test_without_vace_an_image_at_frame_0_starts_the_first_clip(tiny_models, tmp_path):
+    """TI2V-5B starts from text; an image at frame 0 makes its first clip I2V from that image (no init_image)."""
+    from deforum_wan.renderer.render import RenderJob, render
+
+    start = _picture(tmp_path / "start.png", 4)
+    s = guided_settings({"0": str(start)}, max_frames=12)
+    pipes = _recorded(tiny_models, "ti2v-5b")
+    result = render(RenderJob(settings=s, model=str(tiny_models["ti2v-5b"]), outdir=str(tmp_path / "out"),
+                              make_video=False, options=PlanOptions(steps=1, max_clip_frames=9, color_match=False)),
+                    pipelines=pipes)
+    assert [c.mode for c in result.plan.clips][0] == "i2v" and result.plan.clips[0].kept[0].role == FIRST
+    np.testing.assert_array_equal(pipes.requests[0].image, _fitted(start))
+    np.testing.assert_array_equal(_frame(result, 0), _fitted(start))
+
+
+def test_guided_images_and_the_motion_guide_share_a_vace_clip(tiny_models, tmp_path):
+    """--motion guide fills a clip's frames with the warped picture; a guided image is still kept at its frame and
+    its clip's conditioning scale is image_strength_schedule's, not strength_schedule's."""
+    from deforum_wan.renderer.render import RenderJob, render
+
+    image = _picture(tmp_path / "mid.png", 5)
+    s = guided_settings({"max_f/2": str(image)}, translation_x="0:(2)", image_strength_schedule="0:(1.5)")
+    pipes = _recorded(tiny_models, "vace")
+    result = render(RenderJob(settings=s, model=str(tiny_models["vace"]), outdir=str(tmp_path / "out"),
+                              make_video=False, options=PlanOptions(steps=1, max_clip_frames=9, motion="guide",
+                                                                    color_match=False)), pipelines=pipes)
+    (clip,) = [c for c in result.plan.clips if c.kept]
+    request = pipes.requests[len(pipes.requests) - len(result.plan.clips) + clip.index]  # after the bootstrap render
+    assert request.guide_frames is not None and request.conditioning_scale == 2.0  # 1.5 / 0.75
+    assert [at for at, _ in request.keep_at] == [clip.kept[0].wan_frame]
+    np.testing.assert_array_equal(_frame(result, 11), _fitted(image))

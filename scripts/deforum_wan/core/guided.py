@@ -135,12 +135,15 @@ def _place(clip: Clip, image: GuidedImage, model: ModelSpec) -> tuple[KeptImage 
     return None, f"{where} is not used: {kind}; a VACE model keeps guided images at any frame"
 
 
-def keep_guided_images(settings: DeforumSettings, clips: list[Clip], model: ModelSpec) -> tuple[list[Clip], list[str]]:
+def keep_guided_images(settings: DeforumSettings, clips: list[Clip], model: ModelSpec,
+                       modes: set[str] | None = None) -> tuple[list[Clip], list[str]]:
     """Each clip with the guided images it keeps (and their conditioning scale), and warnings for the rest.
 
-    A first clip that would start from text becomes a VACE clip when the model has VACE and an
-    image falls in it, so it can keep that image.
+    A first clip that would start from text becomes a VACE clip when the job has VACE and an image
+    falls in it, so it can keep that image; without VACE but with I2V (`modes`: the model's and a
+    second model's), an image at frame 0 makes it an I2V clip started from that image.
     """
+    modes = set(model.modes) if modes is None else modes
     if not truthy(settings.raw.get("use_looper")):
         return clips, []
     if settings.animation_mode not in GUIDED_MODES:
@@ -152,8 +155,10 @@ def keep_guided_images(settings: DeforumSettings, clips: list[Clip], model: Mode
     out, notes = [], []
     for clip in clips:
         mine = [g for g in images if clip.output_start <= g.frame < clip.output_end]
-        if mine and clip.mode == T2V and clip.index == 0 and VACE in model.modes:
+        if mine and clip.mode == T2V and clip.index == 0 and VACE in modes:
             clip = replace(clip, mode=VACE)
+        elif mine and clip.mode == T2V and clip.index == 0 and I2V in modes and mine[0].frame == clip.output_start:
+            clip = replace(clip, mode=I2V)
         kept = []
         for image in mine:
             placed, note = _place(clip, image, model)

@@ -467,7 +467,7 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
         clips = _guided(settings, clips, choices.motion)
     if choices.init_mode == VACE and not choices.bootstrap:
         clips = keep_init_image(settings, clips)
-    clips, kept_notes = keep_guided_images(settings, clips, model)
+    clips, kept_notes = keep_guided_images(settings, clips, model, set(model.modes) | set(options.extra_modes))
 
     metrics = PlanMetrics(
         output_frames=settings.max_frames,
