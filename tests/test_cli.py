@@ -41,7 +41,7 @@ def test_inspect_text_a1111_default():
     assert out.returncode == 0, out.stderr
     assert "frames 120 at 15 fps = 8.00 s, 512x512, 3D mode" in out.stdout
     assert "60-89" in out.stdout and "a beautiful coconut" in out.stdout
-    assert "Deforum keys: 13 used, 14 mapped" in out.stdout
+    assert "Deforum keys: 14 used, 17 mapped" in out.stdout  # init_images; use_looper, image_strength, strength
     assert re.search(r"^   color_coherence +'LAB' +each clip matched to frame 0", out.stdout, re.M)
     zoom = next(line for line in out.stdout.splitlines() if line.strip().startswith("zoom"))
     assert zoom.split()[1:] and float(zoom.split()[1]) < 1.0025 < float(zoom.split()[2])
