@@ -209,7 +209,8 @@ def test_init_image_used_only_with_use_init():
 
 def test_guided_images_keys_are_mapped_or_say_why_not():
     report = _report(diffusion_cadence=1, use_looper=True, init_images='{"0": "a.png"}',
-                     image_strength_schedule="0:(0.5)", blendFactorMax="0:(0.5)", image_keyframe_strength_schedule="0:(0.9)")
+                     image_strength_schedule="0:(0.5)", blendFactorMax="0:(0.5)",
+                     image_keyframe_strength_schedule="0:(0.9)")
     assert report.get("use_looper").status == MAPPED and report.get("init_images").status == USED
     assert report.get("image_strength_schedule").status == MAPPED
     assert "/ 0.75" in report.get("image_strength_schedule").note

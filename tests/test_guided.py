@@ -233,7 +233,8 @@ def _write_bad(tmp_path: Path, what: str) -> Path:
         path.write_text("this is text")
     elif what == "svg":
         path = tmp_path / "vector.svg"
-        path.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>')
+        path.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" '
+                        'height="8"/></svg>')
     elif what == "huge":
         path = tmp_path / "huge.png"
         Image.new("1", (9000, 4)).save(path)

@@ -130,8 +130,8 @@ class _Writer:
 
 
 def _same_layout(a: ClipPlan, b: ClipPlan) -> bool:
-    key = lambda p: [(c.output_start, c.output_end, c.num_frames, c.mode, c.seed, c.sources, c.kept, c.keep_scale)  # noqa: E731
-                     for c in p.clips]
+    key = lambda p: [(c.output_start, c.output_end, c.num_frames, c.mode, c.seed, c.sources,  # noqa: E731
+                      c.kept, c.keep_scale) for c in p.clips]
     return (a.width, a.height, a.max_frames) == (b.width, b.height, b.max_frames) and key(a) == key(b)
 
 
