@@ -965,3 +965,46 @@ def test_bad_parseq_manifests_are_422_naming_the_field(tmp_path):
             assert r.json()["detail"][0]["loc"] == ["body", "deforum_settings", 0, "parseq_manifest"]
     assert not queue.list()
     queue.close()
+
+
+def test_guided_images_are_checked_per_key_and_their_urls_fetched_at_submit(tmp_path, web):
+    import base64
+
+    from netfixtures import png_bytes
+
+    guided = dict(SMALL, max_frames=12, animation_mode="2D", use_looper=True)
+    queue = JobQueue(tmp_path / "jobs.sqlite3", runner=lambda job, **kw: None, outdir=tmp_path / "out",
+                     default_model="vace")
+    text_url = "data:image/png;base64," + base64.b64encode(b"not a picture").decode()
+    png_url = "data:image/png;base64," + base64.b64encode(png_bytes((40, 30), (1, 2, 3))).decode()
+    ex = "https://example.com/"  # the plan refuses these before anything is fetched
+    refused = [
+        ({"0": ex + "a.png", "max_f/": ex + "b.png"}, "deforum_settings.init_images: ", 'cannot evaluate "max_f/"'),
+        ({"0": ex + "a.png", "max_f+5": ex + "b.png"}, "deforum_settings.init_images: ",
+         'init_images["max_f+5"]: frame 16 is outside'),
+        ({"0": "/etc/passwd"}, "deforum_settings.init_images.0: ", "only http(s) URLs, data: URLs and files"),
+        ({"0": "file:///etc/hosts"}, "deforum_settings.init_images.0: ", "file: URLs are not allowed"),
+        ({"max_f/2": text_url}, "deforum_settings.init_images.max_f/2: ", "not an image"),
+        ({"0": web.url("/init.png")}, "deforum_settings.init_images.0: cannot use", "loopback"),
+    ]
+    with serve(queue) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        for images, where, words in refused:
+            r = client.post("/deforum_wan/txt2vid", json={"deforum_settings": dict(guided, init_images=images)})
+            assert r.status_code == 422, (images, r.text)
+            assert where in r.json()["message"] and words in r.json()["message"], (images, r.text)
+        # with use_looper off Deforum's sample URLs are neither checked nor fetched
+        off = dict(guided, use_looper=False, init_images={"0": "file:///etc/hosts"})
+        assert client.post("/deforum_wan/txt2vid", json={"deforum_settings": off}).status_code == 202
+    with serve(queue, fetch_policy=FetchPolicy(allow_loopback=True)) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
+        web.routes.seen.clear()
+        images = json.dumps({"0": png_url, "max_f": web.url("/init.png")})  # JSON text, as Deforum saves it
+        settings = _accepted_settings(queue, client.post("/deforum_wan/txt2vid", json={
+            "deforum_settings": dict(guided, init_images=images)}))
+        saved = json.loads(settings["init_images"])
+        inputs = (tmp_path / "out" / "deforum_wan_api_inputs").resolve()
+        assert set(saved) == {"0", "max_f"} and all(Path(p).parent == inputs for p in saved.values())
+        assert Path(saved["0"]).read_bytes() == png_bytes((40, 30), (1, 2, 3))
+        assert Path(saved["max_f"]).read_bytes() == png_bytes((48, 32), (10, 200, 30))
+        assert web.routes.seen == ["/init.png"]
+    queue.close()

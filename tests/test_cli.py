@@ -41,7 +41,7 @@ def test_inspect_text_a1111_default():
     assert out.returncode == 0, out.stderr
     assert "frames 120 at 15 fps = 8.00 s, 512x512, 3D mode" in out.stdout
     assert "60-89" in out.stdout and "a beautiful coconut" in out.stdout
-    assert "Deforum keys: 13 used, 14 mapped" in out.stdout
+    assert "Deforum keys: 14 used, 17 mapped" in out.stdout  # init_images; use_looper, image_strength, strength
     assert re.search(r"^   color_coherence +'LAB' +each clip matched to frame 0", out.stdout, re.M)
     zoom = next(line for line in out.stdout.splitlines() if line.strip().startswith("zoom"))
     assert zoom.split()[1:] and float(zoom.split()[1]) < 1.0025 < float(zoom.split()[2])
@@ -234,3 +234,36 @@ def test_a_parseq_manifest_url_is_fetched_under_the_url_rules(tmp_path: Path, mo
         assert server.routes.seen == ["/m.json"] and plan["max_frames"] == 24
         assert next(c for c in plan["choices"] if c["name"] == "parseq")["source"].startswith(
             f"Parseq ({server.url('/m.json')}) drives the render")
+
+
+def _guided_file(tmp_path: Path, images: dict, **extra) -> str:
+    data = {"prompts": {"0": "a red fox"}, "max_frames": 12, "fps": 16, "W": 32, "H": 32, "seed": 1,
+            "animation_mode": "2D", "use_looper": True, "init_images": json.dumps(images), **extra}
+    path = tmp_path / "guided.txt"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_bad_guided_and_init_images_are_one_line_errors_naming_the_key(tiny_models, tmp_path: Path):
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    svg = tmp_path / "vector.svg"
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>')
+    out = run("plan", _guided_file(tmp_path, {"0": "a.png", "max_f/": "b.png"}), "--model", "vace", "--seed", "1")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert out.stderr.startswith('error: init_images["max_f/"]: cannot evaluate "max_f/"'), out.stderr
+    cases = [
+        ({"init_images": {"0": str(tmp_path / "missing.png")}}, 'init_images["0"]', "No such file"),
+        ({"init_images": {"0": "http://127.0.0.1:9/x.png"}}, 'init_images["0"]', "loopback"),
+        ({"init_images": {"5": str(text)}}, 'init_images["5"]', "not an image PIL can read"),
+        ({"init_images": {"0": str(svg)}, "use_looper": False, "use_init": True, "init_image": str(svg)}, "init_image",
+         "not an image PIL can read"),
+    ]
+    for extra, field, words in cases:
+        images = extra.pop("init_images")
+        out = run("render", _guided_file(tmp_path, images, **extra), "--model", str(tiny_models["vace"]),
+                  "--outdir", str(tmp_path / "out"), "--steps", "1")
+        error = out.stderr.strip().splitlines()[-1]  # after the note that the failed start was cleaned up
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+        assert error.startswith(f"error: {field} '") and words in error, out.stderr
+    assert not list((tmp_path / "out").rglob("*.png"))

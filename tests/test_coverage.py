@@ -184,7 +184,7 @@ def test_features_wan_lacks_warn_when_switched_on():
                      hybrid_composite="Normal", frame_interpolation_engine="FILM",
                      make_gif=True, r_upscale_video=True, color_force_grayscale=True, add_soundtrack="Init Video")
     warned = {w.split()[0] for w in report.warnings}
-    assert warned == {"cn_2_enabled", "use_looper", "hybrid_composite", "frame_interpolation_engine",
+    assert warned == {"cn_2_enabled", "hybrid_composite", "frame_interpolation_engine",
                       "make_gif", "r_upscale_video", "color_force_grayscale", "add_soundtrack"}
     assert "control_v11p_sd15_seg" in report.get("cn_2_enabled").note
 
@@ -203,7 +203,21 @@ def test_init_image_used_only_with_use_init():
     assert _report().get("init_image").status == IGNORED
     report = _report(use_init=True, init_image="/img/start.png", strength=0.5)
     assert report.get("init_image").status == USED
-    assert _warnings_for(report, "strength")
+    assert report.get("strength").status == MAPPED and "strength / 0.8" in report.get("strength").note
+    assert not _warnings_for(report, "strength")
+
+
+def test_guided_images_keys_are_mapped_or_say_why_not():
+    report = _report(diffusion_cadence=1, use_looper=True, init_images='{"0": "a.png"}',
+                     image_strength_schedule="0:(0.5)", blendFactorMax="0:(0.5)",
+                     image_keyframe_strength_schedule="0:(0.9)")
+    assert report.get("use_looper").status == MAPPED and report.get("init_images").status == USED
+    assert report.get("image_strength_schedule").status == MAPPED
+    assert "/ 0.75" in report.get("image_strength_schedule").note
+    assert {w.split()[0] for w in report.warnings} == {"blendFactorMax", "image_keyframe_strength_schedule"}
+    assert "binary" in report.get("image_keyframe_strength_schedule").note
+    # Deforum reads init_images only in 2D and 3D: in other modes nothing counts as changed
+    assert not _report(diffusion_cadence=1, use_looper=True, blendFactorMax="0:(0.5)", animation_mode="None").warnings
 
 
 def test_wan_keys():

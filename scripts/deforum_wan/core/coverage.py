@@ -38,6 +38,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from .choices import wan_option
+from .guided import LOOP_NOTES, STRENGTH_NOTE
 from .settings import DEFAULT_SEED_SCHEDULE, DEFAULT_ZOOM, DeforumSettings
 
 __all__ = ["DEFORUM_COMMIT", "DEFORUM_DEFAULTS", "IGNORED", "MAPPED", "STATUSES", "USED", "KeyReport", "KeyStatus",
@@ -515,9 +516,8 @@ def _inputs(r: _Report) -> None:
     r.ignore(_MASK, "Wan renders whole frames: no inpainting masks", live=r.on("use_mask") or r.on("use_mask_video"))
     r.add("use_noise_mask", IGNORED, "Wan renders whole frames: no noise masks")
     r.add("noise_mask_schedule", IGNORED, "Wan renders whole frames: no noise masks", live=r.on("use_noise_mask"))
-    r.add("use_looper", IGNORED, "guided images: Wan does not blend towards keyframe images")
-    r.ignore((*_LOOP, "image_keyframe_strength_schedule"), "guided images: Wan does not blend towards keyframe images",
-             live=r.on("use_looper"))
+    for key, (status, note) in LOOP_NOTES.items():  # guided images: core/guided.py maps each key
+        r.add(key, status, note, live=key == "use_looper" or r.on("use_looper") and r.mode in ("2D", "3D"))
     for i in range(1, 6):
         model = r.text(f"cn_{i}_model")
         named = f" ({model})" if model not in ("", "None") else ""
@@ -531,7 +531,7 @@ def _init(r: _Report) -> None:
     use = r.settings.use_init
     r.add("use_init", USED, "the first clip starts from init_image (I2V, or VACE's first frame)")
     r.when("init_image", use, USED, "the first clip's start image", "use_init is off")
-    r.add("strength", IGNORED, "the first clip starts from the init image itself: no img2img strength", live=use)
+    r.add("strength", MAPPED, STRENGTH_NOTE, live=use)
     r.add("strength_0_no_init", IGNORED, "without an init image the first clip starts from text", live=not use)
 
 

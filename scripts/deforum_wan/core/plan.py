@@ -43,6 +43,7 @@ from .choices import (
 )
 from .choices import checked_number as _number, first as _first, wan_option as _wan_option
 from .coverage import format_key_report, key_report
+from .guided import KeptImage, describe_kept, keep_guided_images, keep_init_image
 from .movement import SCHEDULE_KEYS, CameraPath, describe_movement
 from .prompts import plain_prompt, prompt_at, prompt_keyframes
 from .schedules import parse_schedule
@@ -122,6 +123,8 @@ class Clip:
     shown_end: int = 0  # one past the last Wan frame the timeline uses; the next clip continues from before it
     merged: tuple[str, ...] = ()  # prompt keys merged into this clip (prompts shorter than min_clip_seconds)
     guide_scale: float | None = None  # VACE conditioning scale of the motion guide (from strength_schedule)
+    kept: tuple[KeptImage, ...] = ()  # images this clip keeps: guided images, the init image (core/guided.py)
+    keep_scale: float | None = None  # VACE conditioning scale with kept images (wins over guide_scale)
 
     @property
     def cost(self) -> int:
@@ -232,7 +235,8 @@ class ClipPlan:
         clips = tuple(
             Clip(**{**c, "sources": tuple((int(a), int(b), float(w)) for a, b, w in c["sources"]),
                     "stripped": tuple(c.get("stripped", ())), "merged": tuple(c.get("merged", ())),
-                    "loras": tuple((str(n), float(w)) for n, w in c.get("loras", ()))}) for c in data["clips"]
+                    "loras": tuple((str(n), float(w)) for n, w in c.get("loras", ())),
+                    "kept": tuple(KeptImage(**k) for k in c.get("kept", ()))}) for c in data["clips"]
         )
         metrics = PlanMetrics(**data["metrics"])
         rest = {f.name: data[f.name] for f in fields(cls)
@@ -462,6 +466,9 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
     clips, scheduled = scale_by_schedules(settings, clips)
     if choices.motion != "words":
         clips = _guided(settings, clips, choices.motion)
+    if choices.init_mode == VACE and not choices.bootstrap:
+        clips = keep_init_image(settings, clips)
+    clips, kept_notes = keep_guided_images(settings, clips, model, set(model.modes) | set(options.extra_modes))
 
     metrics = PlanMetrics(
         output_frames=settings.max_frames,
@@ -491,7 +498,7 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
         color_match=color.space is not None,
         clips=tuple(clips),
         metrics=metrics,
-        warnings=choices.warnings + keys.warnings,
+        warnings=choices.warnings + keys.warnings + tuple(kept_notes),
         choices=choices.choices + tuple(scheduled) + (negative_choice(clips, model), video.choice),
         timing=choices.timing,
         color_space=color.space,
@@ -535,6 +542,7 @@ def format_plan(plan: ClipPlan, width: int = 120) -> str:
         if c.merged:
             lines.append(f"clip {c.index} merges prompts {', '.join(c.merged)} (min clip length "
                          f"{_min_seconds(plan):g} s; 0 keeps every cut)")
+    lines += describe_kept(plan.clips)
     if plan.keys:  # the table without its warnings: they follow with the plan's own
         lines += [""] + plan.keys.split("\n\nwarnings:")[0].splitlines()
     if plan.warnings:

@@ -14,36 +14,22 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import fetch
 from . import outputs
 from .errors import InputError
 from .frames import ColorReference, fit_image, match_to_reference
+from .kept_images import check_kept_images, clip_images, pin, start_image, starts_from_init, with_kept
+from .kept_images import read_image as load_image  # checked: an image PIL reads, at most 8192 px a side
 from .pipelines import ClipRequest
 from ..core.plan import Clip, ClipPlan
 from ..core.settings import DeforumSettings
 from ..core.specs import I2V, T2V, VACE
 
 
-def load_image(source: str, policy: fetch.FetchPolicy | None = None, field: str = "init_image") -> np.ndarray:
-    """An image from a local path or an http(s) URL (fetched with the SSRF checks of renderer.fetch); errors name `field`."""
-    import io
-
-    from PIL import Image
-
-    try:
-        if fetch.is_url(source):
-            image = Image.open(io.BytesIO(fetch.fetch(source.strip(), fetch.IMAGE, policy).data))
-        else:
-            image = Image.open(Path(source).expanduser())
-        return np.asarray(image.convert("RGB"))
-    except Exception as exc:
-        raise InputError(f"{field} {source!r} cannot be read: {exc}") from None
-
-
 def check_images(plan: ClipPlan, settings: DeforumSettings) -> None:
     """Read the images the render will need (the init image, the colour reference) before any model loads."""
-    if plan.clips and plan.clips[0].mode != T2V and not plan.bootstrap:
+    if starts_from_init(plan):
         load_image(str(settings.init_image))
+    check_kept_images(plan)  # guided images (core/guided.py)
     if plan.color_match and plan.color_reference == "image":
         load_image(str(plan.color_image), field="color_coherence_image_path")
 
@@ -61,20 +47,23 @@ def render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | N
     )
     if clip.mode == T2V:
         return pipelines.t2v(request)
-    if tail is None and plan.bootstrap:  # the guide's first picture: frame 0 of a short T2V render of this clip
+    images = clip_images(plan, clip)  # guided images this clip keeps (renderer/kept_images.py)
+    if tail is None and start_image(clip, images) is not None:  # an I2V clip started from a guided image
+        tail = start_image(clip, images)[None]
+    elif tail is None and plan.bootstrap:  # the guide's first picture: frame 0 of a short T2V render of this clip
         tail = pipelines.t2v(replace(request, num_frames=5, on_preview=None, preview_every=0))[:1]
-    elif tail is None:  # the first clip, started from the settings' init image
+    elif tail is None and clip.overlap:  # the first clip, started from the settings' init image
         tail = fit_image(load_image(str(settings.init_image)), plan.width, plan.height)[None]
     if clip.mode == I2V:
-        return pipelines.i2v(replace(request, image=tail[-1]))
-    if clip.mode == VACE:
-        request = replace(request, known_frames=list(tail[-clip.overlap:]))
+        return pin(clip, pipelines.i2v(with_kept(replace(request, image=tail[-1]), clip, images)), images)
+    if clip.mode == VACE:  # a first clip keeping guided images may start from nothing (overlap 0)
+        request = replace(request, known_frames=list(tail[-clip.overlap:]) if clip.overlap else [])
         if plan.motion != "words":  # the camera path as a warped picture (renderer/guide.py)
             from .guide import clip_guide
 
             guide = clip_guide(settings, plan, clip, tail[-1], depth_model=depth.get() if depth else None)
             request = replace(request, guide_frames=guide.frames, conditioning_scale=guide.scale)
-        return pipelines.vace(request)
+        return pin(clip, pipelines.vace(with_kept(request, clip, images)), images)
     raise InputError(f"clip {clip.index}: unknown mode {clip.mode!r}")
 
 
@@ -106,7 +95,7 @@ class ColorAnchor:
         plan = self.plan
         if plan.color_reference == "image":
             return load_image(str(plan.color_image), field="color_coherence_image_path")
-        if plan.clips[0].mode != T2V and not plan.bootstrap:  # started from the init image
+        if starts_from_init(plan):  # started from the init image
             return fit_image(load_image(str(self.settings.init_image)), plan.width, plan.height)
         first = self.folder / outputs.frame_name(self.timestring, 0)
         if outputs.contiguous_frames(self.folder, self.timestring) > 0:

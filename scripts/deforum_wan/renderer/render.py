@@ -37,6 +37,7 @@ from . import preview
 from .conditioning import ColorAnchor, check_images, render_clip
 from .errors import RenderError
 from .frames import resample
+from .kept_images import pin_outputs
 from .pipelines import Interrupted
 from ..core.plan import Clip, ClipPlan, PlanOptions, plan_clips
 from ..core.seeds import resolve_seed
@@ -129,7 +130,8 @@ class _Writer:
 
 
 def _same_layout(a: ClipPlan, b: ClipPlan) -> bool:
-    key = lambda p: [(c.output_start, c.output_end, c.num_frames, c.mode, c.seed, c.sources) for c in p.clips]  # noqa: E731
+    key = lambda p: [(c.output_start, c.output_end, c.num_frames, c.mode, c.seed, c.sources,  # noqa: E731
+                      c.kept, c.keep_scale) for c in p.clips]
     return (a.width, a.height, a.max_frames) == (b.width, b.height, b.max_frames) and key(a) == key(b)
 
 
@@ -335,7 +337,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
             end = max(clip.tail_end, min(keep, len(frames)))
             previous_tail = frames[max(0, end - keep):end]
             outputs.save_tail(folder, timestring, clip.index, previous_tail)
-            out = _onto_timeline(plan, clip, frames)
+            out = pin_outputs(clip, frames, _onto_timeline(plan, clip, frames))  # guided images shown as given
             for offset, frame in enumerate(out):
                 index = clip.output_start + offset
                 if index >= done:

@@ -5,7 +5,7 @@ field named, e.g. `deforum_settings[0].translation_x: cannot evaluate "sin(t"
 at frame 12: ...`. The settings go through the same parsers the renderer uses,
 so what is accepted here also renders. URLs the render will use (`init_image`
 with `use_init`, `soundtrack_path` with `add_soundtrack: File`, `color_coherence_image_path` with
-color_coherence Image) are fetched here,
+color_coherence Image, each image of `init_images` with `use_looper`) are fetched here,
 through deforum_wan.service.fetch, and replaced by the saved file: the worker and
 ffmpeg only ever read local files, and a URL we refuse is a 422 naming its field.
 
@@ -137,7 +137,8 @@ def _non_finite(value: Any, loc: list[Any], found: list[tuple[list[Any], str]], 
 def _text_limits(data: Mapping[str, Any], loc: tuple[Any, ...]) -> None:
     """No string over MAX_TEXT_CHARS, prompts included (they sit one level down)."""
     for key, value in data.items():
-        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS and key not in ("init_image", "parseq_manifest"):
+        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS and key not in ("init_image", "init_images",
+                                                                                  "parseq_manifest"):
             raise ApiError(422, [((*loc, key), f"at most {MAX_TEXT_CHARS} characters, got {len(value)}")])
         if key in PROMPT_KEYS and isinstance(value, dict):
             for frame, text in value.items():
@@ -312,6 +313,8 @@ class Validator:
                           ("color_coherence_image_path", fetch.IMAGE)):
             if key in data:
                 data[key] = self.check_source(data[key], (*loc, key), kind)
+        if "init_images" in data and _on(data.get("use_looper")):  # guided images: each one a source
+            data["init_images"] = self.check_guided_images(data["init_images"], (*loc, "init_images"))
         if parseq.requested(data.get("parseq_manifest")):
             data["parseq_manifest"] = self.parseq_source(data["parseq_manifest"], (*loc, "parseq_manifest"))
         pending = fetch.is_url(data.get("parseq_manifest"))  # fetched by `request` once everything else is valid
@@ -361,15 +364,36 @@ class Validator:
             url = data.get(key)
             if not in_use or not fetch.is_url(url):
                 continue
-            where = (*loc, key)
-            if (url, kind) not in fetched:
-                if len(fetched) >= MAX_URLS_PER_REQUEST:
-                    raise ApiError(422, [(where, f"at most {MAX_URLS_PER_REQUEST} different URLs per request")])
-                try:
-                    fetched[(url, kind)] = str(outputs.fetch_to_file(url.strip(), kind, self.inputs_folder, self.policy()))
-                except fetch.FetchError as exc:
-                    raise ApiError(422, [(where, f"cannot use {_short(url)}: {exc}")]) from None
-            data[key] = fetched[(url, kind)]
+            data[key] = self._fetched(url, kind, (*loc, key), fetched)
+        from ..core.guided import guided_on
+
+        if guided_on(parsed):  # guided images the render reads (core/guided.py)
+            images = _guided_images(data["init_images"])
+            for frame, url in list(images.items()):
+                if fetch.is_url(url):
+                    images[frame] = self._fetched(url, fetch.IMAGE, (*loc, "init_images", str(frame)), fetched)
+            data["init_images"] = json.dumps(images) if isinstance(data["init_images"], str) else images
+
+    def _fetched(self, url: str, kind: str, where: Loc, fetched: dict[tuple[str, str], str]) -> str:
+        """The saved file of a URL fetched once per request (at most MAX_URLS_PER_REQUEST of them)."""
+        if (url, kind) not in fetched:
+            if len(fetched) >= MAX_URLS_PER_REQUEST:
+                raise ApiError(422, [(where, f"at most {MAX_URLS_PER_REQUEST} different URLs per request")])
+            try:
+                fetched[(url, kind)] = str(outputs.fetch_to_file(url.strip(), kind, self.inputs_folder, self.policy()))
+            except fetch.FetchError as exc:
+                raise ApiError(422, [(where, f"cannot use {_short(url)}: {exc}")]) from None
+        return fetched[(url, kind)]
+
+    def check_guided_images(self, value: Any, loc: tuple[Any, ...]) -> Any:
+        """init_images (JSON text or object): every image checked as check_source checks init_image, same form back.
+        Text that is not a JSON object is left for the plan, which names the problem."""
+        images = _guided_images(value)
+        if images is None:
+            return value
+        for frame, source in images.items():
+            images[frame] = self.check_source(source, (*loc, str(frame)), fetch.IMAGE)
+        return json.dumps(images) if isinstance(value, str) else images
 
     def parseq_source(self, value: Any, loc: tuple[Any, ...]) -> Any:
         """parseq_manifest: the manifest itself (kept), an http(s) URL (fetched by `request`), or a file inside
@@ -532,6 +556,20 @@ def _guess_loc(text: str, data: Mapping[str, Any], loc: tuple[Any, ...],
         if re.search(rf"\b{re.escape(key)}\b", text):
             return (*loc, key)
     return loc
+
+
+def _on(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "1", "yes", "on")
+
+
+def _guided_images(value: Any) -> dict[str, Any] | None:
+    """init_images as a dict (parsed from JSON text), or None when it is not an object."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (json.JSONDecodeError, RecursionError):
+            return None
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else None
 
 
 def _after_key(message: str, key: str) -> str:
