@@ -22,6 +22,7 @@ from .pipelines import ClipRequest
 from ..core.plan import Clip, ClipPlan
 from ..core.settings import DeforumSettings
 from ..core.specs import I2V, T2V, VACE
+from ..core.video_input import VIDEO_INPUT
 
 
 def load_image(source: str, policy: fetch.FetchPolicy | None = None, field: str = "init_image") -> np.ndarray:
@@ -42,7 +43,7 @@ def load_image(source: str, policy: fetch.FetchPolicy | None = None, field: str 
 
 def check_images(plan: ClipPlan, settings: DeforumSettings) -> None:
     """Read the images the render will need (the init image, the colour reference) before any model loads."""
-    if plan.clips and plan.clips[0].mode != T2V and not plan.bootstrap:
+    if plan.clips and plan.clips[0].mode != T2V and not plan.bootstrap and settings.animation_mode != VIDEO_INPUT:
         load_image(str(settings.init_image))
     if plan.color_match and plan.color_reference == "image":
         load_image(str(plan.color_image), field="color_coherence_image_path")
@@ -51,7 +52,7 @@ def check_images(plan: ClipPlan, settings: DeforumSettings) -> None:
 def render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | None,
                  settings: DeforumSettings, on_step: Callable[[int, int], bool],
                  on_preview: Callable[[int, int, np.ndarray], None] | None = None, preview_every: int = 0,
-                 depth: Any = None) -> np.ndarray:
+                 depth: Any = None, source: Any = None) -> np.ndarray:
     request = ClipRequest(
         prompt=clip.render_prompt, negative_prompt=clip.negative_prompt, num_frames=clip.num_frames,
         width=plan.width, height=plan.height, steps=clip.steps, guidance=clip.guidance, guidance_2=clip.guidance_2,
@@ -59,6 +60,8 @@ def render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | N
         flow_shift=clip.flow_shift, on_step=on_step, on_preview=on_preview, preview_every=preview_every,
         scheduler=plan.scheduler, scheduler_options=tuple(sorted(plan.scheduler_options.items())),
     )
+    if source is not None:  # Video Input: the clip restyles its span of the source video (renderer/source_video.py)
+        return pipelines.vace(source.request(plan, clip, tail, request))
     if clip.mode == T2V:
         return pipelines.t2v(request)
     if tail is None and plan.bootstrap:  # the guide's first picture: frame 0 of a short T2V render of this clip
@@ -106,7 +109,7 @@ class ColorAnchor:
         plan = self.plan
         if plan.color_reference == "image":
             return load_image(str(plan.color_image), field="color_coherence_image_path")
-        if plan.clips[0].mode != T2V and not plan.bootstrap:  # started from the init image
+        if plan.clips[0].mode != T2V and not plan.bootstrap and self.settings.animation_mode != VIDEO_INPUT:  # init
             return fit_image(load_image(str(self.settings.init_image)), plan.width, plan.height)
         first = self.folder / outputs.frame_name(self.timestring, 0)
         if outputs.contiguous_frames(self.folder, self.timestring) > 0:
