@@ -78,8 +78,7 @@ def audio_samples(path: Path) -> np.ndarray:
 
 def video_settings(video: Path, **kw):
     data = {"prompts": {"0": "a red fox in the snow"}, "animation_mode": "Video Input", "video_init_path": str(video),
-            "W": 32, "H": 32, "fps": 15, "max_frames": 100, "seed": 5, "batch_name": "vid_{timestring}",
-            "color_coherence": "None"}
+            "W": 32, "H": 32, "fps": 15, "max_frames": 100, "seed": 5, "batch_name": "vid_{timestring}"}
     data.update(kw)
     return settings_from_dict(data)
 
@@ -126,6 +125,11 @@ def test_the_plan_takes_the_count_and_timing_of_the_extracted_frames_and_every_c
                                                                  min_clip_seconds=0))
     assert list(source.kept) == list(range(4, 40, 2)) and plan.max_frames == 18 and plan.fps == 12.5
     assert plan.timing == "native" and plan.continuity == "vace" and not plan.bootstrap
+    assert not plan.color_match  # Deforum matches Video Input frames only to color_coherence Image
+    matched = plan_clips(replace(settings, raw={**settings.raw, "color_coherence": "Image",
+                                                "color_coherence_image_path": "ref.png"}),
+                         MODEL_SPECS["vace"], PlanOptions(seed=1, video=source))
+    assert matched.color_match and matched.color_reference == "image"
     assert {c.mode for c in plan.clips} == {"vace"} and {c.movement for c in plan.clips} == {""}
     assert {c.guide_scale for c in plan.clips} == {0.5}  # strength 0.325 / Deforum's 0.65
     assert plan.clips[0].overlap == 0

@@ -514,7 +514,7 @@ def _inputs(r: _Report) -> None:
                      else (IGNORED, "read in Video Input mode at each render (the mask path with use_mask_video)")),
               live=read or (video or hybrid) and "mask" not in key)
     r.add("use_mask", IGNORED, "Wan renders whole frames: no inpainting masks")
-    r.ignore(_MASK, "Wan renders whole frames: no inpainting masks", live=r.on("use_mask") or r.on("use_mask_video"))
+    r.ignore(_MASK, "no mask files or mask adjustments in Wan", live=r.on("use_mask") or r.on("use_mask_video"))
     r.add("use_noise_mask", IGNORED, "Wan renders whole frames: no noise masks")
     r.add("noise_mask_schedule", IGNORED, "Wan renders whole frames: no noise masks", live=r.on("use_noise_mask"))
     r.add("use_looper", IGNORED, "guided images: Wan does not blend towards keyframe images")

@@ -49,11 +49,11 @@ from .schedules import parse_schedule
 from .seeds import frame_seeds
 from .settings import MAX_FPS, MIN_FPS, DeforumSettings
 from .specs import T2V, VACE, ModelSpec
-from .video_input import VIDEO_INPUT, check_options, plan_notes, restyle_clips, video_timing, with_source
 from .timeline import (
     MIN_CLIP_FRAMES, ClipFrames, ClipGapError, PlanError, Segment, SegmentFrames, group_segments, map_segment,
     split_segment,
 )
+from .video_input import VIDEO_INPUT, check_options, plan_notes, restyle_clips, video_color, video_timing, with_source
 
 # PlanError, MIN_CLIP_FRAMES and split_segment live in timeline.py (the frame arithmetic) and are part of this API.
 __all__ = [
@@ -335,7 +335,7 @@ def _choices(settings: DeforumSettings, model: ModelSpec, options: PlanOptions) 
     timing, rate, timing_choice, timing_notes = (video_timing(settings) if video
                                                  else resolve_timing(settings, options, model))
     min_frames, min_choice = _min_clip_frames(settings, options)
-    color, color_notes = resolve_color(settings, options)
+    color, color_notes = video_color(*resolve_color(settings, options)) if video else resolve_color(settings, options)
     sensitivity = _number("sensitivity", options.sensitivity, float, 0.01, 100)
     init_mode, init_notes = (None, []) if video else resolve_init_mode(settings, model, modes)
     bootstrap = motion != "words" and init_mode is None  # the guide needs a picture: a short T2V render's frame 0

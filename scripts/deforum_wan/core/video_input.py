@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from .choices import Choice, checked_number, guide_scales, wan_option
+from .choices import Choice, ColorChoice, checked_number, guide_scales, wan_option
 from .settings import MAX_FPS, MIN_FPS, DeforumSettings
 from .specs import VACE, ModelSpec
 from .timeline import PlanError
@@ -145,6 +145,17 @@ def video_timing(settings: DeforumSettings) -> tuple[str, Fraction, Choice, list
     """One Wan frame per extracted frame, whatever the model's native rate: the motion is the source's."""
     return "native", Fraction(1), Choice("timing", "native", f"Video Input: one Wan frame per extracted source "
                                          f"frame, played at {settings.fps:g} fps like the source"), []
+
+
+def video_color(color: ColorChoice, notes: list[str]) -> tuple[ColorChoice, list[str]]:
+    """Deforum matches Video Input frames only to color_coherence Image: its frame-0 sample is taken from a
+    generation only without an init (render.py@3224268, "on strength 0, set color match to generation"), and
+    Video Input always has one. So each clip keeps its source's colours unless the reference is an image."""
+    if color.space is None or color.reference == "image":
+        return color, notes
+    return ColorChoice(None, "frame0", None, Choice("color_match", "off", "Video Input: each frame keeps its "
+                                                    "source's colours, as in Deforum (only color_coherence Image "
+                                                    "is matched)")), notes
 
 
 def restyle_clips(settings: DeforumSettings, clips: list[Clip]) -> list[Clip]:

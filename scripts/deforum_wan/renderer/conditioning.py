@@ -109,7 +109,8 @@ class ColorAnchor:
         plan = self.plan
         if plan.color_reference == "image":
             return load_image(str(plan.color_image), field="color_coherence_image_path")
-        if plan.clips[0].mode != T2V and not plan.bootstrap and self.settings.animation_mode != VIDEO_INPUT:  # init
+        # started from the init image (a Video Input render starts from its source video)
+        if plan.clips[0].mode != T2V and not plan.bootstrap and self.settings.animation_mode != VIDEO_INPUT:
             return fit_image(load_image(str(self.settings.init_image)), plan.width, plan.height)
         first = self.folder / outputs.frame_name(self.timestring, 0)
         if outputs.contiguous_frames(self.folder, self.timestring) > 0:

@@ -267,7 +267,8 @@ def _check_type(content_type: str, kind: str) -> None:
         raise FetchError(f"expected an image, the server says {content_type or 'nothing'} (Content-Type)")
     if kind == AUDIO and not (content_type.startswith(("audio/", "video/")) or content_type == "application/ogg"):
         raise FetchError(f"expected audio or video, the server says {content_type or 'nothing'} (Content-Type)")
-    if kind == VIDEO and not (content_type.startswith("video/") or content_type in ("application/mp4", "application/ogg")):
+    if kind == VIDEO and not (content_type.startswith("video/") or content_type in ("application/mp4",
+                                                                                     "application/ogg")):
         raise FetchError(f"expected a video, the server says {content_type or 'nothing'} (Content-Type)")
 
 

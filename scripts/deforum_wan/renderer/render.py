@@ -214,23 +214,27 @@ def render(
     try:
         settings, plan, folder, timestring, resumed = prepare(job, info.spec, extra_modes, source)
         depth = _depth(job, settings, plan.motion)  # a depth model that is not there fails before anything is written
-        new_folder = not folder.exists()
-        try:
-            speedups = _speedups(plan, info, job.models_dir)  # a LoRA that cannot be used fails before any load
-            check_images(plan, settings)  # and so does an image that cannot be read
-            return _render_prepared(job, info, i2v_info, settings, plan, folder, timestring, resumed, emit=emit,
-                                    should_stop=should_stop, pipelines=pipelines, started=started, speedups=speedups,
-                                    depth=depth, source=source)
-        except Exception as exc:
-            if not resumed:
-                _clean_failed_start(folder, timestring, new_folder, emit)
-            full = _disk_full(exc, folder, timestring)
-            if full is not None:
-                raise full from exc
-            raise
-    finally:
+    except BaseException:
         if source is not None:
             source.close()
+        raise
+    new_folder = not folder.exists()
+    try:
+        speedups = _speedups(plan, info, job.models_dir)  # a LoRA that cannot be used fails before any load
+        check_images(plan, settings)  # and so does an image that cannot be read
+        return _render_prepared(job, info, i2v_info, settings, plan, folder, timestring, resumed, emit=emit,
+                                should_stop=should_stop, pipelines=pipelines, started=started, speedups=speedups,
+                                depth=depth, source=source)
+    except Exception as exc:
+        if not resumed:
+            _clean_failed_start(folder, timestring, new_folder, emit)
+        full = _disk_full(exc, folder, timestring)
+        if full is not None:
+            raise full from exc
+        raise
+    finally:
+        if source is not None:
+            source.close()  # its readers and downloaded copies
 
 
 def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: DeforumSettings, plan: ClipPlan, folder: Path,
