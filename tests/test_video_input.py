@@ -352,3 +352,39 @@ def test_the_api_checks_video_sources_and_names_the_field(videos, tmp_path):
         assert r.status_code == 422 and "deforum_settings.animation_mode: Video Input" in r.json()["message"], r.text
     assert not t2v.list()
     t2v.close()
+
+
+
+def test_only_video_containers_pass_the_content_check(videos):
+    from deforum_wan.renderer.fetch import FetchError, check_video
+
+    assert check_video(videos["source"].read_bytes()) == ".mp4"
+    assert check_video(b"\x1a\x45\xdf\xa3" + bytes(60)) == ".webm"
+    assert check_video(b"RIFF\x00\x00\x00\x00AVI LIST" + bytes(40)) == ".avi"
+    for text in (b"#EXTM3U\n#EXTINF:10,\nhttp://169.254.169.254/x.ts\n", b"ffconcat version 1.0\nfile '/etc/passwd'\n",
+                 videos["text"].read_bytes(), b"\x89PNG\r\n\x1a\n" + bytes(40)):
+        with pytest.raises(FetchError, match="not a video file"):
+            check_video(text)
+
+
+def test_a_url_source_is_fetched_checked_and_removed_when_closed(videos):
+    from netfixtures import LocalServer
+
+    from deforum_wan.renderer.fetch import FetchPolicy
+    from deforum_wan.renderer.source_video import SourceVideo, VideoInputError
+
+    with LocalServer() as web:
+        web.routes.add("/v.mp4", videos["source"].read_bytes(), "video/mp4")
+        web.routes.add("/v.html", videos["source"].read_bytes(), "text/html")
+        source = SourceVideo(video_settings(web.url("/v.mp4"), extract_to_frame=9), FetchPolicy(allow_loopback=True))
+        copy = source.path
+        assert copy.read_bytes() == videos["source"].read_bytes()
+        assert (source.source.count, source.source.fps, source.source.has_audio) == (10, 10.0, True)
+        assert source.source.path == web.url("/v.mp4")  # the plan names what the user gave
+        assert len(source.frames([0, 9, 3], 16, 16)) == 3
+        source.close()
+        assert not copy.exists()
+        with pytest.raises(VideoInputError, match="^video_init_path: cannot use .* expected a video"):
+            SourceVideo(video_settings(web.url("/v.html")), FetchPolicy(allow_loopback=True))
+        with pytest.raises(VideoInputError, match="^video_init_path: cannot use .* loopback"):
+            SourceVideo(video_settings(web.url("/v.mp4")))  # the default policy: never this machine
