@@ -43,7 +43,7 @@ OVERRIDE_KEYS = ["steps", "width", "height", "continuity", "overlap", "guidance"
 RELATED = {
     "wan_max_clip_frames": {"wan_frame_overlap", "overlap"}, "wan_frame_overlap": {"wan_max_clip_frames"},
     "max_clip_frames": {"overlap", "wan_frame_overlap"}, "overlap": {"max_clip_frames", "wan_max_clip_frames"},
-    "resume_from_timestring": {"resume_timestring"},
+    "resume_from_timestring": {"resume_timestring"}, "animation_mode": {"video_init_path"},
 }
 
 ATTACKS = [

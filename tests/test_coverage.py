@@ -133,7 +133,7 @@ def test_steps_schedule_follows_enable_steps_scheduling():
     assert "no effect" in _report(enable_steps_scheduling=True).get("steps_schedule").note
 
 
-@pytest.mark.parametrize("mode", ["Video Input", "Interpolation"])
+@pytest.mark.parametrize("mode", ["Interpolation"])
 def test_unsupported_animation_modes_warn(mode):
     report = _report(animation_mode=mode)
     assert report.get("animation_mode").status == IGNORED
@@ -143,8 +143,19 @@ def test_unsupported_animation_modes_warn(mode):
 
 
 def test_video_input_color_coherence_and_video_keys():
-    report = _report(animation_mode="Video Input", video_init_path="/videos/me.mp4", color_coherence="Video Input")
-    assert len(_warnings_for(report, "video_init_path")) == 1
+    report = _report(animation_mode="Video Input", video_init_path="/videos/me.mp4", color_coherence="Video Input",
+                     extract_nth_frame=2, max_frames=50, overwrite_extracted_frames=True, video_mask_path="/v/m.mp4")
+    for key in ("animation_mode", "video_init_path", "extract_nth_frame"):
+        assert report.get(key).status == USED and not _warnings_for(report, key), key
+    assert report.get("strength_schedule").status == MAPPED and "source video" in report.get("strength_schedule").note
+    # Deforum sets max_frames from the extracted frames; the mask path is read only with use_mask_video
+    for key in ("max_frames", "overwrite_extracted_frames"):
+        assert report.get(key).status == IGNORED and len(_warnings_for(report, key)) == 1, key
+    assert report.get("video_mask_path").status == IGNORED and not _warnings_for(report, "video_mask_path")
+    masked = _report(animation_mode="Video Input", use_mask_video=True, video_mask_path="/v/m.mp4")
+    assert masked.get("video_mask_path").status == USED and masked.get("use_mask_video").status == USED
+    outside = _report(animation_mode="2D", video_init_path="/videos/me.mp4")  # read only in Video Input mode
+    assert outside.get("video_init_path").status == IGNORED and not _warnings_for(outside, "video_init_path")
     assert report.get("color_coherence").status == IGNORED and len(_warnings_for(report, "color_coherence")) == 1
 
 
@@ -185,7 +196,8 @@ def test_features_wan_lacks_warn_when_switched_on():
                      make_gif=True, r_upscale_video=True, color_force_grayscale=True, add_soundtrack="Init Video")
     warned = {w.split()[0] for w in report.warnings}
     assert warned == {"cn_2_enabled", "hybrid_composite", "frame_interpolation_engine",
-                      "make_gif", "r_upscale_video", "color_force_grayscale", "add_soundtrack"}
+                      "make_gif", "r_upscale_video", "color_force_grayscale"}
+    assert report.get("add_soundtrack").status == USED and "video_init_path" in report.get("add_soundtrack").note
     assert "control_v11p_sd15_seg" in report.get("cn_2_enabled").note
 
 

@@ -21,9 +21,27 @@ def _load(path: str):
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .core.inspection import format_inspection, inspect_settings
 
-    ins = inspect_settings(_load(args.settings))
-    print(json.dumps(ins.to_dict(), indent=2, ensure_ascii=False) if args.json else format_inspection(ins))
+    from .core.video_input import plan_notes, with_source
+    from .renderer.source_video import probe_source
+
+    settings = _load(args.settings)
+    video = probe_source(settings)  # Video Input: the source's extracted frames set max_frames (and fps)
+    ins = inspect_settings(with_source(settings, video) if video else settings)
+    rows = [(c.name, c.value, c.source) for c in plan_notes(settings, video)[0]] if video else []
+    if args.json:
+        print(json.dumps({**ins.to_dict(), **({"video_input": rows} if video else {})}, indent=2, ensure_ascii=False))
+    else:
+        print("\n".join([format_inspection(ins)] + [f"{name}: {value} ({note})" for name, value, note in rows]))
     return 0
+
+
+def _probed(settings, options):
+    """Video Input: the options with the probed source video, so the plan counts its frames."""
+    from dataclasses import replace
+
+    from .renderer.source_video import probe_source
+
+    return replace(options, video=probe_source(settings))
 
 
 def add_plan_options(p: argparse.ArgumentParser) -> None:
@@ -118,7 +136,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     settings = _load(args.settings)
     seed = resolve_seed(args.seed if args.seed is not None else settings.seed)
-    plan = plan_clips(settings, model_spec_for(args.model), plan_options(args, seed))
+    plan = plan_clips(settings, model_spec_for(args.model), _probed(settings, plan_options(args, seed)))
     from .core.input_report import format_input_report, input_report
 
     inputs = input_report(settings.raw)  # what the file brings: init image, video, guided images, Parseq
@@ -221,7 +239,8 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
     settings = _load(args.settings)
     seed = resolve_seed(args.seed if args.seed is not None else settings.seed)
-    return run_enhance_command(args, plan_clips(settings, model_spec_for(args.model), plan_options(args, seed)))
+    options = _probed(settings, plan_options(args, seed))
+    return run_enhance_command(args, plan_clips(settings, model_spec_for(args.model), options))
 
 
 def cmd_qwen(args: argparse.Namespace) -> int:
@@ -413,8 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_render_error(exc: BaseException) -> bool:
     """A RenderError, checked without importing the renderer (it cannot be raised unless it was imported)."""
-    render = sys.modules.get(f"{__package__}.renderer.render")
-    return render is not None and isinstance(exc, render.RenderError)
+    errors = sys.modules.get(f"{__package__}.renderer.errors")
+    return errors is not None and isinstance(exc, errors.RenderError)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -347,8 +347,9 @@ def _prompts(r: _Report) -> None:
 
 
 def _timeline(r: _Report) -> None:
-    r.add("max_frames", USED, "the timeline's length in output frames")
-    r.add("fps", USED, "the output frame rate; Wan's frames are mapped onto it, frame-exact")
+    video = r.mode == "Video Input"  # the frames extracted from video_init_path set the length, the source the fps
+    r.add("max_frames", *((IGNORED, "the extracted frames' count") if video else (USED, "the timeline's length")))
+    r.add("fps", *((IGNORED, "the source's fps / extract_nth_frame") if video else (USED, "the output frame rate")))
     resolution = wan_option(r.settings, "resolution")
     for key in ("W", "H"):
         r.add(key, *((IGNORED, f"wan_resolution {resolution} sets the render size") if resolution is not None else
@@ -356,12 +357,12 @@ def _timeline(r: _Report) -> None:
     mode = r.mode
     if mode in ("2D", "3D"):
         r.add("animation_mode", USED, f"{mode} camera schedules become camera words")
-    elif mode == "None":
-        r.add("animation_mode", USED, "no camera motion: clips get no camera words")
+    elif mode in ("None", "Video Input"):
+        r.add("animation_mode", USED, "no camera motion: clips get no camera words" if mode == "None" else
+              "each output frame restyles its source video frame (VACE video-to-video), no camera words")
     else:
-        why = "Wan renders from the prompts and does not follow an input video" if mode == "Video Input" else \
-            "Wan renders the prompts as one continuous video, with no interpolation between prompt images"
-        r.add("animation_mode", IGNORED, f"{mode} is not supported: {why}; the camera stays still")
+        r.add("animation_mode", IGNORED, f"{mode} is not supported: Wan renders the prompts as one continuous video, "
+                                         "with no interpolation between prompt images; the camera stays still")
 
 
 def _seeds(r: _Report) -> None:
@@ -419,9 +420,9 @@ def _relative(r: _Report, key: str, what: str, official: str) -> None:
 
 def _diffusion(r: _Report) -> None:
     strength = "each clip continues from the previous clip's frames (I2V/VACE), with no img2img strength"
-    guide = "the motion guide's weight: VACE conditioning scale = mean strength over the clip / 0.65"
-    r.add("strength_schedule", *((MAPPED, guide) if r.motion != "words" else (IGNORED, strength + " (--motion guide "
-                                                                               "maps it)")))
+    guide = f"the {'source video' if r.mode == 'Video Input' else 'motion guide'}'s weight: VACE conditioning scale = "
+    r.add("strength_schedule", *((MAPPED, guide + "mean strength over the clip / 0.65") if r.motion != "words" or
+                                 r.mode == "Video Input" else (IGNORED, strength + " (--motion guide maps it)")))
     r.ignore("keyframe_strength_schedule", strength, present_only=True)
     _relative(r, "cfg_scale_schedule", "model's guidance", "official guidance (or wan_guidance_scale)")
     r.ignore("distilled_cfg_scale_schedule", "Flux's distilled guidance; Wan has none", present_only=True)
@@ -508,12 +509,13 @@ def _inputs(r: _Report) -> None:
     extra = [k for k in r.raw if isinstance(k, str) and k.startswith("hybrid_") and k not in DEFORUM_DEFAULTS]
     r.ignore((*_HYBRID, *extra), "part of hybrid video, which Wan does not do", live=hybrid)
     video = r.mode == "Video Input"
-    for key in _VIDEO_INPUT:
-        live = video or (hybrid and key in ("video_init_path", "extract_nth_frame", "extract_from_frame",
-                                            "extract_to_frame"))
-        r.add(key, IGNORED, "Wan follows no input video (animation_mode Video Input is not supported)", live=live)
+    for key in _VIDEO_INPUT:  # Video Input mode reads them (core/video_input.py), the mask path with use_mask_video
+        read = video and key != "overwrite_extracted_frames" and (key != "video_mask_path" or r.on("use_mask_video"))
+        r.add(key, *((USED, "the source (or mask) video and Deforum's extraction, restyled frame for frame") if read
+                     else (IGNORED, "read in Video Input mode at each render (the mask path with use_mask_video)")),
+              live=read or (video or hybrid) and "mask" not in key)
     r.add("use_mask", IGNORED, "Wan renders whole frames: no inpainting masks")
-    r.ignore(_MASK, "Wan renders whole frames: no inpainting masks", live=r.on("use_mask") or r.on("use_mask_video"))
+    r.ignore(_MASK, "no mask files or mask adjustments in Wan", live=r.on("use_mask") or r.on("use_mask_video"))
     r.add("use_noise_mask", IGNORED, "Wan renders whole frames: no noise masks")
     r.add("noise_mask_schedule", IGNORED, "Wan renders whole frames: no noise masks", live=r.on("use_noise_mask"))
     for key, (status, note) in LOOP_NOTES.items():  # guided images: core/guided.py maps each key
@@ -541,10 +543,8 @@ def _output(r: _Report) -> None:
     r.when("resume_timestring", r.settings.resume_from_timestring, USED, "the render to continue",
            "resume_from_timestring is off")
     sound = r.settings.add_soundtrack
-    if sound == "Init Video":
-        r.add("add_soundtrack", IGNORED, "there is no init video to take sound from")
-    else:
-        r.add("add_soundtrack", USED, "soundtrack_path is added to the mp4" if sound == "File" else "no soundtrack")
+    r.add("add_soundtrack", USED, {"File": "soundtrack_path is added to the mp4", "Init Video": "video_init_path's "
+                                   "audio is added to the mp4, from its start, as Deforum"}.get(sound, "no soundtrack"))
     r.when("soundtrack_path", sound == "File", USED, "the mp4's soundtrack (file or URL)", "add_soundtrack is not File")
     r.add("skip_video_creation", MAPPED, "no mp4, frames only" + ("" if r.on("skip_video_creation") else " (if true)"))
     for key in ("ffmpeg_crf", "ffmpeg_preset"):

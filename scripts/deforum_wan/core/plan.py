@@ -54,6 +54,7 @@ from .timeline import (
     MIN_CLIP_FRAMES, ClipFrames, ClipGapError, PlanError, Segment, SegmentFrames, group_segments, map_segment,
     split_segment,
 )
+from .video_input import VIDEO_INPUT, check_options, plan_notes, restyle_clips, video_color, video_timing, with_source
 
 # PlanError, MIN_CLIP_FRAMES and split_segment live in timeline.py (the frame arithmetic) and are part of this API.
 __all__ = [
@@ -93,6 +94,7 @@ class PlanOptions:
     loras: tuple[str, ...] = ()  # NAME_OR_FILE[:WEIGHT[:WEIGHT_2]] for every clip (checked by renderer/loras.py)
     motion: str | None = None  # words | guide | both (choices.resolve_motion)
     seed: int | None = None  # the resolved base seed when settings.seed is -1
+    video: Any = None  # Video Input mode: the probed source (core.video_input.VideoSource), None until read
 
 
 @dataclass(frozen=True)
@@ -333,11 +335,13 @@ def _choices(settings: DeforumSettings, model: ModelSpec, options: PlanOptions) 
     cache, cache_choice = resolve_cache(options, model)
     motion, motion_choice = resolve_motion(settings, options, continuity)
     _check_fps(settings)
-    timing, rate, timing_choice, timing_notes = resolve_timing(settings, options, model)
+    video = settings.animation_mode == VIDEO_INPUT
+    timing, rate, timing_choice, timing_notes = (video_timing(settings) if video
+                                                 else resolve_timing(settings, options, model))
     min_frames, min_choice = _min_clip_frames(settings, options)
-    color, color_notes = resolve_color(settings, options)
+    color, color_notes = video_color(*resolve_color(settings, options)) if video else resolve_color(settings, options)
     sensitivity = _number("sensitivity", options.sensitivity, float, 0.01, 100)
-    init_mode, init_notes = resolve_init_mode(settings, model, modes)
+    init_mode, init_notes = (None, []) if video else resolve_init_mode(settings, model, modes)
     bootstrap = motion != "words" and init_mode is None  # the guide needs a picture: a short T2V render's frame 0
     init_mode = VACE if bootstrap else init_mode
     culprit = "max_clip_frames" if max_clip < model.max_frames else "overlap" if continuity == VACE else "fps"
@@ -444,6 +448,11 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
     output frames it shows. The first clip starts fresh (or from the init image); every later
     one continues the one before.
     """
+    video_rows: list[Choice] = []
+    if settings.animation_mode == VIDEO_INPUT:  # every clip restyles its span of the source (core/video_input.py)
+        options = check_options(settings, model, options)
+        video_rows, video_notes = plan_notes(settings, options.video)
+        settings = with_source(settings, options.video) if options.video else settings
     choices = _choices(settings, model, options)
     seed = options.seed if options.seed is not None else settings.seed
     timeline = _Timeline(settings, frame_seeds(settings, seed), prompt_keyframes(settings), camera_path(settings))
@@ -469,6 +478,9 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
     if choices.init_mode == VACE and not choices.bootstrap:
         clips = keep_init_image(settings, clips)
     clips, kept_notes = keep_guided_images(settings, clips, model, set(model.modes) | set(options.extra_modes))
+    if settings.animation_mode == VIDEO_INPUT:
+        clips = restyle_clips(settings, clips)
+        choices = replace(choices, warnings=choices.warnings + tuple(video_notes))
 
     metrics = PlanMetrics(
         output_frames=settings.max_frames,
@@ -499,7 +511,7 @@ def plan_clips(settings: DeforumSettings, model: ModelSpec, options: PlanOptions
         clips=tuple(clips),
         metrics=metrics,
         warnings=choices.warnings + keys.warnings + tuple(kept_notes),
-        choices=choices.choices + tuple(scheduled) + (negative_choice(clips, model), video.choice),
+        choices=tuple(video_rows) + choices.choices + tuple(scheduled) + (negative_choice(clips, model), video.choice),
         timing=choices.timing,
         color_space=color.space,
         color_reference=color.reference,

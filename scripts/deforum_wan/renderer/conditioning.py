@@ -23,11 +23,12 @@ from .pipelines import ClipRequest
 from ..core.plan import Clip, ClipPlan
 from ..core.settings import DeforumSettings
 from ..core.specs import I2V, T2V, VACE
+from ..core.video_input import VIDEO_INPUT
 
 
 def check_images(plan: ClipPlan, settings: DeforumSettings) -> None:
     """Read the images the render will need (the init image, the colour reference) before any model loads."""
-    if starts_from_init(plan):
+    if starts_from_init(plan) and settings.animation_mode != VIDEO_INPUT:  # Video Input starts from its source
         load_image(str(settings.init_image))
     check_kept_images(plan)  # guided images (core/guided.py)
     if plan.color_match and plan.color_reference == "image":
@@ -37,7 +38,7 @@ def check_images(plan: ClipPlan, settings: DeforumSettings) -> None:
 def render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | None,
                  settings: DeforumSettings, on_step: Callable[[int, int], bool],
                  on_preview: Callable[[int, int, np.ndarray], None] | None = None, preview_every: int = 0,
-                 depth: Any = None) -> np.ndarray:
+                 depth: Any = None, source: Any = None) -> np.ndarray:
     request = ClipRequest(
         prompt=clip.render_prompt, negative_prompt=clip.negative_prompt, num_frames=clip.num_frames,
         width=plan.width, height=plan.height, steps=clip.steps, guidance=clip.guidance, guidance_2=clip.guidance_2,
@@ -45,6 +46,8 @@ def render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | N
         flow_shift=clip.flow_shift, on_step=on_step, on_preview=on_preview, preview_every=preview_every,
         scheduler=plan.scheduler, scheduler_options=tuple(sorted(plan.scheduler_options.items())),
     )
+    if source is not None:  # Video Input: the clip restyles its span of the source video (renderer/source_video.py)
+        return pipelines.vace(source.request(plan, clip, tail, request))
     if clip.mode == T2V:
         return pipelines.t2v(request)
     images = clip_images(plan, clip)  # guided images this clip keeps (renderer/kept_images.py)
@@ -95,7 +98,7 @@ class ColorAnchor:
         plan = self.plan
         if plan.color_reference == "image":
             return load_image(str(plan.color_image), field="color_coherence_image_path")
-        if starts_from_init(plan):  # started from the init image
+        if starts_from_init(plan) and self.settings.animation_mode != VIDEO_INPUT:  # (Video Input: its source)
             return fit_image(load_image(str(self.settings.init_image)), plan.width, plan.height)
         first = self.folder / outputs.frame_name(self.timestring, 0)
         if outputs.contiguous_frames(self.folder, self.timestring) > 0:

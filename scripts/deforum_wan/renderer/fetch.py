@@ -29,8 +29,9 @@ from urllib.parse import urljoin, urlsplit
 
 from .. import __version__
 
-IMAGE, AUDIO, JSON = "image", "audio", "json"
-MAX_BYTES = {IMAGE: 32 * 1024 * 1024, AUDIO: 256 * 1024 * 1024, JSON: 32 * 1024 * 1024}  # JSON: a Parseq manifest
+IMAGE, AUDIO, VIDEO, JSON = "image", "audio", "video", "json"
+MAX_BYTES = {IMAGE: 32 * 1024 * 1024, AUDIO: 256 * 1024 * 1024, VIDEO: 512 * 1024 * 1024,
+             JSON: 32 * 1024 * 1024}  # JSON: a Parseq manifest
 MAX_IMAGE_SIDE = 8192  # an init image is scaled to at most 4096; bigger is a decompression bomb
 MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -202,7 +203,7 @@ def _get(url: str, kind: str, policy: FetchPolicy, deadline: float) -> tuple[htt
     conn = conn_class(parts.hostname, parts.port or _default_port(parts.scheme))
     conn.sock = sock  # already connected to the checked address; http.client only writes and reads
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    accept = {IMAGE: "image/*", JSON: "application/json"}.get(kind, "audio/*, video/*")
+    accept = {IMAGE: "image/*", VIDEO: "video/*", JSON: "application/json"}.get(kind, "audio/*, video/*")
     headers = {"User-Agent": policy.user_agent or f"deforum-wan/{__version__}", "Accept": accept,
                "Accept-Encoding": "identity"}
     try:
@@ -214,7 +215,7 @@ def _get(url: str, kind: str, policy: FetchPolicy, deadline: float) -> tuple[htt
 
 
 def fetch(url: str, kind: str, policy: FetchPolicy | None = None) -> Fetched:
-    """Download `url` as `kind` (IMAGE or AUDIO), checking every address, redirect, size and type."""
+    """Download `url` as `kind` (IMAGE, AUDIO or VIDEO), checking every address, redirect, size and type."""
     policy = policy or FetchPolicy()
     if not policy.enabled:
         raise FetchError("URLs are switched off in the web UI's settings (Allow http:// and https:// URLs)")
@@ -240,7 +241,7 @@ def fetch(url: str, kind: str, policy: FetchPolicy | None = None) -> Fetched:
             data = _read(response, conn, limit, deadline, current)
         finally:
             conn.close()
-        suffix = check_image(data) if kind == IMAGE else check_json(data) if kind == JSON else check_audio(data)
+        suffix = {IMAGE: check_image, VIDEO: check_video, JSON: check_json}.get(kind, check_audio)(data)
         return Fetched(data=data, content_type=content_type, url=current, suffix=suffix)
     raise FetchError(f"more than {policy.max_redirects} redirects")
 
@@ -271,6 +272,9 @@ def _check_type(content_type: str, kind: str) -> None:
         raise FetchError(f"expected JSON, the server says {content_type or 'nothing'} (Content-Type)")
     if kind == AUDIO and not (content_type.startswith(("audio/", "video/")) or content_type == "application/ogg"):
         raise FetchError(f"expected audio or video, the server says {content_type or 'nothing'} (Content-Type)")
+    if kind == VIDEO and not (content_type.startswith("video/") or content_type in ("application/mp4",
+                                                                                     "application/ogg")):
+        raise FetchError(f"expected a video, the server says {content_type or 'nothing'} (Content-Type)")
 
 
 # ---------------------------------------------------------------- what the bytes are
@@ -326,3 +330,25 @@ def check_audio(data: bytes) -> str:
         if head.startswith(magic):
             return suffix
     raise FetchError("not an audio or video file (mp3, wav, ogg, flac, aac, m4a/mp4, webm, aiff)")
+
+
+_VIDEO_SIGNATURES = {b"\x1a\x45\xdf\xa3": ".webm", b"OggS": ".ogv", b"\x00\x00\x01\xba": ".mpg", b"FLV": ".flv"}
+
+
+def check_video(data: bytes) -> str:
+    """The file suffix if `data` starts like a video container ffmpeg should read; else FetchError.
+
+    Deforum reads mov, mpeg, mp4, m4v, avi, mpg and webm (is_vid_path_valid, video_audio_utilities.py@3224268).
+    As for audio, only container signatures pass: a playlist or a concat list would make ffmpeg open more.
+    """
+    head = data[:16]
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"):  # MP4 / QuickTime boxes
+        return ".mov" if head[8:10] == b"qt" or head[4:8] != b"ftyp" else ".mp4"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return ".avi"
+    if len(data) > 188 and data[0] == 0x47 and data[188] == 0x47:  # MPEG transport stream packets
+        return ".ts"
+    for magic, suffix in _VIDEO_SIGNATURES.items():
+        if head.startswith(magic):
+            return suffix
+    raise FetchError("not a video file (mp4, mov, m4v, webm, mkv, avi, mpeg, ts, ogv, flv)")

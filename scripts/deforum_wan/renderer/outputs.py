@@ -351,7 +351,10 @@ def load_tail(folder: Path, timestring: str, clip: int, count: int) -> "np.ndarr
 
 
 def soundtrack_of(settings: DeforumSettings) -> str | None:
-    """Deforum adds `soundtrack_path` only when `add_soundtrack` is 'File'."""
+    """Deforum adds `soundtrack_path` when `add_soundtrack` is 'File', and `video_init_path`'s sound when it is
+    'Init Video' (video_audio_utilities.py@3224268 get_ffmpeg_paths)."""
+    if settings.add_soundtrack == "Init Video":
+        return str(settings.raw.get("video_init_path") or "").strip() or None
     return settings.soundtrack_path or None if settings.add_soundtrack == "File" else None
 
 

@@ -43,6 +43,7 @@ from ..core.plan import Clip, ClipPlan, PlanOptions, plan_clips
 from ..core.seeds import resolve_seed
 from ..core.settings import DeforumSettings
 from ..core.specs import I2V, ModelSpec
+from ..core.video_input import with_source
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,8 @@ def _unused_timestring(outdir: str, settings: DeforumSettings) -> tuple[str, Pat
     raise RenderError(f"no free timestring in {folder}")
 
 
-def prepare(job: RenderJob, spec: ModelSpec, extra_modes: tuple[str, ...]) -> tuple[DeforumSettings, ClipPlan, Path, str, bool]:
+def prepare(job: RenderJob, spec: ModelSpec, extra_modes: tuple[str, ...],
+            source: Any = None) -> tuple[DeforumSettings, ClipPlan, Path, str, bool]:
     """Timestring, seed, folder and plan for a job; on resume, the saved plan is checked against a re-plan."""
     settings = job.settings
     resume = job.resume
@@ -168,7 +170,8 @@ def prepare(job: RenderJob, spec: ModelSpec, extra_modes: tuple[str, ...]) -> tu
     seed = job.options.seed
     if seed is None:
         seed = saved.seed if saved is not None else resolve_seed(settings.seed, random.Random())
-    options = replace(job.options, seed=seed, extra_modes=tuple(extra_modes))
+    video = source.source if source is not None else None  # Video Input: the probed source video
+    options = replace(job.options, seed=seed, extra_modes=tuple(extra_modes), video=video)
     plan = plan_clips(settings, spec, options)
     if saved is not None:
         if not _same_layout(plan, saved):
@@ -179,6 +182,7 @@ def prepare(job: RenderJob, spec: ModelSpec, extra_modes: tuple[str, ...]) -> tu
         plan = plan.with_prompts({c.index: c.enhanced_prompt for c in saved.clips if c.enhanced_prompt})
     # Deforum saves the seed it actually used, so a re-render of the saved file matches.
     settings = replace(settings, seed=seed) if settings.seed == -1 else settings
+    settings = with_source(settings, video) if video is not None else settings  # as Deforum saves max_frames
     return settings, plan, folder, timestring, saved is not None
 
 
@@ -206,15 +210,23 @@ def render(
     extra_modes = tuple(i2v_info.spec.modes) if i2v_info else ()
     if info.kind == "ti2v-5b":
         extra_modes += (I2V,)
-    settings, plan, folder, timestring, resumed = prepare(job, info.spec, extra_modes)
-    depth = _depth(job, settings, plan.motion)  # a depth model that is not there fails before anything is written
+    from .source_video import open_source
+
+    source = open_source(job.settings)  # Video Input: the source (and mask) video, read and checked first
+    try:
+        settings, plan, folder, timestring, resumed = prepare(job, info.spec, extra_modes, source)
+        depth = _depth(job, settings, plan.motion)  # a depth model that is not there fails before anything is written
+    except BaseException:
+        if source is not None:
+            source.close()
+        raise
     new_folder = not folder.exists()
     try:
         speedups = _speedups(plan, info, job.models_dir)  # a LoRA that cannot be used fails before any load
         check_images(plan, settings)  # and so does an image that cannot be read
         return _render_prepared(job, info, i2v_info, settings, plan, folder, timestring, resumed, emit=emit,
                                 should_stop=should_stop, pipelines=pipelines, started=started, speedups=speedups,
-                                depth=depth)
+                                depth=depth, source=source)
     except Exception as exc:
         if not resumed:
             _clean_failed_start(folder, timestring, new_folder, emit)
@@ -222,11 +234,15 @@ def render(
         if full is not None:
             raise full from exc
         raise
+    finally:
+        if source is not None:
+            source.close()  # its readers and downloaded copies
 
 
 def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: DeforumSettings, plan: ClipPlan, folder: Path,
                      timestring: str, resumed: bool, *, emit: EventCallback, should_stop: Callable[[], bool] | None,
-                     pipelines: Any, started: float, speedups: Any, depth: Any = None) -> RenderResult:
+                     pipelines: Any, started: float, speedups: Any, depth: Any = None,
+                     source: Any = None) -> RenderResult:
     stop_file = Path(job.stop_file) if job.stop_file else None
 
     def stopping() -> bool:
@@ -328,7 +344,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
 
             speedups.clip(clip)
             frames = render_clip(pipelines, plan, clip, tail, settings, on_step,
-                                  on_preview if preview_every else None, preview_every, depth)
+                                  on_preview if preview_every else None, preview_every, depth, source)
             pipeline_seconds += time.perf_counter() - clip_start
             frames = anchor.match(clip, frames)
             keep = _tail_length(plan, clip)
@@ -370,12 +386,13 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
         emit({"type": "status", "phase": "encoding", "message": f"encoding {outputs.video_file(folder, timestring).name}"})
         encode_start = time.perf_counter()
         notes: list[str] = []
-        soundtrack = outputs.local_soundtrack(outputs.soundtrack_of(settings), folder, timestring, notes)
+        wanted = source.soundtrack(settings) if source is not None else outputs.soundtrack_of(settings)
+        soundtrack = outputs.local_soundtrack(wanted, folder, timestring, notes)
         try:
             video, encoded = outputs.stitch_video(folder, timestring, settings.fps, total, soundtrack=soundtrack,
                                                   crf=plan.crf, preset=plan.ffmpeg_preset)
         finally:
-            if soundtrack and soundtrack != outputs.soundtrack_of(settings):
+            if soundtrack and soundtrack != wanted:
                 Path(soundtrack).unlink(missing_ok=True)  # the fetched copy
         notes += encoded
         encode_seconds = time.perf_counter() - encode_start

@@ -5,7 +5,8 @@ field named, e.g. `deforum_settings[0].translation_x: cannot evaluate "sin(t"
 at frame 12: ...`. The settings go through the same parsers the renderer uses,
 so what is accepted here also renders. URLs the render will use (`init_image`
 with `use_init`, `soundtrack_path` with `add_soundtrack: File`, `color_coherence_image_path` with
-color_coherence Image, each image of `init_images` with `use_looper`) are fetched here,
+color_coherence Image, each image of `init_images` with `use_looper`, `video_init_path` and `video_mask_path` in
+Video Input mode) are fetched here,
 through deforum_wan.service.fetch, and replaced by the saved file: the worker and
 ffmpeg only ever read local files, and a URL we refuse is a 422 naming its field.
 
@@ -50,6 +51,8 @@ _DATA_URL = re.compile(r"^data:([\w.+\-]+/[\w.+\-]+)?((?:;[\w\-]+=[\w.\-]+)*)(;b
 _AUDIO_TYPES = ("audio/mpeg", "audio/mp3", "audio/wav", "audio/x-wav", "audio/wave", "audio/ogg", "audio/flac",
                 "audio/aac", "audio/mp4", "audio/x-m4a")
 _TIMESTRING = re.compile(r"^\d{14}$")
+# May be data: URLs (or, parseq_manifest, the manifest itself) longer than MAX_TEXT_CHARS.
+_DATA_URL_KEYS = ("init_image", "init_images", "video_init_path", "video_mask_path", "parseq_manifest")
 
 Loc = Sequence[Any]
 PolicySource = Union[fetch.FetchPolicy, Callable[[], fetch.FetchPolicy], None]
@@ -137,8 +140,7 @@ def _non_finite(value: Any, loc: list[Any], found: list[tuple[list[Any], str]], 
 def _text_limits(data: Mapping[str, Any], loc: tuple[Any, ...]) -> None:
     """No string over MAX_TEXT_CHARS, prompts included (they sit one level down)."""
     for key, value in data.items():
-        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS and key not in ("init_image", "init_images",
-                                                                                  "parseq_manifest"):
+        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS and key not in _DATA_URL_KEYS:
             raise ApiError(422, [((*loc, key), f"at most {MAX_TEXT_CHARS} characters, got {len(value)}")])
         if key in PROMPT_KEYS and isinstance(value, dict):
             for frame, text in value.items():
@@ -220,6 +222,8 @@ class Validator:
                                                                    fetched))
         for loc, data, parsed in checked:
             self.fetch_used_urls(data, parsed, loc, fetched)
+            if data.get("animation_mode") == "Video Input":
+                self.check_video(data, loc)
         return [data for _loc, data, _parsed in checked], overrides
 
     def overrides(self, raw: Any) -> tuple[dict[str, Any], tuple[Any, tuple[str, ...]]]:
@@ -310,7 +314,7 @@ class Validator:
         if "batch_name" in data:
             self.check_batch_name(data["batch_name"], (*loc, "batch_name"))
         for key, kind in (("init_image", fetch.IMAGE), ("soundtrack_path", fetch.AUDIO),
-                          ("color_coherence_image_path", fetch.IMAGE)):
+                          ("color_coherence_image_path", fetch.IMAGE), *_videos(data)):
             if key in data:
                 data[key] = self.check_source(data[key], (*loc, key), kind)
         if "init_images" in data and _on(data.get("use_looper")):  # guided images: each one a source
@@ -359,7 +363,8 @@ class Validator:
         """Fetch the URLs this render will read and put the saved files in their place."""
         used = (("init_image", fetch.IMAGE, bool(parsed.use_init)),
                 ("soundtrack_path", fetch.AUDIO, parsed.add_soundtrack == "File"),
-                ("color_coherence_image_path", fetch.IMAGE, str(parsed.raw.get("color_coherence")).lower() == "image"))
+                ("color_coherence_image_path", fetch.IMAGE, str(parsed.raw.get("color_coherence")).lower() == "image"),
+                *((key, kind, True) for key, kind in _videos(data)))
         for key, kind, in_use in used:
             url = data.get(key)
             if not in_use or not fetch.is_url(url):
@@ -432,6 +437,17 @@ class Validator:
                 raise ApiError(422, [(where, str(exc))]) from None
         return self.settings({**item, "parseq_manifest": fetched[(url, fetch.JSON)]}, overrides, spec_info, loc)
 
+    def check_video(self, data: dict[str, Any], loc: tuple[Any, ...]) -> None:
+        """Video Input: the source (and mask) video read and checked now (renderer/source_video.py), so one that
+        cannot be used is a 422 naming its key, not a failed job."""
+        from ..core.settings import settings_from_dict
+        from ..renderer.source_video import VideoInputError, probe_source
+
+        try:
+            probe_source(settings_from_dict(data), self.policy())
+        except VideoInputError as exc:
+            raise ApiError(422, [((*loc, exc.key), str(exc).split(": ", 1)[-1])]) from None
+
     def check_batch_name(self, value: Any, loc: tuple[Any, ...]) -> None:
         if value is None:
             return
@@ -495,10 +511,12 @@ class Validator:
             raise ApiError(422, [(loc, "the data: URL is not valid base64")]) from None
         if not data:
             raise ApiError(422, [(loc, "the data: URL is empty")])
+        if kind == fetch.VIDEO and not (mime or "").startswith("video/"):
+            raise ApiError(422, [(loc, "expected a video data: URL (video/mp4, video/webm, ...)")])
         if kind == fetch.AUDIO and mime not in _AUDIO_TYPES:
             raise ApiError(422, [(loc, f"expected an audio data: URL ({', '.join(_AUDIO_TYPES)})")])
         try:
-            suffix = fetch.check_image(data) if kind == fetch.IMAGE else fetch.check_audio(data)
+            suffix = {fetch.IMAGE: fetch.check_image, fetch.VIDEO: fetch.check_video}.get(kind, fetch.check_audio)(data)
         except fetch.FetchError as exc:
             raise ApiError(422, [(loc, f"the data: URL is {exc}" if str(exc).startswith("not ") else str(exc))]) from None
         return str(outputs.save_input(data, suffix, self.inputs_folder))
@@ -526,6 +544,15 @@ def _settings_key(name: str, data: Mapping[str, Any], overrides: Mapping[str, An
         if key in data:
             return (key,)
     return None
+
+
+def _videos(data: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The video keys a render of `data` reads: the source in Video Input mode (or for an Init Video soundtrack),
+    the mask with use_mask_video in Video Input mode."""
+    video = data.get("animation_mode") == "Video Input"
+    mask = video and str(data.get("use_mask_video")).strip().lower() in ("true", "1", "yes", "on")
+    return ((("video_init_path", fetch.VIDEO),) if video or data.get("add_soundtrack") == "Init Video" else ()) + \
+        ((("video_mask_path", fetch.VIDEO),) if mask else ())
 
 
 def _settings_error(exc: Any, loc: tuple[Any, ...], data: Mapping[str, Any]) -> tuple[Loc, str]:
