@@ -164,3 +164,10 @@ def test_a_parseq_manifest_as_the_settings_is_deforums_defaults_plus_it(tmp_path
     # deltas are on by default and there is no zoom_delta: Deforum keeps its own zoom schedule then
     assert s.max_frames == 1 and s.parseq is not None and s.parseq.kept == ("zoom",) and s.zoom == DEFAULT_ZOOM
     assert s.prompts == DeforumSettings().prompts  # the manifest's own "prompts" are Parseq's, not Deforum's
+
+
+@pytest.mark.parametrize("key", ["angle", "translation_x", "shake_intensity", "fps"])
+def test_a_number_too_large_for_a_float_names_its_key(key):
+    """JSON allows whole numbers of any length; float() of one overflows, which must not escape as a traceback."""
+    with pytest.raises(SettingsError, match=rf"^{key}: the number is too large \(401 digits\)"):
+        settings_from_dict({key: 10**400})

@@ -197,7 +197,7 @@ def _float(key: str, value: Any, *, low: float | None = None, high: float | None
             raise SettingsError(key, f"expected a number, got {value!r}") from None
     if not isinstance(value, (int, float)):
         raise SettingsError(key, f"expected a number, got {type(value).__name__} {value!r}")
-    value = float(value)
+    value = _finite_float(key, value)
     if not math.isfinite(value):
         raise SettingsError(key, f"expected a finite number, got {value!r}")
     if low is not None and value < low:
@@ -205,6 +205,14 @@ def _float(key: str, value: Any, *, low: float | None = None, high: float | None
     if high is not None and value > high:
         raise SettingsError(key, f"must be at most {high:g}, got {value:g}")
     return value
+
+
+def _finite_float(key: str, value: int | float) -> float:
+    """float(value), with a whole number too large for a float named as the key's problem (not an OverflowError)."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise SettingsError(key, f"the number is too large ({len(str(abs(value)))} digits)") from None
 
 
 def _str(key: str, value: Any, *, allow_none: bool = False) -> str | None:
@@ -222,7 +230,7 @@ def _schedule(key: str, value: Any) -> str:
     if isinstance(value, bool):
         raise SettingsError(key, f"expected a schedule string like '0: (1.0)', got {value!r}")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):
+        if not math.isfinite(_finite_float(key, value)):
             raise SettingsError(key, f"expected a finite number, got {value!r}")
         return f"0: ({value})"
     if not isinstance(value, str):
