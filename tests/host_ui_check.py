@@ -25,6 +25,13 @@ EXPECTED_IDS = ("deforum_wan_settings_path", "deforum_wan_plan_table", "deforum_
                 "deforum_wan_init_image", "deforum_wan_init_path", "deforum_wan_init_strength", "deforum_wan_init_status")
 
 
+# The tab's option controls in the order its handlers take them: model, width, height, steps, guidance, continuity,
+# overlap, colour, timing, min clip s, motion, preset, cache, LoRAs, memory, enhancer (4), init image (its choice,
+# strength).
+DEFAULTS = ("", 32, 32, 2, 0, "auto", 0, True, "auto", 2, "words", "quality", "", "", "auto", False, "", 0.5, "",
+            None, 0.8)
+
+
 def fake_host(root: Path) -> dict[str, list]:
     """Install a minimal `modules` package: what webui.py touches, nothing more."""
     registered: dict[str, list] = {"on_ui_tabs": [], "on_ui_settings": [], "on_app_started": []}
@@ -253,10 +260,7 @@ def check(settings_path: Path) -> dict:
     # The import and plan handlers on a real Deforum file.
     state, summary, status, _plan = _fn(blocks, "on_load")(str(settings_path))
     assert state and "frames" in summary, status
-    # model, width, height, steps, guidance, continuity, overlap, colour, timing, min clip s, motion, preset, cache, LoRAs,
-    # memory, enhancer (4), init image (its choice, strength)
-    defaults = ["", 32, 32, 2, 0, "auto", 0, True, "auto", 2, "words", "quality", "", "", "auto", False, "", 0.5, "",
-                None, 0.8]
+    defaults = list(DEFAULTS)
     plan_dict, table, figure, note, state = _fn(blocks, "on_plan")(state, None, None, *defaults)
     rows = _value(table)
     assert plan_dict and rows and figure is not None and table["visible"] is True, note

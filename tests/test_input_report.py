@@ -47,14 +47,18 @@ def test_deforums_own_files_bring_no_inputs_and_say_why(name):
 
 
 def test_a_file_with_every_input_lists_each_as_written(tmp_path):
+    from test_video_input import make_video
+
+    # inspect and plan read the source video (its frame count is max_frames), so it must be a real one
+    source, mask = make_video(tmp_path / "in.mp4", frames=45), make_video(tmp_path / "mask.mp4", frames=45, mask=True)
     path = tmp_path / "every_settings.txt"
-    path.write_text(json.dumps(EVERY_INPUT))
+    path.write_text(json.dumps({**EVERY_INPUT, "video_init_path": str(source), "video_mask_path": str(mask)}))
     entries = {e.name: e for e in input_report(load_settings(path).raw)}
     assert all(e.active and not e.problem for e in entries.values()), entries
     assert entries["init image"].summary == "init_image: https://example.com/start.png (URL), strength 0.55"
     assert entries["Video Input"].summary == (
-        "video_init_path: /data/in.mp4 (file); extract_nth_frame 2, extract_from_frame 3, extract_to_frame 40; "
-        "video_mask_path: /data/mask.mp4 (file)")
+        f"video_init_path: {source} (file); extract_nth_frame 2, extract_from_frame 3, extract_to_frame 40; "
+        f"video_mask_path: {mask} (file)")
     assert entries["Guided Images"].details == (("0", "a.png"), ("max_f/4-5", "https://example.com/b.png"))
     assert "image_strength_schedule 0:(0.6)" in entries["Guided Images"].summary
     parseq = entries["Parseq"].summary

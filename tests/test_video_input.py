@@ -53,7 +53,7 @@ def make_video(path: Path, frames: int = SOURCE_FRAMES, size=SOURCE_SIZE, fps: i
         if mask:
             frame[:, : width // 2] = 255
         else:
-            frame[..., 2] = 10 * i
+            frame[..., 2] = 10 * i % 256
             frame[10:26, 2 * i: 2 * i + 16] = 255
         writer.send(frame)
     writer.close()
