@@ -533,6 +533,12 @@ def get_queue(db_path: str | os.PathLike[str] | None = None, **kwargs: Any) -> J
     global _QUEUE
     with _QUEUE_LOCK:
         if _QUEUE is None or _QUEUE._closed:
+            if "runner" not in kwargs:
+                from .farm import config_from_env, farm_queue_options
+
+                farm = config_from_env()  # $DEFORUM_WAN_FARM: jobs render on a Ray cluster, not here
+                if farm is not None:
+                    kwargs.update(farm_queue_options(farm))
             _QUEUE = JobQueue(db_path or default_db_path(), **kwargs).start()
             atexit.register(_QUEUE.close, 10.0)
         else:
