@@ -44,6 +44,19 @@ def test_one_jobs_share_of_the_cluster_and_how_many_fit():
         farm.FarmConfig(resources={"x": 0})
 
 
+def test_a_queue_on_a_farm_that_is_not_there_fails_at_start_naming_it(tmp_path, monkeypatch):
+    pytest.importorskip("ray", reason='the farm tests need Ray: pip install -e ".[farm]" (the test extra has it)')
+    from deforum_wan.service import jobs
+
+    port = _free_port()  # nothing listens there
+    monkeypatch.setenv("DEFORUM_WAN_FARM", f"127.0.0.1:{port}")
+    monkeypatch.setattr(jobs, "_QUEUE", None)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=f"DEFORUM_WAN_FARM=127.0.0.1:{port}: no Ray head answers there"):
+        jobs.get_queue(tmp_path / "jobs.sqlite3", outdir=tmp_path / "out")
+    assert time.monotonic() - started < 30 and jobs._QUEUE is None
+
+
 # --------------------------------------------------------------------------- a cluster on loopback
 
 

@@ -110,6 +110,9 @@ def farm_task(job: dict, stop_request: str, worker: dict) -> Iterator[dict]:
 
     node = ray.get_runtime_context().get_node_id()
     host = socket.gethostname()
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    if gpu_ids:  # the GPUs Ray gave this task: the worker is pinned to them, and may split a clip across them
+        job = {**job, "gpus": ",".join(gpu_ids)}
     yield {"type": "farm", "node": node, "host": host, "pid": os.getpid()}
     events: queue_module.Queue[dict] = queue_module.Queue()
     cancel = threading.Event()
@@ -151,6 +154,18 @@ def farm_task(job: dict, stop_request: str, worker: dict) -> Iterator[dict]:
 # --------------------------------------------------------------------------- on the API host
 
 
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail at once, naming the address, when nothing listens at HOST:PORT (ray.init would wait minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto" and ray:// addresses: Ray says itself what is wrong
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RuntimeError(f"{ENV_ADDRESS}={address}: no Ray head answers there ({exc}); start one with "
+                           f"`ray start --head --port {port}` on that machine") from exc
+
+
 class FarmRunner:
     """The queue's runner for a Ray cluster: `runner(job, on_event=..., cancel=...)` -> outcome, as bridge.run_job."""
 
@@ -167,6 +182,7 @@ class FarmRunner:
             except ImportError as exc:
                 raise RuntimeError(f'the render farm needs Ray: pip install "deforum-wan[farm]" ({exc})') from exc
             if not ray.is_initialized():
+                _check_reachable(self.config.address)
                 try:
                     ray.init(address=self.config.address, namespace=NAMESPACE, log_to_driver=False,
                              configure_logging=False)
@@ -274,6 +290,12 @@ class FarmRunner:
 
 
 def farm_queue_options(config: FarmConfig) -> dict[str, Any]:
-    """`runner` and `slots` for a JobQueue whose jobs render on the farm."""
+    """`runner` and `slots` for a JobQueue whose jobs render on the farm.
+
+    Joins the cluster now: a wrong address fails at start, and Ray's own exit hook is
+    registered before the queue's, so at exit the queue stops its jobs (they resume
+    on the next start) while it can still reach them.
+    """
     runner = FarmRunner(config)
+    runner.connect()
     return {"runner": runner, "slots": (None,) * runner.slots()}

@@ -529,7 +529,10 @@ def default_db_path() -> Path:
 
 
 def get_queue(db_path: str | os.PathLike[str] | None = None, **kwargs: Any) -> JobQueue:
-    """The process's one queue, created and started on first use; later calls may update outdir/models_dir/default_model."""
+    """The process's one queue, created and started on first use; later calls may update outdir/models_dir/default_model.
+
+    With $DEFORUM_WAN_FARM its jobs render on that Ray cluster (farm.py), one per free farm slot.
+    """
     global _QUEUE
     with _QUEUE_LOCK:
         if _QUEUE is None or _QUEUE._closed:
