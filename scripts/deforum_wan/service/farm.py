@@ -41,6 +41,7 @@ ENV_SLOTS = "DEFORUM_WAN_FARM_SLOTS"  # jobs at once (default: as many as the cl
 NAMESPACE = "deforum-wan"
 STOP_DIR = ".deforum-wan-farm"  # stop requests, inside the shared output folder
 STOP_POLL_SECONDS = 0.5
+HANDOUTS = 3  # tries to hand a job to a machine when the one Ray chose is gone before it starts
 
 
 @dataclass(frozen=True)
@@ -210,31 +211,56 @@ class FarmRunner:
     def __call__(self, job: dict, *, on_event: Callable[[dict], None], cancel: threading.Event | None = None,
                  config: Any = None) -> dict:
         ray = self.connect()
-        from ray.exceptions import RayError, TaskCancelledError
-
         stop_dir = Path(job["outdir"]).expanduser() / STOP_DIR
         stop_dir.mkdir(parents=True, exist_ok=True)
         stop_request = stop_dir / f"stop-{uuid.uuid4().hex[:12]}"
-        worker = {"deps_dir": self.config.deps_dir, "python": self.config.python}
+        tracker = bridge._Tracker()  # folder, timestring and frames, from the events (the folder is shared)
+        on_event({"type": "status", "phase": "preparing", "message": "waiting for a farm machine"})
+        try:
+            for handout in range(1, HANDOUTS + 1):
+                outcome = self._handout(ray, job, on_event, cancel, tracker, stop_request)
+                if outcome is None and cancel is not None and cancel.is_set():
+                    outcome = {"status": "interrupted", "error": "cancelled before a farm machine took it"}
+                if outcome is not None:
+                    break
+                # Lost before any machine took it (the machine Ray chose had just died): nothing ran, so
+                # handing it out again cannot render it twice.
+                on_event({"type": "warning", "message": f"the farm machine chosen for the job went away before it "
+                                                        f"started; handing it out again ({handout}/{HANDOUTS})"})
+        finally:
+            stop_request.unlink(missing_ok=True)
+        if outcome is None:
+            outcome = {"status": "crashed", "error": f"no farm machine took the job in {HANDOUTS} tries"}
+        for name, value in (("folder", tracker.folder), ("timestring", tracker.timestring),
+                            ("frames_total", tracker.frames_total)):
+            if not outcome.get(name) and value:
+                outcome[name] = value
+        if "frames_on_disk" not in outcome and tracker.folder:
+            outcome["frames_on_disk"] = tracker.frames_on_disk()
+        return outcome
+
+    def _handout(self, ray: Any, job: dict, on_event: Callable[[dict], None], cancel: threading.Event | None,
+                 tracker: Any, stop_request: Path) -> dict | None:
+        """One Ray task for the job, streamed to its end: the outcome, or None when it was lost before a
+        machine took it."""
+        from ray.exceptions import RayError, TaskCancelledError
+
         options: dict[str, Any] = {"num_cpus": self.config.num_cpus, "num_gpus": self.config.num_gpus,
                                    "max_retries": 0, "retry_exceptions": False, "name": "deforum-wan-render"}
         if self.config.resources:
             options["resources"] = dict(self.config.resources)
-        tracker = bridge._Tracker()  # folder, timestring and frames, from the events (the folder is shared)
+        worker = {"deps_dir": self.config.deps_dir, "python": self.config.python}
         taken, done = threading.Event(), threading.Event()
-        on_event({"type": "status", "phase": "preparing", "message": "waiting for a farm machine"})
         generator = self._remote.options(**options).remote(job, str(stop_request), worker)
         watcher = threading.Thread(target=self._watch_cancel, args=(ray, generator, cancel, taken, done, stop_request),
                                    name="deforum-wan-farm-cancel", daemon=True)
         watcher.start()
-        outcome: dict | None = None
         try:
             for ref in generator:
                 event = ray.get(ref)
                 kind = event.get("type")
                 if kind == "outcome":
-                    outcome = event
-                    break
+                    return event
                 if kind == "farm":
                     taken.set()
                     on_event(event)
@@ -243,8 +269,11 @@ class FarmRunner:
                 tracker.see(event)
                 on_event(event)
         except TaskCancelledError:
-            outcome = {"status": "interrupted", "error": "cancelled before a farm machine took it"}
+            return {"status": "interrupted", "error": "cancelled before a farm machine took it"}
         except RayError as exc:
+            if not taken.is_set():
+                log.warning("deforum-wan: a farm task was lost before it started: %s", exc)
+                return None
             first = (str(exc).strip().splitlines() or [""])[0]
             outcome = {"status": "crashed", "error": f"the farm machine stopped during the render "
                                                      f"({type(exc).__name__}: {first})"}
@@ -252,19 +281,11 @@ class FarmRunner:
             if tracker.folder and tracker.timestring:
                 outcome["error"] += (f"{' ' + where if where else ''}; {tracker.frames_on_disk()}/"
                                      f"{tracker.frames_total} frames kept in {tracker.folder}; retry to resume")
+            return outcome
         finally:
             done.set()
             watcher.join(timeout=10)
-            stop_request.unlink(missing_ok=True)
-        if outcome is None:
-            outcome = {"status": "crashed", "error": "the farm task ended without a result"}
-        for name, value in (("folder", tracker.folder), ("timestring", tracker.timestring),
-                            ("frames_total", tracker.frames_total)):
-            if not outcome.get(name) and value:
-                outcome[name] = value
-        if "frames_on_disk" not in outcome and tracker.folder:
-            outcome["frames_on_disk"] = tracker.frames_on_disk()
-        return outcome
+        return {"status": "crashed", "error": "the farm task ended without a result"}
 
     @staticmethod
     def _watch_cancel(ray: Any, generator: Any, cancel: threading.Event | None, taken: threading.Event,
