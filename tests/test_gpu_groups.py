@@ -1,6 +1,7 @@
 """GPU groups: the queue runs one job per group at once, each pinned to its group, each exactly once."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -59,6 +60,13 @@ def test_a_job_takes_its_groups_gpus_along(tmp_path):
         assert sorted(r.gpus for r in running) == ["0,1", "2,3"]
         assert queue.get(ids[2]).phase == "QUEUED"  # no third group: it waits
         assert sorted(job["gpus"] for job in runner.calls) == ["0,1", "2,3"]
+        from deforum_wan.service import api  # the API's job list shows both running jobs and their groups
+
+        list_jobs = next(endpoint for path, endpoint, methods, _ in api.route_table(queue)
+                         if path.endswith("/jobs") and methods == ["GET"])
+        listed = json.loads(list_jobs().body)
+        assert {i: (listed[i]["phase"] != "QUEUED", listed[i]["gpus"]) for i in ids} == {
+            ids[0]: (True, running[0].gpus), ids[1]: (True, running[1].gpus), ids[2]: (False, None)}
         assert queue.cancel(ids[0])  # one group's job stops; the other keeps rendering
         assert queue.wait([ids[0]], WAIT) and queue.get(ids[0]).status == CANCELLED
         assert queue.get(ids[1]).running
