@@ -67,7 +67,7 @@ def _free_port() -> int:
 
 
 def _processes() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, process group), from /proc."""
+    """pid -> (parent pid, process group), from /proc; zombies (already dead) left out."""
     found = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -77,7 +77,8 @@ def _processes() -> dict[int, tuple[int, int]]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        found[int(name)] = (int(fields[1]), int(fields[2]))
+        if fields[0] != "Z":
+            found[int(name)] = (int(fields[1]), int(fields[2]))
     return found
 
 
@@ -142,7 +143,7 @@ class LocalCluster:
         for name in reversed(list(self.groups)):
             pids = _node_processes(self.groups[name])
             _kill(pids, signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 5  # Ray's daemons may ignore SIGTERM; then they are killed
         while time.monotonic() < deadline and any(_node_processes(g) for g in self.groups.values()):
             time.sleep(0.2)
         for group in self.groups.values():
