@@ -145,3 +145,18 @@ def test_two_gpu_groups_render_two_jobs_at_once_each_exactly_once(tiny_models, t
         assert max(start_a, start_b) < min(end_a, end_b), intervals  # both rendered at the same time
     finally:
         queue.close(WAIT)
+
+
+def test_doctor_says_how_many_jobs_run_at_once(tmp_path, monkeypatch):
+    from deforum_wan.service import doctor
+
+    monkeypatch.delenv("DEFORUM_WAN_FARM", raising=False)
+    monkeypatch.setenv("DEFORUM_WAN_GPUS", "0,1;2,3")
+    report = doctor.diagnose(tmp_path, probe=False)
+    assert report["jobs"] == {"gpu_groups": ["0,1", "2,3"], "farm": None}
+    assert "jobs at once           2, one per GPU group: 0,1; 2,3" in doctor.format_report(report)
+    monkeypatch.setenv("DEFORUM_WAN_GPUS", "0;0")
+    report = doctor.diagnose(tmp_path, probe=False)
+    assert any(fix.startswith("DEFORUM_WAN_GPUS: GPU 0 is in group 1 and group 2") for fix in report["fixes"])
+    monkeypatch.setenv("DEFORUM_WAN_FARM", "auto")
+    assert "on the Ray farm at auto" in doctor.format_report(doctor.diagnose(tmp_path, probe=False))
