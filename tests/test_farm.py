@@ -186,6 +186,7 @@ def test_three_jobs_across_two_farm_machines_a_dead_machine_leaves_its_job_retry
     node_names = {n["NodeID"]: name for n in ray.nodes() for name in ("a", "b") if f"node_{name}" in n["Resources"]}
     shared = tmp_path / "shared"  # every node writes here, as farm machines on one shared folder
     queue = JobQueue(tmp_path / "jobs.sqlite3", runner=runner, outdir=shared, slots=(None,) * runner.slots())
+    queues = [queue]
     events: dict[str, list[dict]] = {}
     killed: dict[str, str] = {}
     lock = threading.Lock()
@@ -250,5 +251,21 @@ def test_three_jobs_across_two_farm_machines_a_dead_machine_leaves_its_job_retry
         assert queue.retry(cancel_id) and queue.wait([cancel_id], JOB_TIMEOUT)
         assert queue.get(cancel_id).status == SUCCEEDED
         assert outputs.existing_frames(stopped.outdir, stopped.timestring) == list(range(120))
-    finally:
+
+        # the API host stops mid-job: the farm machine stops the render, and the next start resumes it
+        (stop_id,) = queue.submit([long], overrides)[1]
+        _wait_for(lambda: any(e["type"] == "frames" and e["frames_written"] > 0 for e in events.get(stop_id, [])),
+                  JOB_TIMEOUT, "the job to write frames")
         queue.close(60)
+        queues.append(JobQueue(tmp_path / "jobs.sqlite3", runner=runner, outdir=shared, slots=(None, None)))
+        requeued = queues[-1].get(stop_id)
+        assert (requeued.status, requeued.phase, requeued.error_type) == ("ACCEPTED", "QUEUED", RETRYABLE)
+        assert 0 < requeued.frames_written < 120, requeued.message
+        queues[-1].start()
+        assert queues[-1].wait([stop_id], JOB_TIMEOUT)
+        finished = queues[-1].get(stop_id)
+        assert finished.status == SUCCEEDED and finished.attempts == 2, finished.message
+        assert outputs.existing_frames(finished.outdir, finished.timestring) == list(range(120))
+    finally:
+        for each in queues:
+            each.close(60)
