@@ -158,13 +158,15 @@ def _unused_timestring(outdir: str, settings: DeforumSettings) -> tuple[str, Pat
     raise RenderError(f"no free timestring in {folder}")
 
 
-def prepare(job: RenderJob, spec: ModelSpec, extra_modes: tuple[str, ...]) -> tuple[DeforumSettings, ClipPlan, Path, str, bool]:
-    """Timestring, seed, folder and plan for a job; on resume, the saved plan is checked against a re-plan."""
+def prepare(job: RenderJob, spec: ModelSpec, extra_modes: tuple[str, ...],
+            ) -> tuple[DeforumSettings, ClipPlan, Path | None, str | None, bool]:
+    """Seed and plan for a job, with its folder and timestring on resume (the saved plan checked against a
+    re-plan); a new render's are None: `render` takes them once the checks that write nothing have passed."""
     settings = job.settings
     resume = job.resume
     if not resume and settings.resume_from_timestring and settings.resume_timestring:
         resume = settings.resume_timestring
-    saved = None
+    saved, folder, timestring = None, None, None
     if resume:
         timestring = outputs.check_timestring(resume)
         folder = outputs.batch_dir(job.outdir, settings, timestring)
@@ -185,8 +187,6 @@ def prepare(job: RenderJob, spec: ModelSpec, extra_modes: tuple[str, ...]) -> tu
                 "(clips, sizes or seeds differ); render it anew or restore the settings"
             )
         plan = plan.with_prompts({c.index: c.enhanced_prompt for c in saved.clips if c.enhanced_prompt})
-    if not resume:  # taken only now: a plan that fails leaves nothing behind
-        timestring, folder = _unused_timestring(job.outdir, settings)
     # Deforum saves the seed it actually used, so a re-render of the saved file matches.
     settings = replace(settings, seed=seed) if settings.seed == -1 else settings
     return settings, plan, folder, timestring, saved is not None
@@ -217,11 +217,13 @@ def render(
     if info.kind == "ti2v-5b":
         extra_modes += (I2V,)
     settings, plan, folder, timestring, resumed = prepare(job, info.spec, extra_modes)
+    depth = _depth(job, settings, plan.motion)  # a depth model that is not there fails before anything is written
+    if folder is None or timestring is None:
+        timestring, folder = _unused_timestring(job.outdir, job.settings)
     # A folder that holds nothing but the settings file taken for this render is new too.
     new_folder = not folder.exists() or (not resumed and [p.name for p in folder.iterdir()]
                                          == [outputs.settings_file(folder, timestring).name])
     try:
-        depth = _depth(job, settings, plan.motion)  # a depth model that is not there fails before any frame
         speedups = _speedups(plan, info, job.models_dir)  # a LoRA that cannot be used fails before any load
         check_images(plan, settings)  # and so does an image that cannot be read
         return _render_prepared(job, info, i2v_info, settings, plan, folder, timestring, resumed, emit=emit,
