@@ -426,7 +426,7 @@ def test_a_queue_file_from_before_the_worker_column_still_opens_and_records_it(t
 
     db = tmp_path / "jobs.sqlite3"
     old = sqlite3.connect(db)
-    old.executescript(jobs._SCHEMA.replace(",\n    worker TEXT,\n    owner TEXT\n", "\n"))  # version 1
+    old.executescript(jobs._SCHEMA.replace(",\n    worker TEXT,\n    owner TEXT,\n    gpus TEXT\n", "\n"))  # version 1
     old.close()
     assert "worker" not in {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(jobs)")}
     from deforum_wan.service.jobdata import event_values
@@ -436,7 +436,7 @@ def test_a_queue_file_from_before_the_worker_column_still_opens_and_records_it(t
     assert json.loads(values["worker"]) == {"torch": "2.13.0+cpu", "diffusers": "0.42.1", "device": "cpu"}
     queue = jobs.JobQueue(db)
     try:
-        assert {"worker", "owner"} <= {r[1] for r in queue._db.execute("PRAGMA table_info(jobs)")}
+        assert {"worker", "owner", "gpus"} <= {r[1] for r in queue._db.execute("PRAGMA table_info(jobs)")}
     finally:
         queue.close()
 

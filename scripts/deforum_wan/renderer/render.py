@@ -73,6 +73,9 @@ class RenderJob:
     enhance_options: dict = field(default_factory=dict)
     preview_every: int = preview.DEFAULT_EVERY  # a latent preview every N denoising steps; 0: none
     depth_model: str | None = None  # depth model folder, or a name under <models_dir>/depth/ (guide depth warping)
+    # The GPU group the queue pinned this job to ("0,1", physical ids as in DEFORUM_WAN_GPUS); the worker
+    # process sees them as cuda:0..n-1 through CUDA_VISIBLE_DEVICES. None: not pinned.
+    gpus: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,30 +141,39 @@ def _same_layout(a: ClipPlan, b: ClipPlan) -> bool:
 
 def _unused_timestring(outdir: str, settings: DeforumSettings) -> tuple[str, Path]:
     """A timestring no other render in the batch folder uses: two jobs started in the same
-    second with a fixed batch_name must not write into each other's frames."""
+    second with a fixed batch_name must not write into each other's frames.
+
+    The settings file is created exclusively to take it, so two renders started at
+    once (GPU groups, farm machines on one shared folder) cannot both get it.
+    """
     now = time.time()
     for offset in range(3600):
         timestring = outputs.new_timestring(now + offset)
         folder = outputs.batch_dir(outdir, settings, timestring)
-        if not outputs.settings_file(folder, timestring).exists() and not outputs.existing_frames(folder, timestring):
-            return timestring, folder
+        if outputs.settings_file(folder, timestring).exists() or outputs.existing_frames(folder, timestring):
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            outputs.settings_file(folder, timestring).open("x").close()
+        except FileExistsError:
+            continue
+        return timestring, folder
     raise RenderError(f"no free timestring in {folder}")
 
 
 def prepare(job: RenderJob, spec: ModelSpec, extra_modes: tuple[str, ...],
-            source: Any = None) -> tuple[DeforumSettings, ClipPlan, Path, str, bool]:
-    """Timestring, seed, folder and plan for a job; on resume, the saved plan is checked against a re-plan."""
+            source: Any = None) -> tuple[DeforumSettings, ClipPlan, Path | None, str | None, bool]:
+    """Seed and plan for a job, with its folder and timestring on resume (the saved plan checked against a
+    re-plan); a new render's are None: `render` takes them once the checks that write nothing have passed.
+    `source` is Video Input's opened source video (renderer/source_video.py), else None."""
     settings = job.settings
     resume = job.resume
     if not resume and settings.resume_from_timestring and settings.resume_timestring:
         resume = settings.resume_timestring
+    saved, folder, timestring = None, None, None
     if resume:
         timestring = outputs.check_timestring(resume)
         folder = outputs.batch_dir(job.outdir, settings, timestring)
-    else:
-        timestring, folder = _unused_timestring(job.outdir, settings)
-    saved = None
-    if resume:
         plan_path = outputs.plan_file(folder, timestring)
         if not folder.is_dir():
             raise RenderError(f"cannot resume {timestring}: no folder {folder}")
@@ -216,11 +228,15 @@ def render(
     try:
         settings, plan, folder, timestring, resumed = prepare(job, info.spec, extra_modes, source)
         depth = _depth(job, settings, plan.motion)  # a depth model that is not there fails before anything is written
+        if folder is None or timestring is None:
+            timestring, folder = _unused_timestring(job.outdir, job.settings)
     except BaseException:
         if source is not None:
             source.close()
         raise
-    new_folder = not folder.exists()
+    # A folder that holds nothing but the settings file taken for this render is new too.
+    new_folder = not folder.exists() or (not resumed and [p.name for p in folder.iterdir()]
+                                         == [outputs.settings_file(folder, timestring).name])
     try:
         speedups = _speedups(plan, info, job.models_dir)  # a LoRA that cannot be used fails before any load
         check_images(plan, settings)  # and so does an image that cannot be read

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import deps
+from . import deps, gpu_groups
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +295,9 @@ def run_job(
     stopped and the exception propagates.
     """
     config = config or WorkerConfig()
+    pinned = gpu_groups.pin_env(job.get("gpus"))  # a job of a GPU group sees only that group's GPUs
+    if pinned:
+        config = replace(config, env={**config.env, **pinned})
     own_dir = workdir is None
     folder = Path(tempfile.mkdtemp(prefix="deforum-wan-job-")) if own_dir else Path(workdir).expanduser()
     folder.mkdir(parents=True, exist_ok=True)

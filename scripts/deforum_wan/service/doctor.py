@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import deps, torchenv
+from . import deps, gpu_groups, torchenv
 
 QWEN_SUGGESTION = "Qwen/Qwen2.5-3B-Instruct"
 WAN_SUGGESTION = "Wan-AI/Wan2.1-VACE-1.3B-diffusers"
@@ -41,6 +41,13 @@ def diagnose(models_dir: str | Path | None = None, probe: bool = True, config: A
         "fixes": [],
     }
     fixes: list[str] = report["fixes"]
+    farm = os.environ.get("DEFORUM_WAN_FARM") or None
+    try:  # how many jobs the queue runs at once: one per GPU group here, or the farm's machines
+        groups = gpu_groups.configured_groups()
+        report["jobs"] = {"gpu_groups": [g or "all" for g in groups], "farm": farm}
+    except ValueError as exc:
+        report["jobs"] = {"gpu_groups": None, "farm": farm}
+        fixes.append(str(exc))
     if report["private"]["problem"]:
         choice = torchenv.choice_from_environment(host)
         report["private"]["would_install_torch"] = choice.to_dict()
@@ -89,6 +96,17 @@ def _model_entry(model: Any) -> dict[str, Any]:
             "pairing": model.pairing()}
 
 
+def _jobs_at_once(jobs: dict[str, Any]) -> str:
+    if jobs.get("farm"):
+        return f"on the Ray farm at {jobs['farm']} (DEFORUM_WAN_FARM)"
+    groups = jobs.get("gpu_groups")
+    if not groups:
+        return "DEFORUM_WAN_GPUS is not valid (see To do)"
+    if groups == ["all"]:
+        return "1 (set DEFORUM_WAN_GPUS=0;1 for one job per GPU)"
+    return f"{len(groups)}, one per GPU group: " + "; ".join(groups)
+
+
 def _row(label: str, value: Any) -> str:
     return f"  {label:<22} {value}"
 
@@ -101,8 +119,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines = ["Host (the web UI's python)",
              _row("python", f"{host['python']}  {host['executable']}"),
              _row("torch", host["torch"] or "none"),
-             _row("GPUs", gpus),
-             "Private renderer folder",
+             _row("GPUs", gpus)]
+    if "jobs" in report:
+        lines.append(_row("jobs at once", _jobs_at_once(report["jobs"])))
+    lines += ["Private renderer folder",
              _row("folder", private["folder"]),
              _row("state", "ready" if not private["problem"] else f"not ready: {private['problem']}")]
     torch = private.get("torch") or private.get("would_install_torch") or {}

@@ -59,6 +59,7 @@ class JobRecord:
     job: dict = field(repr=False)
     options_overrides: dict = field(repr=False)
     worker: dict | None = None  # what the worker ran on: torch, diffusers, transformers, device
+    gpus: str | None = None  # the GPU group the job was last claimed for ("0,1"); None: not pinned
 
     @property
     def finished(self) -> bool:
@@ -102,6 +103,7 @@ class JobRecord:
             },
             "options_overrides": self.options_overrides,
             "worker": self.worker,
+            "gpus": self.gpus,
         }
         if include_settings:
             data["deforum_settings"] = self.job.get("settings")
@@ -120,6 +122,7 @@ def record_from_row(row: Mapping[str, Any]) -> JobRecord:
         cancel_requested=bool(row["cancel_requested"]), warnings=tuple(json.loads(row["warnings"] or "[]")),
         job=json.loads(row["job"]), options_overrides=json.loads(row["overrides"] or "{}"),
         worker=json.loads(row["worker"]) if "worker" in row.keys() and row["worker"] else None,
+        gpus=row["gpus"] if "gpus" in row.keys() else None,
     )
 
 
@@ -187,7 +190,7 @@ def event_values(event: Mapping[str, Any], warnings_so_far: Sequence[str] = ()) 
         values["preview"] = str(event["path"]) if event.get("path") else None
     elif kind == "environment":
         keys = ("torch", "torch_path", "cuda", "hip", "diffusers", "transformers", "accelerate", "device", "python",
-                "executable")
+                "executable", "visible_devices", "host", "farm_node")
         values["worker"] = json.dumps({k: event.get(k) for k in keys if event.get(k) is not None})
     elif kind == "warning":
         warnings = list(warnings_so_far)[-(MAX_WARNINGS - 1):]

@@ -3,8 +3,10 @@
 Renders are long and the web UI gets restarted, so the queue lives in a SQLite
 file: a restart finds queued jobs still queued, and a job that was running when
 the process stopped is marked RETRYABLE and continues from the frames already on
-disk (its worker job is re-run with `"resume": <timestring>`). Exactly one job
-renders at a time, on one runner thread, because one GPU holds one Wan model.
+disk (its worker job is re-run with `"resume": <timestring>`). One job renders
+at a time per slot, each slot on its own runner thread: by default one slot,
+because one GPU holds one Wan model; with GPU groups (gpu_groups.py,
+`DEFORUM_WAN_GPUS=0,1;2,3`) one slot per group, each job pinned to its group.
 
 Records, worker jobs and what events and failures mean are in jobdata.py; they
 use Deforum's API vocabulary, so Deforum's API clients can poll our jobs unchanged.
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..core.specs import DEFAULT_KIND_ORDER
+from . import gpu_groups
 from .jobdata import (  # noqa: F401 - re-exported: jobs.SUCCEEDED, jobs.build_job, ...
     ACCEPTED, CANCELLED, DONE, ENHANCE_OVERRIDES, FAILED, GENERATING, JOB_OVERRIDES, NONE,
     OVERRIDE_KEYS, PLAN_OVERRIDES, POST_PROCESSING, PREPARING, QUEUED, RETRYABLE, SUCCEEDED, TERMINAL, JobRecord,
@@ -39,7 +42,7 @@ log = logging.getLogger(__name__)
 Runner = Callable[..., Any]
 Subscriber = Callable[["JobRecord", "dict | None"], None]
 
-_SCHEMA_VERSION = 3  # 2: the worker's environment per job; 3: which process runs a job
+_SCHEMA_VERSION = 4  # 2: the worker's environment per job; 3: which process runs a job; 4: on which GPUs
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -67,7 +70,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     job TEXT NOT NULL,
     overrides TEXT NOT NULL DEFAULT '{}',
     worker TEXT,
-    owner TEXT
+    owner TEXT,
+    gpus TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, phase);
@@ -107,7 +111,11 @@ def owner_alive(owner: str | None) -> bool:
 
 
 class JobQueue:
-    """A persistent FIFO of render jobs with one runner thread.
+    """A persistent FIFO of render jobs with one runner thread per slot.
+
+    `slots`: one entry per job that may run at once, each the GPU ids its jobs are
+    pinned to (`"0,1"`) or None (not pinned); default: the configured GPU groups
+    (gpu_groups.configured_groups: one unpinned slot unless DEFORUM_WAN_GPUS says).
 
     `runner(job, on_event=..., cancel=..., config=...)` renders one worker job and
     returns an outcome with `status` done/interrupted/failed/crashed (see
@@ -116,7 +124,10 @@ class JobQueue:
 
     def __init__(self, db_path: str | os.PathLike[str], *, runner: Runner | None = None, config: Any = None,
                  outdir: str | os.PathLike[str] = "outputs", models_dir: str | os.PathLike[str] | None = None,
-                 default_model: str | None = None):
+                 default_model: str | None = None, slots: Sequence[str | None] | None = None):
+        self.slots = tuple(slots) if slots is not None else gpu_groups.configured_groups()
+        if not self.slots:
+            raise ValueError("slots: a queue needs at least one")
         self.db_path = Path(db_path)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._runner = runner
@@ -131,7 +142,7 @@ class JobQueue:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for column in ("worker", "owner"):  # a queue file from before versions 2 and 3
+        for column in ("worker", "owner", "gpus"):  # a queue file from before versions 2, 3 and 4
             if column not in columns:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
         # Two web UIs (or two instances of one) can share a queue file: a job is claimed by one process,
@@ -142,8 +153,8 @@ class JobQueue:
         self._subscribers: list[Subscriber] = []
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._current: tuple[str, threading.Event] | None = None
+        self._threads: list[threading.Thread] = []
+        self._current: dict[str, threading.Event] = {}  # running job id -> its cancel event
         self._closed = False
         self._recover()
 
@@ -165,34 +176,37 @@ class JobQueue:
                              message=resume_message("the web UI stopped during the render", row))
 
     def start(self) -> "JobQueue":
-        """Start the runner thread (idempotent)."""
+        """Start one runner thread per slot (idempotent)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("this job queue is closed")
-            if self._thread is None or not self._thread.is_alive():
+            if not any(t.is_alive() for t in self._threads):
                 self._stopping.clear()
-                self._thread = threading.Thread(target=self._loop, name="deforum-wan-jobs", daemon=True)
-                self._thread.start()
+                self._threads = [threading.Thread(target=self._loop, args=(slot,), name=f"deforum-wan-jobs-{i}",
+                                                  daemon=True) for i, slot in enumerate(self.slots)]
+                for thread in self._threads:
+                    thread.start()
         return self
 
     def close(self, timeout: float | None = 60.0) -> None:
-        """Stop the runner; a running job is stopped and stays queued to resume on the next start."""
+        """Stop the runners; running jobs are stopped and stay queued to resume on the next start."""
         with self._lock:
             if self._closed:
                 return
             self._stopping.set()
-            current = self._current
-        if current is not None:
-            current[1].set()
+            cancels = list(self._current.values())
+        for cancel in cancels:
+            cancel.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("deforum-wan: the running job did not stop within %ss; it resumes on the next start", timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("deforum-wan: a running job did not stop within %ss; it resumes on the next start", timeout)
         with self._lock:
             self._closed = True
             _OPEN_OWNERS.discard(self.owner)
-            if self._thread is None or not self._thread.is_alive():
+            if not any(t.is_alive() for t in self._threads):
                 self._db.close()
 
     # ------------------------------------------------------------ reading
@@ -222,8 +236,16 @@ class JobQueue:
         return out
 
     def running(self) -> JobRecord | None:
-        current = self._current
-        return self.get(current[0]) if current else None
+        """The oldest running job of this queue, or None (`running_jobs` lists all of them)."""
+        jobs = self.running_jobs()
+        return jobs[0] if jobs else None
+
+    def running_jobs(self) -> list[JobRecord]:
+        """Every job this queue's runners are rendering now, oldest first."""
+        with self._lock:
+            ids = list(self._current)
+        records = [r for r in (self.get(i) for i in ids) if r is not None]
+        return sorted(records, key=lambda r: r.seq)
 
     # ------------------------------------------------------------ writing
 
@@ -285,10 +307,10 @@ class JobQueue:
                 raise KeyError(job_id)
             if record.finished:
                 return False
-            current = self._current
-            if current is not None and current[0] == job_id:
+            running = self._current.get(job_id)
+            if running is not None:
                 self._update(job_id, cancel_requested=1, message="cancelling: stopping after the current step")
-                current[1].set()
+                running.set()
             else:
                 now = time.time()
                 self._update(job_id, status=CANCELLED, cancel_requested=1, finished_at=now,
@@ -369,7 +391,7 @@ class JobQueue:
             except Exception:  # a broken listener must not stop the render
                 log.exception("deforum-wan: job subscriber failed")
 
-    def _claim_next(self) -> tuple[JobRecord, threading.Event] | None:
+    def _claim_next(self, slot: str | None) -> tuple[JobRecord, threading.Event] | None:
         with self._lock:
             if self._stopping.is_set():
                 return None
@@ -381,44 +403,47 @@ class JobQueue:
             record = record_from_row(row)
             now = time.time()
             claimed = self._db.execute(  # one statement: another process's claim in between makes it match nothing
-                "UPDATE jobs SET phase=?, started_at=?, attempts=?, message=?, updated_at=?, owner=? "
+                "UPDATE jobs SET phase=?, started_at=?, attempts=?, message=?, updated_at=?, owner=?, gpus=? "
                 "WHERE id=? AND status=? AND phase=?",
-                (PREPARING, now, record.attempts + 1, "starting the renderer", now, self.owner, record.id, ACCEPTED,
-                 QUEUED)).rowcount
+                (PREPARING, now, record.attempts + 1, "starting the renderer", now, self.owner, slot, record.id,
+                 ACCEPTED, QUEUED)).rowcount
             if claimed != 1:
                 return None
             cancel = threading.Event()
-            self._current = (record.id, cancel)
+            self._current[record.id] = cancel
         return self.get(record.id) or record, cancel
 
-    def _loop(self) -> None:
+    def _loop(self, slot: str | None) -> None:
         while not self._stopping.is_set():
-            claimed = self._claim_next()
+            claimed = self._claim_next(slot)
             if claimed is None:
-                self._wake.wait(1.0)
+                self._wake.wait(1.0)  # set() wakes every runner waiting; one busy claiming polls again within 1 s
                 self._wake.clear()
                 continue
             record, cancel = claimed
             try:
-                self._run(record, cancel)
+                self._run(record, cancel, slot)
             except Exception:  # keep the queue alive whatever one job does
                 log.exception("deforum-wan: job %s failed in the queue", record.id)
                 self._finish(record.id, status=FAILED, error_type=RETRYABLE, message="internal error in the job queue")
             finally:
                 with self._lock:
-                    self._current = None
+                    self._current.pop(record.id, None)
+                self._wake.set()  # a runner that is free may take the next job now
 
-    def _worker_job(self, record: JobRecord) -> dict[str, Any]:
+    def _worker_job(self, record: JobRecord, slot: str | None = None) -> dict[str, Any]:
         job = dict(record.job)
         if record.timestring and record.outdir and Path(record.outdir).is_dir():
             job["resume"] = record.timestring  # continue from the frames on disk
+        if slot:
+            job["gpus"] = slot  # the worker is pinned to these GPUs (bridge), and may split a clip across them
         return job
 
-    def _run(self, record: JobRecord, cancel: threading.Event) -> None:
+    def _run(self, record: JobRecord, cancel: threading.Event, slot: str | None = None) -> None:
         self._notify(record.id, {"type": "running"})
         runner = self._runner or _default_runner()
         started = time.monotonic()
-        job = self._worker_job(record)
+        job = self._worker_job(record, slot)
         try:
             outcome = runner(job, on_event=lambda event: self._on_event(record.id, event), cancel=cancel,
                              config=self.config)
@@ -504,10 +529,19 @@ def default_db_path() -> Path:
 
 
 def get_queue(db_path: str | os.PathLike[str] | None = None, **kwargs: Any) -> JobQueue:
-    """The process's one queue, created and started on first use; later calls may update outdir/models_dir/default_model."""
+    """The process's one queue, created and started on first use; later calls may update outdir/models_dir/default_model.
+
+    With $DEFORUM_WAN_FARM its jobs render on that Ray cluster (farm.py), one per free farm slot.
+    """
     global _QUEUE
     with _QUEUE_LOCK:
         if _QUEUE is None or _QUEUE._closed:
+            if "runner" not in kwargs:
+                from .farm import config_from_env, farm_queue_options
+
+                farm = config_from_env()  # $DEFORUM_WAN_FARM: jobs render on a Ray cluster, not here
+                if farm is not None:
+                    kwargs.update(farm_queue_options(farm))
             _QUEUE = JobQueue(db_path or default_db_path(), **kwargs).start()
             atexit.register(_QUEUE.close, 10.0)
         else:

@@ -85,7 +85,8 @@ def environment_facts() -> dict[str, Any]:
 
     facts: dict[str, Any] = {"type": "environment", "python": platform.python_version(),
                              "executable": sys.executable, "platform": platform.platform(terse=True),
-                             "isolation": isolation.describe(), "errors": {}}
+                             "isolation": isolation.describe(), "errors": {},
+                             "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     try:
         import torch
 

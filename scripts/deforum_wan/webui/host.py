@@ -24,6 +24,8 @@ OPTIONS = {
     "deforum_wan_models_dir": ("", "Wan models folder (empty: <models>/wan)"),
     "deforum_wan_default_model": ("", "Default Wan model (folder name; empty: the first found)"),
     "deforum_wan_memory_profile": ("auto", "Memory profile for Wan renders"),
+    "deforum_wan_gpus": ("", "GPU groups, one Wan job at a time on each (e.g. 0,1;2,3; empty: $DEFORUM_WAN_GPUS, "
+                             "else one job at a time); applies after a restart"),
 }
 
 
@@ -115,9 +117,10 @@ def db_path() -> Path:
 
 def queue() -> Any:
     """The process's job queue, writing where the host's options say (the tab and the API share it)."""
-    from ..service import jobs
+    from ..service import gpu_groups, jobs
 
-    return jobs.get_queue(db_path=db_path(), outdir=outdir(), models_dir=models_dir())
+    return jobs.get_queue(db_path=db_path(), outdir=outdir(), models_dir=models_dir(),
+                          slots=gpu_groups.configured_groups(_opt("deforum_wan_gpus")))
 
 
 def _shared() -> Any:
@@ -130,6 +133,30 @@ def _state() -> Any:
     return getattr(_shared(), "state", None)
 
 
+class _JobView:
+    """One running job's share of `shared.state`: its progress numbers kept apart, everything else the host's.
+
+    HostProgress writes job_count/job_no/steps/textinfo here; interrupt flags and
+    previews read and write through to the host's state.
+    """
+
+    OWN = ("job_count", "job_no", "sampling_steps", "sampling_step", "textinfo")
+
+    def __init__(self, state: Any) -> None:
+        object.__setattr__(self, "_state", state)
+        object.__setattr__(self, "own", {})
+
+    def __getattr__(self, name: str) -> Any:
+        own = self.__dict__["own"]
+        return own[name] if name in own else getattr(self.__dict__["_state"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.OWN:
+            self.own[name] = value
+        else:
+            setattr(self._state, name, value)
+
+
 class HostMirror:
     """Every queue job, from the tab or the API, runs as the host's own jobs do in `shared.state`.
 
@@ -138,15 +165,19 @@ class HostMirror:
     end it with `state.end()` (job_count back to 0). Between the two, worker events
     become job_count/job_no/sampling steps (bridge.HostProgress), and the host's
     Interrupt, noticed within half a second even while the worker is silent,
-    cancels that job once. An Interrupt pressed while no job of ours runs stops
-    nothing of ours.
+    cancels our running jobs once. An Interrupt pressed while no job of ours runs
+    stops nothing of ours.
+
+    With GPU groups several jobs run at once: the host's one progress shows them all
+    (begin at the first, end after the last; textinfo lists each job, the counts add up).
     """
 
     def __init__(self, queue: Any, state: Any, poll_seconds: float = 0.5) -> None:
         self.queue, self.state, self.poll_seconds = queue, state, poll_seconds
-        self._lock = threading.Lock()
-        self._job: str | None = None
-        self._progress: Any = None
+        self._lock = threading.RLock()
+        self._jobs: dict[str, Any] = {}  # running job id -> its HostProgress on a _JobView
+        self._latest: str | None = None  # the job whose event came last (its steps are shown)
+        self._handled = False  # the Interrupt now set was acted on (jobs started after it keep running)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -156,8 +187,14 @@ class HostMirror:
             self._begin(record.id)
         elif kind in ("finished", "requeued"):
             self._end(record.id)
-        elif event is not None and kind != "cancel" and record.id == self._job:
-            self._progress(event)  # HostProgress never raises
+        elif event is not None and kind != "cancel":
+            with self._lock:
+                progress = self._jobs.get(record.id)
+                if progress is None:
+                    return
+                progress(event)  # HostProgress never raises
+                self._latest = record.id
+                self._show()
 
     def _call(self, name: str, **kwargs: Any) -> None:
         method = getattr(self.state, name, None)
@@ -167,37 +204,77 @@ class HostMirror:
             except Exception:  # a host's state API we do not know must not stop the render
                 log.debug("shared.state.%s failed", name, exc_info=True)
 
+    def _set(self, name: str, value: Any) -> None:
+        try:
+            setattr(self.state, name, value)
+        except Exception:
+            log.debug("shared.state.%s cannot be set", name, exc_info=True)
+
+    def _show(self) -> None:
+        """The host's progress from every running job: one job as it is; several summed, each on the text line."""
+        views = {job_id: progress.state.own for job_id, progress in self._jobs.items()}
+        if not views:
+            return
+        latest = views.get(self._latest or "") or next(iter(views.values()))
+        if len(views) == 1:
+            for name, value in latest.items():
+                self._set(name, value)
+            return
+        self._set("job_count", sum(int(v.get("job_count") or 1) for v in views.values()))
+        self._set("job_no", sum(int(v.get("job_no") or 0) for v in views.values()))
+        for name in ("sampling_steps", "sampling_step"):
+            if name in latest:
+                self._set(name, latest[name])
+        lines = [f"{job_id}: {str(v.get('textinfo') or 'starting').removeprefix('Wan: ')}" for job_id, v in views.items()]
+        self._set("textinfo", f"Wan, {len(views)} jobs | " + " | ".join(lines))
+
     def _begin(self, job_id: str) -> None:
         from ..service import bridge
 
-        self._end(self._job)  # a job that vanished without finishing (never expected)
         with self._lock:
-            self._call("begin", job="Deforum Wan")
-            self._job = job_id
-            self._progress = bridge.HostProgress(self.state)
-            self._stop = threading.Event()
-            self._watcher = threading.Thread(target=self._watch, args=(job_id, self._progress, self._stop),
-                                             name="deforum-wan-host-interrupt", daemon=True)
-            self._watcher.start()
+            if not self._jobs:
+                self._call("begin", job="Deforum Wan")
+                self._handled = False
+                self._stop = threading.Event()
+                self._watcher = threading.Thread(target=self._watch, args=(self._stop,),
+                                                 name="deforum-wan-host-interrupt", daemon=True)
+                self._watcher.start()
+            elif self._handled and self._interrupted():
+                # begin() would clear an Interrupt already acted on; with jobs still running we clear it ourselves
+                self._set("interrupted", False)
+                self._set("stopping_generation", False)
+                self._handled = False
+            self._jobs[job_id] = bridge.HostProgress(_JobView(self.state))
+            self._show()
 
     def _end(self, job_id: str | None) -> None:
         with self._lock:
-            if job_id is None or job_id != self._job:
+            if job_id is None or self._jobs.pop(job_id, None) is None:
+                return
+            if self._jobs:
+                self._show()
                 return
             self._stop.set()
-            watcher, self._job, self._watcher = self._watcher, None, None
+            watcher, self._watcher = self._watcher, None
             self._call("end")
         if watcher is not None and watcher is not threading.current_thread():
             watcher.join(timeout=5)
 
-    def _watch(self, job_id: str, progress: Any, stop: threading.Event) -> None:
+    def _interrupted(self) -> bool:
+        return bool(getattr(self.state, "interrupted", False) or getattr(self.state, "stopping_generation", False))
+
+    def _watch(self, stop: threading.Event) -> None:
         while not stop.wait(self.poll_seconds):
-            if progress.check_interrupt():
+            with self._lock:
+                if self._handled or not self._interrupted():
+                    continue
+                self._handled = True
+                running = list(self._jobs)
+            for job_id in running:
                 try:
                     self.queue.cancel(job_id)
                 except KeyError:
                     pass
-                return
 
 
 def mirror_host_progress(queue: Any) -> HostMirror | None:
