@@ -71,6 +71,8 @@ class RenderJob:
     enhance_options: dict = field(default_factory=dict)
     preview_every: int = preview.DEFAULT_EVERY  # a latent preview every N denoising steps; 0: none
     depth_model: str | None = None  # depth model folder, or a name under <models_dir>/depth/ (guide depth warping)
+    gpus: tuple[int, ...] = ()  # several: one clip across these GPUs (renderer/parallel.py); one: that GPU
+    context_parallel: str = "ulysses"  # with several gpus: ulysses or ring attention across them
 
 
 @dataclass(frozen=True)
@@ -329,11 +331,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
                                   on_preview if preview_every else None, preview_every, depth)
             pipeline_seconds += time.perf_counter() - clip_start
             frames = anchor.match(clip, frames)
-            keep = _tail_length(plan, clip)
-            # The next clip continues from the last frame shown, not the surplus after it (unless the clip
-            # shows fewer frames than the next one repeats: then the first `keep` frames).
-            end = max(clip.tail_end, min(keep, len(frames)))
-            previous_tail = frames[max(0, end - keep):end]
+            previous_tail = next_tail(plan, clip, frames)
             outputs.save_tail(folder, timestring, clip.index, previous_tail)
             out = _onto_timeline(plan, clip, frames)
             for offset, frame in enumerate(out):
@@ -406,6 +404,14 @@ def _onto_timeline(plan: ClipPlan, clip: Clip, frames: np.ndarray) -> np.ndarray
     except InterpolationError as exc:
         raise RenderError(f"clip {clip.index}: the in-between frames could not be made ({exc}); the frames so far "
                           "are kept: resume once ffmpeg works, or choose timing blend or nearest") from exc
+
+
+def next_tail(plan: ClipPlan, clip: Clip, frames: np.ndarray) -> np.ndarray:
+    """The Wan frames the next clip continues from: those up to the last frame shown, not the surplus
+    after it (unless the clip shows fewer frames than the next one repeats: then the first ones)."""
+    keep = _tail_length(plan, clip)
+    end = max(clip.tail_end, min(keep, len(frames)))
+    return frames[max(0, end - keep):end]
 
 
 def _tail_length(plan: ClipPlan, clip: Clip) -> int:
