@@ -102,6 +102,40 @@ def test_torchrun_is_torchs_own_launcher_and_its_report_names_the_rank():
     assert "rank 0 then: Connection closed by peer" in message and "--resume 20260101000000" in message
 
 
+def test_the_api_takes_gpus_and_names_the_field_when_they_cannot_run(tmp_path):
+    from types import SimpleNamespace
+
+    from deforum_wan.service.jobdata import build_job
+    from deforum_wan.service.validation import ApiError, Validator
+
+    queue = SimpleNamespace(outdir=str(tmp_path), models_dir=None, resolve_model=lambda model=None: "t2v")
+    validator = Validator(queue)
+    overrides, _ = validator.overrides({"gpus": "0,1", "context_parallel": "ring"})
+    assert overrides == {"gpus": [0, 1], "context_parallel": "ring"}
+    job = build_job({"prompts": {"0": "a"}}, overrides, outdir=str(tmp_path), models_dir=None, model="vace")
+    assert job["gpus"] == [0, 1] and job["context_parallel"] == "ring"  # into the worker's RenderJob
+    for raw, field, words in (({"gpus": "0,0"}, "gpus", "each GPU once"),
+                              ({"gpus": "first"}, "gpus", "separated by commas"),
+                              ({"context_parallel": "tensor"}, "context_parallel", "ulysses"),
+                              ({"gpus": [0, 1], "device": "cpu", "context_parallel": "ring"}, "gpus", "log-sum-exp"),
+                              ({"gpus": [0, 1], "cache": "fbcache:0.05"}, "gpus", "step caches")):
+        with pytest.raises(ApiError) as caught:
+            validator.overrides(raw)
+        assert caught.value.status == 422
+        assert [(loc, msg) for loc, msg in caught.value.errors if loc == ("options_overrides", field)
+                and words in msg], caught.value.errors
+
+
+def test_the_command_line_refuses_ring_on_cpu_before_starting_any_rank(tmp_path):
+    settings = tmp_path / "s.json"
+    settings.write_text(json.dumps(SETTINGS))
+    out = subprocess.run([sys.executable, "-m", "deforum_wan", "render", str(settings), "--model", "t2v", "--device",
+                          "cpu", "--gpus", "0,1", "--context-parallel", "ring", "--outdir", str(tmp_path / "o")],
+                         capture_output=True, text=True, env=ENV, timeout=120)
+    assert out.returncode == 1 and "log-sum-exp" in out.stderr + out.stdout
+    assert "torch.distributed" not in out.stderr and not (tmp_path / "o").exists()
+
+
 # --------------------------------------------------------------------------- real ranks
 
 
@@ -118,7 +152,7 @@ def test_two_gloo_ranks_render_the_same_frames_as_one_process(stack, tiny_models
     rc, two, err = _worker(_job(tmp_path, tiny_models[kind], "two", gpus=[0, 1]))
     assert rc == 0, err[-3000:]
     assert two[-1]["type"] == "done" and two[-1]["frames_on_disk"] == SETTINGS["max_frames"]
-    par = next(e for e in two if e["type"] == "parallel")
+    par = next(e for e in two if e.get("ranks"))
     assert par["backend"] == "gloo" and [r["rank"] for r in par["ranks"]] == [0, 1]
     assert len({r["pid"] for r in par["ranks"]}) == 2  # two processes
     assert [e["type"] for e in two].count("start") == 1  # rank 0 alone reports
@@ -137,7 +171,7 @@ def _kill_mid_clip(proc: subprocess.Popen, clip: int) -> tuple[list[dict], float
             continue
         event = json.loads(line)
         events.append(event)
-        if event["type"] == "parallel":
+        if event.get("ranks"):
             pids = {r["rank"]: r["pid"] for r in event["ranks"]}
         if event["type"] == "step" and event["clip"] == clip and event["step"] == 1:
             os.kill(pids[1], signal.SIGKILL)
@@ -179,6 +213,18 @@ def test_a_rank_killed_mid_clip_fails_the_job_with_a_message_and_a_resume_finish
     rc, one, _ = _worker(_job(tmp_path, model, "one", options=resume["options"]))
     assert rc == 0
     np.testing.assert_array_equal(_frames(again[-1]), _frames(one[-1]))
+
+
+@pytest.mark.slow
+def test_render_gpus_on_the_command_line(stack, tiny_models, tmp_path):
+    settings = tmp_path / "s.json"
+    settings.write_text(json.dumps(SETTINGS))
+    out = subprocess.run([sys.executable, "-m", "deforum_wan", "render", str(settings), "--model",
+                          str(tiny_models["t2v"]), "--device", "cpu", "--gpus", "0,1", "--steps", "1", "--no-video",
+                          "--outdir", str(tmp_path / "o")], capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 ranks (gloo), ulysses attention" in out.stderr + out.stdout
+    assert f"{SETTINGS['max_frames']} frames and no video in" in out.stdout
 
 
 @pytest.mark.slow

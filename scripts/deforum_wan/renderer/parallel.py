@@ -59,10 +59,14 @@ def parse_gpus(value: Any, field: str = "gpus") -> tuple[int, ...]:
     return ids
 
 
-def check_request(gpus: Sequence[int], device: str | None, cp: str = "ulysses", cache: str | None = None) -> None:
+def check_request(gpus: Sequence[int], device: str | None, cp: str = "ulysses", cache: str | None = None,
+                  memory_profile: str | None = None) -> None:
     """Refuse, before anything starts, what several ranks cannot do."""
     if len(gpus) < 2:
         return
+    if memory_profile == "experts":
+        raise ParallelError("memory profile experts puts an A14B model's two experts on two GPUs in one process; "
+                            "with gpus every GPU runs both experts on its share of the clip: choose one of the two")
     if cp not in CP_MODES:
         raise ParallelError(f"context_parallel: choose one of {', '.join(CP_MODES)}, got {cp!r}")
     on_cpu = str(device or "").startswith("cpu")
@@ -219,7 +223,7 @@ def run_rank(job: Any, emit: Callable[[dict], None], should_stop: Callable[[], b
     from .loading import load_pipelines
     from .models import find_model
 
-    check_request(parse_gpus(job.gpus), job.device, job.context_parallel, job.options.cache)
+    check_request(parse_gpus(job.gpus), job.device, job.context_parallel, job.options.cache, job.memory_profile)
     ranks = Ranks(job.device)
     stop_file = Path(job.stop_file) if job.stop_file else None
 
@@ -236,7 +240,7 @@ def run_rank(job: Any, emit: Callable[[dict], None], should_stop: Callable[[], b
         enable_context_parallel(pipelines, ranks.world, job.context_parallel)
         pids = ranks.gather({"rank": ranks.rank, "pid": os.getpid(), "device": ranks.device})
         if ranks.rank == 0:
-            emit({"type": "parallel", "ranks": pids, "backend": ranks.backend, "context_parallel": job.context_parallel,
+            emit({"type": "status", "phase": "loaded", "ranks": pids, "backend": ranks.backend, "context_parallel": job.context_parallel,
                   "message": f"{ranks.world} ranks ({ranks.backend}), {job.context_parallel} attention"})
             return _lead(job, pipelines, ranks, emit, stopping)
         return follow(job, pipelines, ranks, stopping)

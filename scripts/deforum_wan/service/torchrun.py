@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
@@ -47,9 +48,14 @@ def torchrun_env(gpus: list[int], device: str | None, base: dict[str, str] | Non
 
 
 def failed_ranks(stderr: str) -> list[dict[str, int]]:
-    """The failures torchrun reports ("rank : 1 (local_rank: 1) / exitcode : -9 (pid: 123)"), in its order."""
-    return [{"rank": int(m.group(1)), "exitcode": int(m.group(2)), "pid": int(m.group(3))}
-            for m in _FAILURE.finditer(stderr)]
+    """The failures torchrun reports ("rank : 1 (local_rank: 1) / exitcode : -9 (pid: 123)"): its root cause
+    (the first it observed) first, then the others."""
+    others, _, root = stderr.rpartition("Root Cause")
+    if not _:
+        others, root = stderr, ""
+    found = [{"rank": int(m.group(1)), "exitcode": int(m.group(2)), "pid": int(m.group(3))}
+             for text in (root, others) for m in _FAILURE.finditer(text)]
+    return [f for i, f in enumerate(found) if f not in found[:i]]
 
 
 def failure_message(failures: list[dict[str, int]], world: int, rank0_error: dict | None, where: dict) -> str:
@@ -88,15 +94,20 @@ def _parent_death_signal() -> None:  # pragma: no cover - runs in the child betw
         pass
 
 
-def run_launcher(job: dict[str, Any], gpus: list[int], out: TextIO, stop: threading.Event,
+def run_launcher(job: dict[str, Any], gpus: list[int], out: TextIO | None, stop: threading.Event,
                  on_event: Callable[[dict], None] | None = None) -> int:
     """Run `job` across `gpus` under torchrun; rank 0's events go to `out`. Returns the worker's exit code."""
     def emit(event: dict) -> None:
-        out.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
-        out.flush()
+        if out is not None:
+            out.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
+            out.flush()
         if on_event is not None:
             on_event(event)
 
+    from ..renderer.parallel import check_request
+
+    check_request(gpus, job.get("device"), job.get("context_parallel") or "ulysses",
+                  (job.get("options") or {}).get("cache"), job.get("memory_profile"))
     with tempfile.TemporaryDirectory(prefix="deforum-wan-ranks-") as tmp:
         stop_file = Path(job.get("stop_file") or Path(tmp) / "stop")
         rank_job = {**job, "stop_file": str(stop_file), "gpus": list(gpus)}
@@ -168,3 +179,44 @@ def run_launcher(job: dict[str, Any], gpus: list[int], out: TextIO, stop: thread
         emit({"type": "error", "error_type": "RankFailed", "message": message, "failures": failures,
               "traceback": "".join(list(errors)[-12:])})
     return EXIT_FAILED
+
+
+@dataclass(frozen=True)
+class AcrossResult:
+    """What `deforum-wan render --gpus` prints at the end, as render.RenderResult has it."""
+
+    status: str  # done | interrupted
+    folder: Path | None
+    timestring: str | None
+    frames_on_disk: int
+    frames_total: int
+    video: Path | None
+
+
+def render_across(job: Any, on_event: Callable[[dict], None]) -> AcrossResult:
+    """`render --gpus 0,1`: the job's ranks under torchrun from the command line; Ctrl-C stops them cleanly."""
+    from ..renderer.errors import RenderError
+    from .worker import job_to_dict
+
+    stop = threading.Event()
+    seen: dict[str, dict] = {}
+
+    def track(event: dict) -> None:
+        seen[str(event.get("type"))] = event
+        if event.get("type") != "error":  # raised below, printed once
+            on_event(event)
+
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = run_launcher(job_to_dict(job), list(job.gpus), None, stop, on_event=track)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if code == EXIT_FAILED:
+        raise RenderError(str(seen.get("error", {}).get("message") or "the render across GPUs failed"))
+    final = seen.get("done" if code == EXIT_OK else "interrupted", {})
+    return AcrossResult(status="done" if code == EXIT_OK else "interrupted",
+                        folder=Path(final["folder"]) if final.get("folder") else None,
+                        timestring=final.get("timestring"), frames_on_disk=int(final.get("frames_on_disk") or 0),
+                        frames_total=int(final.get("frames_total") or 0),
+                        video=Path(final["video"]) if final.get("video") else None)

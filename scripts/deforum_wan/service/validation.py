@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..renderer import fetch, outputs
 from . import jobs
-from .overrides import MAX_SIDE, MAX_STEPS, MIN_SIDE, override_checks  # noqa: F401 - api.py re-exports MAX_STEPS
+from .overrides import MAX_SIDE, MAX_STEPS, MIN_SIDE, override_checks, parallel_problem  # noqa: F401 - api.py re-exports MAX_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,9 @@ class Validator:
                 out[key] = checks[key](value)
             except ValueError as exc:
                 errors.append((("options_overrides", key), str(exc)))
+        problem = None if errors else parallel_problem(out)
+        if problem:
+            errors.append((("options_overrides", "gpus"), problem))
         if errors:
             raise ApiError(422, errors)
         spec_info = self.models(out)

@@ -170,7 +170,7 @@ def run_worker(job_path: str, out: TextIO | None = None) -> int:
 def _run_parallel(job: RenderJob, data: dict, gpus: tuple[int, ...], out: TextIO, emit: Any,
                   stop: threading.Event) -> int:
     """Several GPUs: launch the ranks under torchrun, or, inside one, be a rank (renderer/parallel.py)."""
-    check_request(gpus, job.device, job.context_parallel, job.options.cache)
+    check_request(gpus, job.device, job.context_parallel, job.options.cache, job.memory_profile)
     if not in_rank():
         from .torchrun import run_launcher
 
