@@ -96,10 +96,10 @@ def test_torchrun_is_torchs_own_launcher_and_its_report_names_the_rank():
               "  rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 4242)\n  error_file: <N/A>\n")
     failures = failed_ranks(report)
     assert failures == [{"rank": 1, "exitcode": -9, "pid": 4242}]
-    message = failure_message(failures, 2, {"message": "Connection closed by peer"},
+    message = failure_message(failures, 2, {"error_type": "RuntimeError", "message": "Connection closed by peer"},
                               {"folder": "/out/x", "timestring": "20260101000000"})
     assert message.startswith("rank 1 of 2 (pid 4242) died (signal 9, SIGKILL)")
-    assert "rank 0 then: Connection closed by peer" in message and "--resume 20260101000000" in message
+    assert "rank 0 stopped with it (RuntimeError)" in message and "--resume 20260101000000" in message
 
 
 def test_the_api_takes_gpus_and_names_the_field_when_they_cannot_run(tmp_path):

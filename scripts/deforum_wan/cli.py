@@ -194,9 +194,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     job = render_job(args)
     if len(job.gpus) > 1:
         from .service.torchrun import render_across
+        from .service.worker import job_to_dict
 
         with ConsoleProgress() as progress:
-            result = render_across(job, progress)
+            result = render_across(job_to_dict(job), list(job.gpus), progress)
     else:
         with ConsoleProgress() as progress:
             result = render(job, on_event=progress)

@@ -74,7 +74,8 @@ def failure_message(failures: list[dict[str, int]], world: int, rank0_error: dic
     if first is not None and (first["rank"] != 0 or rank0_error is None):
         parts = [f"rank {first['rank']} of {world} (pid {first['pid']}) {how(first['exitcode'])}"]
         if rank0_error is not None and first["rank"] != 0:
-            parts.append(f"rank 0 then: {rank0_error.get('message')}")
+            # rank 0's own error is the consequence (gloo/NCCL: the peer is gone); its text is in the traceback
+            parts.append(f"rank 0 stopped with it ({rank0_error.get('error_type') or 'error'})")
     elif rank0_error is not None:
         parts = [str(rank0_error.get("message") or "rank 0 failed")]
     else:
@@ -193,10 +194,9 @@ class AcrossResult:
     video: Path | None
 
 
-def render_across(job: Any, on_event: Callable[[dict], None]) -> AcrossResult:
-    """`render --gpus 0,1`: the job's ranks under torchrun from the command line; Ctrl-C stops them cleanly."""
+def render_across(job: dict[str, Any], gpus: list[int], on_event: Callable[[dict], None]) -> AcrossResult:
+    """`render --gpus 0,1`: the worker job's ranks under torchrun from the command line; Ctrl-C stops them cleanly."""
     from ..renderer.errors import RenderError
-    from .worker import job_to_dict
 
     stop = threading.Event()
     seen: dict[str, dict] = {}
@@ -208,7 +208,7 @@ def render_across(job: Any, on_event: Callable[[dict], None]) -> AcrossResult:
 
     handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = run_launcher(job_to_dict(job), list(job.gpus), None, stop, on_event=track)
+        code = run_launcher(job, gpus, None, stop, on_event=track)
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
