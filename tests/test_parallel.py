@@ -136,6 +136,13 @@ def test_the_command_line_refuses_ring_on_cpu_before_starting_any_rank(tmp_path)
     assert "torch.distributed" not in out.stderr and not (tmp_path / "o").exists()
 
 
+def test_a_dead_rank_is_a_failure_the_queue_retries():
+    from deforum_wan.service.jobdata import RETRYABLE, TERMINAL, failure_type
+
+    assert failure_type("rank 1 of 2 (pid 7) died (signal 9, SIGKILL)", {"error_type": "RankFailed"}) == RETRYABLE
+    assert failure_type("gpus: each GPU once, got '0,0'", {"error_type": "ParallelError"}) == TERMINAL
+
+
 # --------------------------------------------------------------------------- real ranks
 
 
