@@ -197,8 +197,8 @@ def check(settings_path: Path) -> dict:
     state, summary, status, _plan = _fn(blocks, "on_load")(str(settings_path))
     assert state and "frames" in summary, status
     # model, width, height, steps, guidance, continuity, overlap, colour, timing, min clip s, motion, preset, cache, LoRAs,
-    # memory, enhancer (4)
-    defaults = ["", 32, 32, 2, 0, "auto", 0, True, "auto", 2, "words", "quality", "", "", "auto", False, "", 0.5, ""]
+    # memory, GPUs, enhancer (4)
+    defaults = ["", 32, 32, 2, 0, "auto", 0, True, "auto", 2, "words", "quality", "", "", "auto", "", False, "", 0.5, ""]
     plan_dict, table, figure, note, state = _fn(blocks, "on_plan")(state, None, None, *defaults)
     rows = _value(table)
     assert plan_dict and rows and figure is not None and table["visible"] is True, note
