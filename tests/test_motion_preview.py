@@ -234,7 +234,7 @@ ids = h._elem_ids(blocks)
 assert {"deforum_wan_preview_camera", "deforum_wan_camera_video"} <= ids, sorted(ids)
 assert ("deforum_wan_preview_camera", "click") in h._triggers(blocks, "on_preview_camera")
 state, _summary, status, _plan = h._fn(blocks, "on_load")(sys.argv[3])
-defaults = ["", 32, 32, 2, 0, "auto", 0, True, "auto", 2, "words", "quality", "", "", "auto", False, "", 0.5, ""]
+defaults = ["", 32, 32, 2, 0, "auto", 0, True, "auto", 2, "words", "quality", "", "", "auto", "", False, "", 0.5, ""]
 video, note = h._fn(blocks, "on_preview_camera")(state, None, None, *defaults)
 path = h._value(video)
 assert path and path.endswith(".mp4") and os.path.isfile(path), (video, note)

@@ -15,7 +15,7 @@ Stops are agreed on: every step each rank's stop wish (signal, stop file) is red
 across ranks, so all stop at the same step and nobody waits in a collective for a
 rank that has left. A rank that dies is torchrun's to notice: it ends the others and
 exits non-zero, and the launcher turns its report into one error naming the rank;
-the frames on disk stay and `--resume` continues (launch.py holds the launcher).
+the frames on disk stay and `--resume` continues (service/torchrun.py is the launcher).
 torch and diffusers are imported inside the functions.
 """
 from __future__ import annotations
