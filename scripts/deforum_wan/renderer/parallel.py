@@ -130,14 +130,15 @@ def _cpu_accelerator_count() -> Iterator[None]:
 
 
 def _cp_plan(transformer: Any) -> dict | None:
-    """The context-parallel plan: diffusers' own for Wan; for VACE, which has none, the same split also
-    on the control branch (its first block takes the tokens and the control tokens; the hints it returns
-    stay split and are added to the split tokens of the main blocks)."""
+    """The context-parallel plan: diffusers' own for Wan (`WanTransformer3DModel._cp_plan`, diffusers 0.42
+    transformer_wan.py); for VACE, which has none, the same split plus the control branch's first block
+    (`vace_blocks.0` takes the tokens and the control tokens; the hints the VACE blocks return stay split
+    and are added to the split tokens of the main blocks, see WanVACETransformer3DModel.forward)."""
     if getattr(transformer, "_cp_plan", None) is not None:
         return None
     if type(transformer).__name__ != "WanVACETransformer3DModel":
         raise ParallelError(f"{type(transformer).__name__} has no context-parallel plan in this diffusers")
-    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+    from diffusers.models._modeling_parallel import ContextParallelInput
     from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
     plan = dict(WanTransformer3DModel._cp_plan)
@@ -145,7 +146,6 @@ def _cp_plan(transformer: Any) -> dict | None:
         "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
         "control_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
     }
-    assert isinstance(plan["proj_out"], ContextParallelOutput)
     return plan
 
 
