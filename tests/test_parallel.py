@@ -223,6 +223,19 @@ def test_a_rank_killed_mid_clip_fails_the_job_with_a_message_and_a_resume_finish
 
 
 @pytest.mark.slow
+def test_a_settings_error_on_rank_0_ends_every_rank_with_its_own_message(stack, tiny_models, tmp_path):
+    job = _job(tmp_path, tiny_models["t2v"], "bad", gpus=[0, 1],
+               options={"steps": 1, "max_clip_frames": 9, "loras": ["no-such-lora"]})
+    started = time.monotonic()
+    rc, events, err = _worker(job, timeout=120)
+    assert rc == 1 and time.monotonic() - started < 120
+    last = events[-1]
+    assert last["type"] == "error" and last["error_type"] != "RankFailed" and "no-such-lora" in last["message"], last
+    assert not any(e.get("ranks") for e in events)  # refused before any rank loaded the model
+    assert not any((tmp_path / "bad").rglob("*.png"))
+
+
+@pytest.mark.slow
 def test_render_gpus_on_the_command_line(stack, tiny_models, tmp_path):
     settings = tmp_path / "s.json"
     settings.write_text(json.dumps(SETTINGS))

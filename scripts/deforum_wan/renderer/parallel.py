@@ -230,27 +230,34 @@ def run_rank(job: Any, emit: Callable[[dict], None], should_stop: Callable[[], b
     def stopping() -> bool:
         return ranks.agree_stop(bool(should_stop() or (stop_file and stop_file.exists())))
 
-    pipelines = None
-    try:
+    loaded: list[Any] = []
+
+    def load() -> Any:
+        """Every rank loads the model on its device once a clip needs it (after rank 0's prompt rewrite)."""
         info = find_model(job.model, job.models_dir)
         i2v_info = find_model(job.i2v_model, job.models_dir) if job.i2v_model else None
-        pipelines = load_pipelines(info, device=ranks.device, memory_profile=job.memory_profile,
-                                   attention=job.attention, compile=job.compile, i2v_info=i2v_info,
-                                   vae_tiling=job.vae_tiling, storage=job.storage)
-        enable_context_parallel(pipelines, ranks.world, job.context_parallel)
+        loaded.append(load_pipelines(info, device=ranks.device, memory_profile=job.memory_profile,
+                                     attention=job.attention, compile=job.compile, i2v_info=i2v_info,
+                                     vae_tiling=job.vae_tiling, storage=job.storage))
+        enable_context_parallel(loaded[0], ranks.world, job.context_parallel)
         pids = ranks.gather({"rank": ranks.rank, "pid": os.getpid(), "device": ranks.device})
+        emit({"type": "status", "phase": "loaded", "ranks": pids, "backend": ranks.backend,
+              "context_parallel": job.context_parallel,
+              "message": f"{ranks.world} ranks ({ranks.backend}), {job.context_parallel} attention"})
+        return loaded[0]
+
+    try:
         if ranks.rank == 0:
-            emit({"type": "status", "phase": "loaded", "ranks": pids, "backend": ranks.backend, "context_parallel": job.context_parallel,
-                  "message": f"{ranks.world} ranks ({ranks.backend}), {job.context_parallel} attention"})
-            return _lead(job, pipelines, ranks, emit, stopping)
-        return follow(job, pipelines, ranks, stopping)
+            return _lead(job, load, ranks, emit, stopping)
+        return follow(job, load, ranks, stopping)
     finally:
-        if pipelines is not None:
-            pipelines.free()
+        if loaded:
+            loaded[0].free()
         ranks.close()
 
 
-def _lead(job: Any, pipelines: Any, ranks: Ranks, emit: Callable[[dict], None], stopping: Callable[[], bool]) -> str:
+def _lead(job: Any, load: Callable[[], Any], ranks: Ranks, emit: Callable[[dict], None],
+          stopping: Callable[[], bool]) -> str:
     """Rank 0: the ordinary render; at its start event the others learn the folder and frames on disk."""
     from .render import render
 
@@ -264,7 +271,7 @@ def _lead(job: Any, pipelines: Any, ranks: Ranks, emit: Callable[[dict], None], 
         emit(event)
 
     try:
-        result = render(replace(job, stop_file=None), on_event=on_event, should_stop=stopping, pipelines=pipelines)
+        result = render(replace(job, stop_file=None), on_event=on_event, should_stop=stopping, pipelines=load)
     except BaseException as exc:
         if not shared["done"]:  # the others wait for the start: tell them there is none
             shared["done"] = True
@@ -273,7 +280,7 @@ def _lead(job: Any, pipelines: Any, ranks: Ranks, emit: Callable[[dict], None], 
     return result.status
 
 
-def follow(job: Any, pipelines: Any, ranks: Ranks, stopping: Callable[[], bool]) -> str:
+def follow(job: Any, load: Callable[[], Any], ranks: Ranks, stopping: Callable[[], bool]) -> str:
     """Ranks 1..N-1: the clips rank 0 renders, computed alongside it, nothing written.
 
     The plan, seeds and prompts are rank 0's, read back from the plan and tails it saved (the
@@ -286,8 +293,8 @@ def follow(job: Any, pipelines: Any, ranks: Ranks, stopping: Callable[[], bool])
     from .pipelines import Interrupted
 
     start = ranks.share(None)
-    if "error" in start:
-        return "failed"
+    if "error" in start:  # rank 0 could not start and reports why; this rank ends cleanly, so torchrun names rank 0
+        return "interrupted"
     info = find_model(job.model, job.models_dir)
     i2v_info = find_model(job.i2v_model, job.models_dir) if job.i2v_model else None
     extra = tuple(i2v_info.spec.modes) if i2v_info else ()
@@ -299,6 +306,7 @@ def follow(job: Any, pipelines: Any, ranks: Ranks, stopping: Callable[[], bool])
     pending = [c for c in plan.clips if c.output_end > done]
     if not pending:
         return "done"
+    pipelines = load()  # where rank 0 loads too: the same clips are pending on both
     speedups = r._speedups(plan, info, job.models_dir)
     depth = r._depth(job, settings, plan.motion)
     anchor = ColorAnchor(plan, settings, folder, timestring)

@@ -191,7 +191,8 @@ def render(
 ) -> RenderResult:
     """Render `job`; returns when done or stopped. Frames already on disk are kept and skipped.
 
-    `pipelines` may be passed in (already loaded); otherwise the model is loaded
+    `pipelines` may be passed in (already loaded, or a function that loads them when
+    a clip needs them; the caller frees either); otherwise the model is loaded
     once, only if some clip still needs rendering, and freed at the end. A render
     that fails before its first frame removes the folder it made (there is
     nothing to resume); a full disk raises DiskFullError, which a resume fixes
@@ -279,12 +280,12 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
     steps_total = sum(c.steps for c in pending)
     steps_done = 0
     try:
-        if pending and pipelines is None:
+        if pending and (pipelines is None or callable(pipelines)):
             from .loading import load_pipelines
 
             emit({"type": "status", "phase": "loading", "message": f"loading {info.name}"})
             load_start = time.perf_counter()
-            pipelines = load_pipelines(
+            pipelines = pipelines() if callable(pipelines) else load_pipelines(
                 info, device=job.device, memory_profile=job.memory_profile, attention=job.attention,
                 compile=job.compile, i2v_info=i2v_info, vae_tiling=job.vae_tiling, storage=job.storage,
             )
