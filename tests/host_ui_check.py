@@ -26,9 +26,9 @@ EXPECTED_IDS = ("deforum_wan_settings_path", "deforum_wan_plan_table", "deforum_
 
 
 # The tab's option controls in the order its handlers take them: model, width, height, steps, guidance, continuity,
-# overlap, colour, timing, min clip s, motion, preset, cache, LoRAs, memory, enhancer (4), init image (its choice,
-# strength).
-DEFAULTS = ("", 32, 32, 2, 0, "auto", 0, True, "auto", 2, "words", "quality", "", "", "auto", False, "", 0.5, "",
+# overlap, colour, timing, min clip s, motion, preset, cache, LoRAs, memory, GPUs, enhancer (4), init image (its
+# choice, strength).
+DEFAULTS = ("", 32, 32, 2, 0, "auto", 0, True, "auto", 2, "words", "quality", "", "", "auto", "", False, "", 0.5, "",
             None, 0.8)
 
 

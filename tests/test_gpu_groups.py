@@ -39,7 +39,7 @@ def test_bad_groups_name_the_variable_and_the_problem(text, message):
     assert message in str(info.value)
     with pytest.raises(ValueError, match="deforum_wan_gpus: "):
         gpu_groups.configured_groups(text, {})
-    with pytest.raises(ValueError, match="job.gpus"):
+    with pytest.raises(ValueError, match="job.gpu_group"):
         gpu_groups.pin_env("0;1")
 
 
@@ -58,7 +58,7 @@ def test_a_job_takes_its_groups_gpus_along(tmp_path):
         assert [r.id for r in running] == ids[:2]  # FIFO: the first two, one per group
         assert sorted(r.gpus for r in running) == ["0,1", "2,3"]
         assert queue.get(ids[2]).phase == "QUEUED"  # no third group: it waits
-        assert sorted(job["gpus"] for job in runner.calls) == ["0,1", "2,3"]
+        assert sorted(job["gpu_group"] for job in runner.calls) == ["0,1", "2,3"]
         from deforum_wan.service import api  # the API's job list shows both running jobs and their groups
 
         list_jobs = next(endpoint for path, endpoint, methods, _ in api.route_table(queue)
@@ -160,3 +160,11 @@ def test_doctor_says_how_many_jobs_run_at_once(tmp_path, monkeypatch):
     assert any(fix.startswith("DEFORUM_WAN_GPUS: GPU 0 is in group 1 and group 2") for fix in report["fixes"])
     monkeypatch.setenv("DEFORUM_WAN_FARM", "auto")
     assert "on the Ray farm at auto" in doctor.format_report(doctor.diagnose(tmp_path, probe=False))
+
+
+def test_a_pinned_job_splits_its_clips_across_its_whole_group_as_its_worker_numbers_them():
+    """CUDA_VISIBLE_DEVICES=2,3 makes them cuda:0 and cuda:1 inside the worker: those are what the ranks use."""
+    assert gpu_groups.group_gpus("2,3") == (0, 1)
+    assert gpu_groups.group_gpus("5") == () and gpu_groups.group_gpus(None) == ()
+    with pytest.raises(ValueError, match="job.gpu_group"):
+        gpu_groups.group_gpus("0;1")

@@ -136,7 +136,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     settings = _load(args.settings)
     seed = resolve_seed(args.seed if args.seed is not None else settings.seed)
-    plan = plan_clips(settings, model_spec_for(args.model), _probed(settings, plan_options(args, seed)))
+    spec = model_spec_for(args.model)
+    plan = plan_clips(settings, spec, _probed(settings, plan_options(args, seed)))
     from .core.input_report import format_input_report, input_report
 
     inputs = input_report(settings.raw)  # what the file brings: init image, video, guided images, Parseq
@@ -144,6 +145,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps({**plan.to_dict(), "inputs": [e.to_dict() for e in inputs]}, indent=2, ensure_ascii=False))
     else:
         print(format_plan(plan) + "\n\n" + format_input_report(inputs))
+    if not args.json and spec.kind.startswith("a14b") and Path(args.model).expanduser().is_dir():
+        from .renderer.models import classify_model
+        from .renderer.placement import cuda_free, experts_note
+
+        print(experts_note(classify_model(args.model), cuda_free()))
     return 0
 
 
@@ -157,7 +163,13 @@ def add_render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outdir", default="outputs", help="output folder; the batch folder goes inside it")
     p.add_argument("--resume", metavar="TIMESTRING", help="continue an unfinished render")
     p.add_argument("--device", help="cuda, cpu, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--memory-profile", default="auto", choices=["auto", "none", "model", "sequential", "group"])
+    p.add_argument("--memory-profile", default="auto",
+                   choices=["auto", "none", "model", "sequential", "group", "experts"], help="where the weights live; experts: Wan 2.2 A14B's two experts on two GPUs, neither offloaded")
+    p.add_argument("--gpus", metavar="0,1,...", help="one clip across these GPUs: one process per GPU under torchrun, "
+                   "diffusers' context parallelism on the transformer (with --device cpu: CPU ranks over gloo, for "
+                   "testing); a single index picks that GPU")
+    p.add_argument("--context-parallel", default="ulysses", choices=["ulysses", "ring"],
+                   help="with --gpus: how attention is split across GPUs (ring needs flash-attn or cuDNN, not CPU)")
     p.add_argument("--attention", default="auto", choices=["auto", "native", "flash"])
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer")
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles to save memory")
@@ -182,9 +194,14 @@ def render_job(args: argparse.Namespace):
 
     from .renderer.render import RenderJob
 
+    from .renderer.parallel import parse_gpus
+
     settings = _load(args.settings)
     options = replace(plan_options(args, args.seed), color_match=not args.no_color_match)
-    return RenderJob(
+    gpus = parse_gpus(args.gpus)
+    if len(gpus) == 1 and not str(args.device or "").startswith("cpu"):
+        args.device = f"cuda:{gpus[0]}"
+    return RenderJob(gpus=gpus if len(gpus) > 1 else (), context_parallel=args.context_parallel,
         settings=settings, model=args.model, outdir=args.outdir, options=options, i2v_model=args.i2v_model,
         models_dir=args.models_dir, resume=args.resume, device=args.device, memory_profile=args.memory_profile,
         attention=args.attention, compile=args.compile, vae_tiling=args.vae_tiling, stop_file=args.stop_file,
@@ -201,8 +218,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .renderer.render import render
 
     job = render_job(args)
-    with ConsoleProgress() as progress:
-        result = render(job, on_event=progress)
+    if len(job.gpus) > 1:
+        from .service.torchrun import render_across
+        from .service.worker import job_to_dict
+
+        with ConsoleProgress() as progress:
+            result = render_across(job_to_dict(job), list(job.gpus), progress)
+    else:
+        with ConsoleProgress() as progress:
+            result = render(job, on_event=progress)
     if result.status == "done":
         print(f"{result.frames_on_disk} frames and {result.video.name if result.video else 'no video'} in {result.folder}")
         return 0

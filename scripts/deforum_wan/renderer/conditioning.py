@@ -81,6 +81,9 @@ class ColorAnchor:
     def __init__(self, plan: ClipPlan, settings: DeforumSettings, folder: Path, timestring: str):
         self.plan, self.settings, self.folder, self.timestring = plan, settings, folder, timestring
         self.reference: ColorReference | None = None
+        # Whether frame 0 was on disk when the render began (a resume), not when the first clip ends: across
+        # GPUs, rank 0 may have written it by the time another rank's first clip ends.
+        self.resumed = outputs.contiguous_frames(folder, timestring) > 0
 
     def match(self, clip: Clip, frames: np.ndarray) -> np.ndarray:
         space = self.plan.color_space
@@ -101,7 +104,7 @@ class ColorAnchor:
         if starts_from_init(plan) and self.settings.animation_mode != VIDEO_INPUT:  # (Video Input: its source)
             return fit_image(load_image(str(self.settings.init_image)), plan.width, plan.height)
         first = self.folder / outputs.frame_name(self.timestring, 0)
-        if outputs.contiguous_frames(self.folder, self.timestring) > 0:
+        if self.resumed:
             from PIL import Image
 
             return np.asarray(Image.open(first).convert("RGB"))

@@ -256,13 +256,24 @@ def load_pipelines(
     for pipe in pipes:
         apply_storage(pipe, stored, done=cast)
     resolved = memory_profile
+    if resolved == "experts":  # the two A14B experts on two GPUs, nothing offloaded (placement.py)
+        from .placement import PlacementError, apply_experts, cuda_free, expert_sizes, place_experts
+
+        if image is not None:
+            raise PlacementError("memory profile experts places one A14B model's experts; it cannot also hold "
+                                 f"{image_info.name if image_info else 'a second pipeline'}")
+        placement = place_experts(expert_sizes(info, stored), cuda_free())
+        apply_experts(main, placement)
+        device = placement.others
+        log.info("memory profile experts: %s", placement.describe())
     if resolved == "auto":
         resolved = _memory_profile(info, device, extra, stored)
-    if resolved != "none" and not device.startswith("cuda"):
+    if resolved not in ("none", "experts") and not device.startswith("cuda"):
         log.info("memory profile %r needs a GPU; on %s everything stays resident", resolved, device)
         resolved = "none"
     done: set[int] = set()
-    apply_memory_profile(main, resolved, device, done)
+    if resolved != "experts":
+        apply_memory_profile(main, resolved, device, done)
     if image is not None and resolved in ("none", "group"):
         apply_memory_profile(image, resolved, device, done)
     log.info("memory profile: %s on %s (%s%s)", resolved, device, str(dtype).replace("torch.", ""),

@@ -23,7 +23,7 @@ from .models import ModelInfo, folder_size
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-MEMORY_PROFILES = ("auto", "none", "model", "sequential", "group")
+MEMORY_PROFILES = ("auto", "none", "model", "sequential", "group", "experts")  # experts: placement.py
 GIB = 1024**3
 HEADROOM = 3 * GIB  # activations, VAE decode, CUDA context
 FP8_STORAGE = "float8_e4m3fn"  # torch.float8_e4m3fn: weights stored in 1 byte, computed in the compute dtype

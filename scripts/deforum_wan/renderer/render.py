@@ -73,9 +73,11 @@ class RenderJob:
     enhance_options: dict = field(default_factory=dict)
     preview_every: int = preview.DEFAULT_EVERY  # a latent preview every N denoising steps; 0: none
     depth_model: str | None = None  # depth model folder, or a name under <models_dir>/depth/ (guide depth warping)
-    # The GPU group the queue pinned this job to ("0,1", physical ids as in DEFORUM_WAN_GPUS); the worker
-    # process sees them as cuda:0..n-1 through CUDA_VISIBLE_DEVICES. None: not pinned.
-    gpus: str | None = None
+    gpus: tuple[int, ...] = ()  # several: one clip across these GPUs (renderer/parallel.py); one: that GPU
+    context_parallel: str = "ulysses"  # with several gpus: ulysses or ring attention across them
+    # The GPU group the queue pinned this job to ("2,3", physical ids as in DEFORUM_WAN_GPUS); the worker process
+    # sees them as cuda:0..n-1 (CUDA_VISIBLE_DEVICES) and splits each clip across all of them. None: not pinned.
+    gpu_group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,8 @@ def render(
 ) -> RenderResult:
     """Render `job`; returns when done or stopped. Frames already on disk are kept and skipped.
 
-    `pipelines` may be passed in (already loaded); otherwise the model is loaded
+    `pipelines` may be passed in (already loaded, or a function that loads them when
+    a clip needs them; the caller frees either); otherwise the model is loaded
     once, only if some clip still needs rendering, and freed at the end. A render
     that fails before its first frame removes the folder it made (there is
     nothing to resume); a full disk raises DiskFullError, which a resume fixes
@@ -311,12 +314,12 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
     steps_total = sum(c.steps for c in pending)
     steps_done = 0
     try:
-        if pending and pipelines is None:
+        if pending and (pipelines is None or callable(pipelines)):
             from .loading import load_pipelines
 
             emit({"type": "status", "phase": "loading", "message": f"loading {info.name}"})
             load_start = time.perf_counter()
-            pipelines = load_pipelines(
+            pipelines = pipelines() if callable(pipelines) else load_pipelines(
                 info, device=job.device, memory_profile=job.memory_profile, attention=job.attention,
                 compile=job.compile, i2v_info=i2v_info, vae_tiling=job.vae_tiling, storage=job.storage,
             )
@@ -363,11 +366,7 @@ def _render_prepared(job: RenderJob, info: Any, i2v_info: Any, settings: Deforum
                                   on_preview if preview_every else None, preview_every, depth, source)
             pipeline_seconds += time.perf_counter() - clip_start
             frames = anchor.match(clip, frames)
-            keep = _tail_length(plan, clip)
-            # The next clip continues from the last frame shown, not the surplus after it (unless the clip
-            # shows fewer frames than the next one repeats: then the first `keep` frames).
-            end = max(clip.tail_end, min(keep, len(frames)))
-            previous_tail = frames[max(0, end - keep):end]
+            previous_tail = next_tail(plan, clip, frames)
             outputs.save_tail(folder, timestring, clip.index, previous_tail)
             out = pin_outputs(clip, frames, _onto_timeline(plan, clip, frames))  # guided images shown as given
             for offset, frame in enumerate(out):
@@ -441,6 +440,14 @@ def _onto_timeline(plan: ClipPlan, clip: Clip, frames: np.ndarray) -> np.ndarray
     except InterpolationError as exc:
         raise RenderError(f"clip {clip.index}: the in-between frames could not be made ({exc}); the frames so far "
                           "are kept: resume once ffmpeg works, or choose timing blend or nearest") from exc
+
+
+def next_tail(plan: ClipPlan, clip: Clip, frames: np.ndarray) -> np.ndarray:
+    """The Wan frames the next clip continues from: those up to the last frame shown, not the surplus
+    after it (unless the clip shows fewer frames than the next one repeats: then the first ones)."""
+    keep = _tail_length(plan, clip)
+    end = max(clip.tail_end, min(keep, len(frames)))
+    return frames[max(0, end - keep):end]
 
 
 def _tail_length(plan: ClipPlan, clip: Clip) -> int:

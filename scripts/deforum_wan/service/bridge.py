@@ -295,7 +295,7 @@ def run_job(
     stopped and the exception propagates.
     """
     config = config or WorkerConfig()
-    pinned = gpu_groups.pin_env(job.get("gpus"))  # a job of a GPU group sees only that group's GPUs
+    pinned = gpu_groups.pin_env(job.get("gpu_group"))  # a job of a GPU group sees only that group's GPUs
     if pinned:
         config = replace(config, env={**config.env, **pinned})
     own_dir = workdir is None

@@ -71,6 +71,7 @@ def diagnose(models_dir: str | Path | None = None, probe: bool = True, config: A
     report["incomplete_models"] = [dict(_model_entry(p.model), missing=list(p.model.missing))
                                    for p in problems if isinstance(p, IncompleteModel)]
     report["model_problems"] = [str(p) for p in problems if not isinstance(p, IncompleteModel)]
+    report["placements"] = _expert_placements(models, report.get("worker") or {})
     for entry in report["incomplete_models"]:
         fixes.append(f"{entry['name']} ({entry['kind']}, single file) needs {'; '.join(entry['missing'])}")
     if not models and not report["incomplete_models"]:
@@ -85,6 +86,18 @@ def diagnose(models_dir: str | Path | None = None, probe: bool = True, config: A
         report["qwen_hint"] = f"optional, for --enhance: deforum-wan qwen download {QWEN_SUGGESTION}"
     report["ok"] = not fixes
     return report
+
+
+def _expert_placements(models: list[Any], worker: dict[str, Any]) -> dict[str, str]:
+    """For each A14B model: where memory profile experts puts its two experts on the worker's GPUs, or why not."""
+    from ..renderer.placement import experts_note
+
+    a14b = [m for m in models if str(m.kind).startswith("a14b")]
+    if "devices" not in worker:  # not probed (--no-worker) or the worker could not start: the GPUs are unknown
+        return {m.name: "memory profile experts: the worker's GPUs are unknown (run doctor without --no-worker)"
+                for m in a14b}
+    free = [(d["device"], int(d["free_mib"]) * 2**20) for d in worker["devices"] if "free_mib" in d]
+    return {m.name: experts_note(m, free) for m in a14b}
 
 
 def _model_entry(model: Any) -> dict[str, Any]:
@@ -150,6 +163,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [_row("incomplete", f"{m['name']}: {m['pairing']}; missing {'; '.join(m['missing'])}")
               for m in report.get("incomplete_models") or []]
     lines += [_row("skipped", problem) for problem in report.get("model_problems") or []]
+    lines += [_row(f"{name} (A14B)", note) for name, note in (report.get("placements") or {}).items()]
     lines.append(_row("Qwen models", ", ".join(q["name"] for q in report["qwen_models"]) or report.get("qwen_hint", "none")))
     lines.append("To do" if report["fixes"] else "Nothing to fix.")
     lines += [f"  - {fix}" for fix in report["fixes"]]

@@ -113,7 +113,7 @@ def farm_task(job: dict, stop_request: str, worker: dict) -> Iterator[dict]:
     host = socket.gethostname()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     if gpu_ids:  # the GPUs Ray gave this task: the worker is pinned to them, and may split a clip across them
-        job = {**job, "gpus": ",".join(gpu_ids)}
+        job = {**job, "gpu_group": ",".join(gpu_ids)}
     yield {"type": "farm", "node": node, "host": host, "pid": os.getpid()}
     events: queue_module.Queue[dict] = queue_module.Queue()
     cancel = threading.Event()

@@ -4,8 +4,8 @@
 groups of two GPUs, `0;1;2;3` four groups of one. The queue runs one job per
 group at once; each job's worker process sees only its group's GPUs
 (CUDA_VISIBLE_DEVICES, which CUDA and PyTorch's ROCm builds both honour), so two
-jobs never share a GPU, and the group's ids travel with the job (`gpus`) so a
-group of several GPUs can split one clip across them. Empty means one group
+jobs never share a GPU, and the group's ids travel with the job (`gpu_group`) so a
+group of several GPUs splits each clip across them (renderer/parallel.py). Empty means one group
 that is not pinned: one job at a time on whatever the worker finds, as before.
 
 Pure functions; nothing heavy is imported (this runs in the web UI's process).
@@ -62,6 +62,16 @@ def pin_env(gpus: str | None) -> dict[str, str]:
     """The environment that pins a worker process to `gpus` (nothing when the job is not pinned)."""
     if not gpus:
         return {}
-    if len(parse_gpu_groups(gpus, source="job.gpus")) != 1:
-        raise ValueError(f"job.gpus: {gpus!r} is several groups; a job runs on one")
+    if len(parse_gpu_groups(gpus, source="job.gpu_group")) != 1:
+        raise ValueError(f"job.gpu_group: {gpus!r} is several groups; a job runs on one")
     return {VISIBLE_ENV: gpus}
+
+
+def group_gpus(gpu_group: str | None) -> tuple[int, ...]:
+    """The devices a pinned job splits its clips across, as its worker process numbers them (cuda:0..n-1 of the
+    group's CUDA_VISIBLE_DEVICES); () for an unpinned job or a group of one GPU (it renders there on its own)."""
+    if not gpu_group:
+        return ()
+    (group,) = parse_gpu_groups(gpu_group, source="job.gpu_group")
+    count = len(group.split(","))
+    return tuple(range(count)) if count > 1 else ()

@@ -23,7 +23,7 @@ PLAN_OVERRIDES = ("continuity", "overlap", "width", "height", "steps", "guidance
                   "sensitivity", "language", "timing", "fps_tolerance", "min_clip_seconds", "color_match", "seed",
                   "guidance_2", "exact_size", "preset", "cache", "loras", "motion")
 JOB_OVERRIDES = ("model", "i2v_model", "device", "memory_profile", "attention", "compile", "vae_tiling", "make_video",
-                 "enhance", "storage", "depth_model")
+                 "enhance", "storage", "depth_model", "gpus", "context_parallel")
 ENHANCE_OVERRIDES = ("enhance_style", "enhance_style_strength", "enhance_target_language")
 OVERRIDE_KEYS = PLAN_OVERRIDES + JOB_OVERRIDES + ENHANCE_OVERRIDES
 
@@ -214,8 +214,8 @@ def event_values(event: Mapping[str, Any], warnings_so_far: Sequence[str] = ()) 
 
 
 # Failures a retry fixes without changing the settings: the disk was full (the render raises
-# DiskFullError; ffmpeg and others only say it in words).
-_RETRYABLE_ERROR_TYPES = ("DiskFullError",)
+# DiskFullError; ffmpeg and others only say it in words), or one of a multi-GPU job's ranks died.
+_RETRYABLE_ERROR_TYPES = ("DiskFullError", "RankFailed")  # RankFailed: a GPU's process died (service/torchrun.py)
 _RETRYABLE_WORDS = tuple({os.strerror(errno.ENOSPC), os.strerror(getattr(errno, "EDQUOT", errno.ENOSPC))})
 
 

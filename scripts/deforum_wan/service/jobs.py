@@ -436,7 +436,7 @@ class JobQueue:
         if record.timestring and record.outdir and Path(record.outdir).is_dir():
             job["resume"] = record.timestring  # continue from the frames on disk
         if slot:
-            job["gpus"] = slot  # the worker is pinned to these GPUs (bridge), and may split a clip across them
+            job["gpu_group"] = slot  # the worker is pinned to these GPUs (bridge) and splits each clip across them
         return job
 
     def _run(self, record: JobRecord, cancel: threading.Event, slot: str | None = None) -> None:

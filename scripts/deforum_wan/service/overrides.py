@@ -106,12 +106,34 @@ def _device(value: Any) -> str:
     return value
 
 
+def _gpus_option(value: Any) -> list[int]:
+    from ..renderer.parallel import ParallelError, parse_gpus
+
+    try:
+        return list(parse_gpus(value, "GPU list"))
+    except ParallelError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def parallel_problem(options: dict[str, Any]) -> str | None:
+    """Why options that each pass cannot run together across GPUs (ring on CPU, a step cache), or None."""
+    from ..renderer.parallel import ParallelError, check_request
+
+    try:
+        check_request(options.get("gpus") or (), options.get("device"), options.get("context_parallel") or "ulysses",
+                      options.get("cache"), options.get("memory_profile"))
+    except ParallelError as exc:
+        return str(exc)
+    return None
+
+
 def override_checks() -> dict[str, Callable[[Any], Any]]:
     from ..renderer.loading import ATTENTION_CHOICES
     from ..renderer.memory import MEMORY_PROFILES, STORAGE_CHOICES
     from ..core.choices import MOTIONS, TIMINGS
     from ..core.speed import PRESETS
     from ..core.plan import CONTINUITY
+    from ..renderer.parallel import CP_MODES
 
     return {
         "model": _text_option(1000),
@@ -140,6 +162,8 @@ def override_checks() -> dict[str, Callable[[Any], Any]]:
         "color_match": _bool_option,
         "device": _device,
         "memory_profile": _choice(MEMORY_PROFILES),
+        "gpus": _gpus_option,
+        "context_parallel": _choice(CP_MODES),
         "storage": _choice(STORAGE_CHOICES),
         "attention": _choice(ATTENTION_CHOICES),
         "compile": _bool_option,

@@ -30,7 +30,9 @@ from ..renderer import fetch
 from . import jobs
 from .request_errors import ApiError, Loc, field_name  # noqa: F401 - api.py re-exports field_name
 from .sources import MAX_URL_CHARS, MAX_URLS_PER_REQUEST, SourceChecks, inside, switched_on, video_keys  # noqa: F401
-from .overrides import MAX_SIDE, MAX_STEPS, MIN_SIDE, override_checks  # noqa: F401 - api.py re-exports MAX_STEPS
+from .overrides import (  # noqa: F401 - api.py re-exports MAX_STEPS
+    MAX_SIDE, MAX_STEPS, MIN_SIDE, override_checks, parallel_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +219,9 @@ class Validator(SourceChecks):
                 out[key] = checks[key](value)
             except ValueError as exc:
                 errors.append((("options_overrides", key), str(exc)))
+        problem = None if errors else parallel_problem(out)
+        if problem:
+            errors.append((("options_overrides", "gpus"), problem))
         if errors:
             raise ApiError(422, errors)
         spec_info = self.models(out)

@@ -17,11 +17,13 @@ import signal
 import sys
 import threading
 import traceback
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..core.plan import PlanOptions
+from ..renderer.parallel import check_request, in_rank, parse_gpus
+from .gpu_groups import group_gpus
 from ..renderer.render import RenderJob
 from ..core.settings import load_settings
 
@@ -151,7 +153,14 @@ def run_worker(job_path: str, out: TextIO | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     try:
-        job = job_from_dict(json.loads(Path(job_path).read_text(encoding="utf-8")))
+        data = json.loads(Path(job_path).read_text(encoding="utf-8"))
+        job = job_from_dict(data)
+        # A job of a GPU group uses the whole group (the queue pinned it there); else the GPUs it asked for.
+        gpus = group_gpus(job.gpu_group) if job.gpu_group else parse_gpus(job.gpus)
+        if len(gpus) > 1:
+            return _run_parallel(job, data, gpus, out, emit, stop)
+        if gpus and not str(job.device or "").startswith("cpu"):
+            job = replace(job, device=f"cuda:{gpus[0]}")
         emit(environment_facts())
         result = render(job, on_event=emit, should_stop=stop.is_set)
     except Exception as exc:  # the error event is the worker's last word; the parent reads it
@@ -159,3 +168,31 @@ def run_worker(job_path: str, out: TextIO | None = None) -> int:
               "traceback": traceback.format_exc(limit=6)})
         return EXIT_FAILED
     return EXIT_OK if result.status == "done" else EXIT_INTERRUPTED
+
+
+def _run_parallel(job: RenderJob, data: dict, gpus: tuple[int, ...], out: TextIO, emit: Any,
+                  stop: threading.Event) -> int:
+    """Several GPUs: launch the ranks under torchrun, or, inside one, be a rank (renderer/parallel.py)."""
+    check_request(gpus, job.device, job.context_parallel, job.options.cache, job.memory_profile)
+    if not in_rank():
+        from .torchrun import run_launcher
+
+        return run_launcher(data, list(gpus), out, stop)
+    from ..renderer.parallel import run_rank
+
+    rank = int(os.environ["RANK"])
+    if rank != 0:
+        emit = lambda event: None  # noqa: E731 - rank 0 alone reports
+    else:
+        emit(environment_facts())
+    try:
+        status = run_rank(job, emit, stop.is_set)
+    except Exception as exc:
+        if rank == 0:
+            emit({"type": "error", "error_type": type(exc).__name__, "message": str(exc) or type(exc).__name__,
+                  "traceback": traceback.format_exc(limit=6)})
+        else:
+            traceback.print_exc()
+        return EXIT_FAILED
+    # Interrupted is a clean end for torchrun too (a non-zero rank is a failure to it); rank 0's event says which.
+    return EXIT_OK if status in ("done", "interrupted") else EXIT_FAILED

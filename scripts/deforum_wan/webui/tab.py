@@ -335,6 +335,8 @@ def build_tab(ctx: TabContext):
                                                   elem_id="deforum_wan_color_match")
                         memory = gr.Dropdown(label="Memory profile", choices=list(MEMORY_PROFILES),
                                              value=ctx.memory_profile() or "auto", elem_id="deforum_wan_memory")
+                        gpus = gr.Textbox(label="GPUs", value="", max_lines=1, elem_id="deforum_wan_gpus",
+                                          placeholder="0,1: one clip across them")
                     with gr.Accordion("Prompt enhancer (Qwen)", open=False, elem_id="deforum_wan_enhancer"):
                         enhance = gr.Checkbox(label="Enhance prompts when rendering", value=False,
                                               elem_id="deforum_wan_enhance")
@@ -387,15 +389,16 @@ def build_tab(ctx: TabContext):
                 resume_btn = gr.Button("Resume", elem_id="deforum_wan_resume", scale=1)
 
         option_inputs = [model_dd, width, height, steps, guidance, continuity, overlap, color_match, timing, min_clip,
-                         motion, preset, cache, loras, memory, enhance, style, style_strength, qwen, init.state,
+                         motion, preset, cache, loras, memory, gpus, enhance, style, style_strength, qwen, init.state,
                          init.strength]
 
         def controls_of(values: tuple) -> Controls:
-            (label, w, h, st, g, cont, ov, cm, tm, mc, mo, ps, ca, lo, mem, enh, sty, strength, qw, ini, ini_s) = values
+            (label, w, h, st, g, cont, ov, cm, tm, mc, mo, ps, ca, lo, mem, gp, enh, sty, strength, qw, ini,
+             ini_s) = values
             return Controls(model_path=model_paths.get(label) if label else None, width=w, height=h, steps=st,
                             guidance=g, continuity=cont, overlap=ov, color_match=cm, timing=tm, min_clip_seconds=mc,
-                            motion=mo, preset=ps, cache=ca, loras=lo, memory_profile=mem, enhance=enh, style=sty,
-                            style_strength=strength, qwen=qw, init_image=ini, init_strength=ini_s)
+                            motion=mo, preset=ps, cache=ca, loras=lo, memory_profile=mem, gpus=gp, enhance=enh,
+                            style=sty, style_strength=strength, qwen=qw, init_image=ini, init_strength=ini_s)
 
         # -- import
         def on_load(path: Any):

@@ -53,6 +53,7 @@ class Controls:
     cache: str = ""  # NAME[:THRESHOLD], empty for none
     loras: str = ""  # comma-separated NAME[:WEIGHT[:WEIGHT_2]]
     memory_profile: str = "auto"
+    gpus: str = ""  # "0,1": one clip across these GPUs (renderer/parallel.py); empty: one device
     enhance: bool = False
     style: str = ""
     style_strength: float = 0.5
@@ -81,7 +82,8 @@ class Controls:
                   "color_match": bool(self.color_match), "enhance": bool(self.enhance),
                   "timing": _timing(self.timing), "min_clip_seconds": _seconds(self.min_clip_seconds),
                   "preset": self.preset or None, "cache": (self.cache or "").strip() or None,
-                  "loras": lora_list(self.loras) or None, "motion": self.motion or None}
+                  "loras": lora_list(self.loras) or None, "motion": self.motion or None,
+                  "gpus": str(self.gpus or "").strip() or None}
         if self.enhance:
             values.update(enhance_style=self.style or "", enhance_style_strength=float(self.style_strength or 0.5))
         return {k: v for k, v in values.items() if v is not None}
