@@ -72,6 +72,8 @@ def group_gpus(gpu_group: str | None) -> tuple[int, ...]:
     group's CUDA_VISIBLE_DEVICES); () for an unpinned job or a group of one GPU (it renders there on its own)."""
     if not gpu_group:
         return ()
-    (group,) = parse_gpu_groups(gpu_group, source="job.gpu_group")
-    count = len(group.split(","))
+    groups = parse_gpu_groups(gpu_group, source="job.gpu_group")
+    if len(groups) != 1:
+        raise ValueError(f"job.gpu_group: {gpu_group!r} is several groups; a job runs on one")
+    count = len(str(groups[0]).split(","))
     return tuple(range(count)) if count > 1 else ()
