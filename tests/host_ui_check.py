@@ -160,6 +160,32 @@ def check_imports(blocks, root: Path) -> None:
     assert "20240102000000" in status and "Unfinished renders" in status, status
 
 
+def _dropped(blocks, path: Path):
+    """What the init image box hands its handler for a dropped file: the component's own preprocess of what the
+    browser sends, with gradio's save_pil_to_cache replaced as Forge replaces it (modules/ui_tempdir.py,
+    `save_pil_to_file(pil_image, cache_dir=None, format="png")`: no `name`)."""
+    import gradio
+    from gradio import processing_utils
+
+    box = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "deforum_wan_init_image")
+    if gradio.__version__.startswith("3."):
+        import base64
+
+        return box.preprocess("data:image/png;base64," + base64.b64encode(path.read_bytes()).decode())
+    from gradio.data_classes import FileData
+
+    original = processing_utils.save_pil_to_cache
+
+    def host_save(pil_image, cache_dir=None, format="png"):
+        return original(pil_image, cache_dir, format=format)
+
+    processing_utils.save_pil_to_cache = host_save
+    try:
+        return box.preprocess(FileData(path=str(path)))
+    finally:
+        processing_utils.save_pil_to_cache = original
+
+
 def check_init_image(blocks, root: Path, state: dict, defaults: list) -> None:
     """An uploaded picture is kept where the API keeps its inputs and the plan starts from it; a path outside the
     allowed folders, or a file that is not an image, is refused with a message; clearing brings the file's own back."""
@@ -172,10 +198,11 @@ def check_init_image(blocks, root: Path, state: dict, defaults: list) -> None:
     upload = root / "gradio" / "9f8e" / "start.png"  # gradio's temporary copy
     upload.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (40, 24), (200, 30, 20)).save(upload)
-    choice, status, _image = _fn(blocks, "on_init_upload")(str(upload), state, None, 0.6)
+    choice, status, _image = _fn(blocks, "on_init_upload")(_dropped(blocks, upload), state, None, 0.6)
     saved = Path(choice["path"])
     outdir = root / "outputs" / "img2img-images"
-    assert saved.parent == outdir / "deforum_wan_api_inputs" and saved.read_bytes() == upload.read_bytes(), choice
+    assert saved.parent == outdir / "deforum_wan_api_inputs", choice
+    assert Image.open(saved).convert("RGB").tobytes() == Image.open(upload).convert("RGB").tobytes(), choice
     assert "The render starts from the uploaded image" in status and "strength 0.60" in status, status
     assert "use_init off" in status, status  # what it replaces, said clearly
     plan_dict, _table, _fig, note, kept = _fn(blocks, "on_plan")(state, None, None, *defaults[:-2], choice, 0.6)

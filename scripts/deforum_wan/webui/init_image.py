@@ -83,6 +83,17 @@ class InitImages:
             raise InitImageError("no image was uploaded")
         return InitChoice(self._keep(_read_capped(Path(str(temp_path)))), "the uploaded image")
 
+    def upload_picture(self, picture: Any) -> InitChoice:
+        """A picture the box decoded (PIL), kept as PNG in the inputs folder under the same checks."""
+        import io
+
+        buffer = io.BytesIO()
+        try:
+            picture.convert("RGB").save(buffer, format="PNG")
+        except (OSError, ValueError) as exc:
+            raise InitImageError(f"cannot be read: {exc}") from None
+        return InitChoice(self._keep(buffer.getvalue()), "the uploaded image")
+
     def given(self, text: Any) -> InitChoice:
         """A path inside the allowed folders, or an http(s) URL fetched now (so the thumbnail shows it)."""
         from ..renderer import fetch
@@ -194,7 +205,10 @@ class InitPanel:
         self._images, self.settings_state = images, settings_state
         with gr.Accordion("Init image", open=False, elem_id="deforum_wan_init"):
             with gr.Row():
-                self.image = gr.Image(label="Init image (drop a picture here)", type="filepath", height=200,
+                # type "pil", not "filepath": for a file path gradio 4 saves the upload through
+                # processing_utils.save_pil_to_cache, which Forge replaces with a function of another
+                # signature (modules/ui_tempdir.py), so a dropped picture failed inside gradio there.
+                self.image = gr.Image(label="Init image (drop a picture here)", type="pil", height=200,
                                       elem_id="deforum_wan_init_image")
                 with gr.Column():
                     self.path = gr.Textbox(label="…or a path or URL", max_lines=1, elem_id="deforum_wan_init_path",
@@ -225,11 +239,12 @@ class InitPanel:
 
         from .tab_data import upload_source
 
-        path, _name = upload_source(value)
-        if not path:
+        picture = value if hasattr(value, "save") else None  # the box's PIL image (a path from older callers)
+        path, _name = (None, None) if picture is not None else upload_source(value)
+        if picture is None and not path:
             return state, describe(self._settings(settings_state), state, strength), gr.update()
         try:
-            choice = self._images().upload(path)
+            choice = self._images().upload_picture(picture) if picture is not None else self._images().upload(path)
         except (InitImageError, OSError) as exc:
             return state, self._refused("the uploaded file", exc, settings_state, state, strength), gr.update(value=None)
         return choice.to_state(), describe(self._settings(settings_state), choice.to_state(), strength), gr.update()
