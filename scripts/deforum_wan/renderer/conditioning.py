@@ -1,10 +1,11 @@
 """What each clip is conditioned on, and the images behind it.
 
-A clip starts from text (T2V), from a picture (I2V: the init image or the previous
-clip's last frame) or from known frames (VACE: the previous clip's last K frames,
-with the motion guide's pictures after them). This module builds that request for
-each clip, reads the images the render needs (checked before any model loads), and
-anchors every clip's colours to one reference.
+A clip starts from text (T2V), from a picture (I2V: the init image, a guided image or
+the previous clip's last frame) or from known frames (VACE: the previous clip's last
+K frames, then the motion guide's pictures or, in Video Input mode, its span of the
+source video; guided images kept at their frames). This module builds that request
+for each clip, reads the images the render needs (checked before any model loads),
+and anchors every clip's colours to one reference.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def render_clip(pipelines: Any, plan: ClipPlan, clip: Clip, tail: np.ndarray | N
                  settings: DeforumSettings, on_step: Callable[[int, int], bool],
                  on_preview: Callable[[int, int, np.ndarray], None] | None = None, preview_every: int = 0,
                  depth: Any = None, source: Any = None) -> np.ndarray:
+    """One clip's frames from the loaded pipelines, conditioned as its mode and the plan say."""
     request = ClipRequest(
         prompt=clip.render_prompt, negative_prompt=clip.negative_prompt, num_frames=clip.num_frames,
         width=plan.width, height=plan.height, steps=clip.steps, guidance=clip.guidance, guidance_2=clip.guidance_2,
