@@ -295,3 +295,28 @@ def test_three_jobs_across_two_farm_machines_a_dead_machine_leaves_its_job_retry
     finally:
         for each in queues:
             each.close(60)
+
+
+def test_the_private_folder_shadows_the_hosts_protobuf_for_the_driver(tmp_path):
+    """Ray's protobuf goes into the private folder; the driver (a worker-side process) sees that one, and never
+    the host's pinned one, even where the private folder has none."""
+    private = tmp_path / "deps"
+    private.mkdir()
+    (private / "deforum_wan_deps.json").write_text(json.dumps({"format": 2, "torch": {"mode": "host"}, "host": {}}))
+    probe = ("from deforum_wan.service.isolation import install_from_environment; install_from_environment()\n"
+             "try:\n    import google.protobuf as p; print(p.__version__, p.__file__)\n"
+             "except ImportError as exc:\n    print('hidden', exc)\n")
+
+    def seen() -> str:
+        env = bridge.worker_env(bridge.WorkerConfig(deps_dir=str(private)))
+        out = subprocess.run([sys.executable, "-s", "-c", probe], env=env, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    host = subprocess.run([sys.executable, "-c", "import google.protobuf as p; print(p.__version__)"],
+                          capture_output=True, text=True)
+    assert seen().startswith("hidden"), seen()  # the host's protobuf (if any) is out of the driver's sight
+    (private / "google" / "protobuf").mkdir(parents=True)
+    (private / "google" / "protobuf" / "__init__.py").write_text("__version__ = '3.20.3.private'\n")
+    assert seen() == f"3.20.3.private {private / 'google' / 'protobuf' / '__init__.py'}"
+    if host.returncode == 0:
+        assert host.stdout.strip() != "3.20.3.private"  # the host's own stays what it was
