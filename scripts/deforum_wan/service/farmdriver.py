@@ -250,13 +250,16 @@ def run_driver(job_path: str, *, slots_only: bool = False, out: TextIO | None = 
     """
     out = out or _event_stream()
     lock = threading.Lock()
+    cancel = threading.Event()
 
     def emit(event: dict) -> None:
         with lock:
-            out.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
-            out.flush()
+            try:
+                out.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
+                out.flush()
+            except (BrokenPipeError, ValueError):  # the web UI is gone: still see the farm task stopped
+                cancel.set()
 
-    cancel = threading.Event()
     try:
         data = json.loads(Path(job_path).read_text(encoding="utf-8"))
         driver = FarmDriver(FarmConfig(**data["farm"]))
