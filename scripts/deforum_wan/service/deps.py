@@ -25,7 +25,9 @@ What goes in, and why:
   break torch, so they are the ones we keep;
 - everything else (huggingface_hub 1.x, tokenizers, safetensors, regex, ftfy,
   httpx, ...) is installed privately with `pip install --no-deps --target`,
-  into a staging folder that replaces the old one only when complete.
+  into a staging folder that replaces the old one only when complete;
+- for the render farm ($DEFORUM_WAN_FARM, or `install-deps --farm`): Ray and its
+  own protobuf, for each farm job's driver process (farmdriver.py).
 
 A manifest (`deforum_wan_deps.json`) records the requirements, the Python, the
 platform, what was installed and which host packages were relied on, so the
