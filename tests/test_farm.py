@@ -320,3 +320,46 @@ def test_the_private_folder_shadows_the_hosts_protobuf_for_the_driver(tmp_path):
     assert seen() == f"3.20.3.private {private / 'google' / 'protobuf' / '__init__.py'}"
     if host.returncode == 0:
         assert host.stdout.strip() != "3.20.3.private"  # the host's own stays what it was
+
+
+HOST = """
+import json, sys
+from deforum_wan.service import farm
+address, outdir, model, resource = sys.argv[1:]
+runner = farm.FarmRunner(farm.FarmConfig(address=address, num_gpus=0, num_cpus=1, resources={resource: 1}, deps_dir=""))
+job = {"settings": {"prompts": {"0": "a red fox"}, "max_frames": 120, "fps": 16, "W": 32, "H": 32, "seed": 5,
+                    "batch_name": "gone_{timestring}"}, "model": model, "outdir": outdir, "device": "cpu",
+       "options": {"steps": 1, "max_clip_frames": 5}}
+runner(job, on_event=lambda event: print(json.dumps(event), flush=True))
+"""
+
+
+def _children(parent: int, marker: bytes) -> list[int]:
+    return [pid for pid, (ppid, _) in _processes().items()
+            if ppid == parent and marker in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+@pytest.mark.slow
+def test_a_killed_web_ui_process_stops_its_render_on_the_farm(cluster, tiny_models, tmp_path):
+    """The web UI's process dies (SIGKILL): its job's driver notices and stops the render; the frames stay."""
+    _wait_for(lambda: len([n for n in cluster.nodes() if n["Alive"]]) == 3, START_TIMEOUT, "three live nodes")
+    host = subprocess.Popen([sys.executable, "-c", HOST, cluster.address, str(tmp_path), str(tiny_models["t2v"]),
+                             NODE_RESOURCE], env=cluster.env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert host.stdout is not None
+        for line in host.stdout:
+            if json.loads(line)["type"] == "frames":
+                break
+        drivers = _children(host.pid, b"farm-job")
+        assert len(drivers) == 1
+        host.kill()
+        host.wait()
+        _wait_for(lambda: drivers[0] not in _processes(), 60, "the driver to stop the render and end")
+        folder = next(tmp_path.glob("gone_*"))
+        timestring = folder.name.split("_", 1)[1]
+        kept = outputs.existing_frames(folder, timestring)
+        time.sleep(5)  # nothing renders on any more
+        assert outputs.existing_frames(folder, timestring) == kept and 0 < len(kept) < 120
+        assert not list((tmp_path / farm.STOP_DIR).iterdir())
+    finally:
+        host.kill()
