@@ -338,3 +338,27 @@ def test_a_torch_override_sticks_until_another_is_asked_for(tmp_path, monkeypatc
     assert "DEFORUM_WAN_TORCH changed" in deps.why_unsatisfied(target)
     monkeypatch.setenv("DEFORUM_WAN_TORCH", "auto")
     assert "DEFORUM_WAN_TORCH changed" in deps.why_unsatisfied(target)
+
+
+def test_ray_goes_into_the_private_folder_when_the_farm_is_wanted_and_stays(tmp_path, monkeypatch):
+    """$DEFORUM_WAN_FARM (or --farm) adds Ray, with its own protobuf, to the folder; the host gets nothing."""
+    monkeypatch.delenv("DEFORUM_WAN_FARM", raising=False)
+    target = tmp_path / "deps"
+    assert deps.install_private_deps(str(target), runner=FakePip(SMALL_REPORT), out=lambda s: None) == 0
+    assert deps.why_unsatisfied(target) is None and not deps.read_manifest(target)["farm"]
+    assert not any(r.startswith("ray") for r in deps.requirements_for(sys.version_info[:2]))
+    monkeypatch.setenv("DEFORUM_WAN_FARM", "10.0.0.5:6379")
+    assert "the render farm needs Ray" in deps.why_unsatisfied(target)
+    report = {"install": [*SMALL_REPORT["install"], dict(_item("ray", "2.60.0", "protobuf>=3.20.3", "filelock"),
+                                                         requested=True), _item("protobuf", "7.36.2")]}
+    pip = FakePip(report)
+    assert deps.install_private_deps(str(target), runner=pip, out=lambda s: None) == 0
+    assert "ray>=2.60" in pip.calls[0]  # resolved with the renderer's libraries
+    manifest = deps.read_manifest(target)
+    assert manifest["farm"] and manifest["requirements"][-1] == "ray>=2.60"
+    assert {"ray", "protobuf"} <= set(manifest["installed"]) and "protobuf" not in manifest["host"]
+    monkeypatch.delenv("DEFORUM_WAN_FARM")
+    assert deps.why_unsatisfied(target) is None  # it stays: no reinstall without Ray in a shell without the variable
+    fresh = tmp_path / "fresh"
+    assert deps.install_private_deps(str(fresh), runner=FakePip(report), out=lambda s: None, farm=True) == 0
+    assert deps.read_manifest(fresh)["farm"]

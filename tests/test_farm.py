@@ -1,12 +1,15 @@
 """The render farm on a real Ray cluster on loopback: a head and two worker nodes started with `ray start`.
 
-The jobs are real tiny T2V renders through the queue, FarmRunner, a Ray task on a
-worker node and the project's worker process there. One worker node is killed
+The jobs are real tiny T2V renders through the queue, FarmRunner, the job's Ray
+driver process (farmdriver.py: this test's process never imports Ray, as the web
+UI's must not), a Ray task on a worker node and the project's worker process there. One worker node is killed
 mid-job (every process of it, as a machine that loses power): that job is left
 RETRYABLE with its frames, and a retry resumes it on the node that is left.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -21,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from deforum_wan.renderer import outputs
-from deforum_wan.service import farm
+from deforum_wan.service import bridge, farm
 from deforum_wan.service.jobs import CANCELLED, FAILED, RETRYABLE, SUCCEEDED, JobQueue
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -45,7 +48,6 @@ def test_one_jobs_share_of_the_cluster_and_how_many_fit():
 
 
 def test_a_queue_on_a_farm_that_is_not_there_fails_at_start_naming_it(tmp_path, monkeypatch):
-    pytest.importorskip("ray", reason='the farm tests need Ray: pip install -e ".[farm]" (the test extra has it)')
     from deforum_wan.service import jobs
 
     port = _free_port()  # nothing listens there
@@ -55,6 +57,24 @@ def test_a_queue_on_a_farm_that_is_not_there_fails_at_start_naming_it(tmp_path, 
     with pytest.raises(RuntimeError, match=f"DEFORUM_WAN_FARM=127.0.0.1:{port}: no Ray head answers there"):
         jobs.get_queue(tmp_path / "jobs.sqlite3", outdir=tmp_path / "out")
     assert time.monotonic() - started < 30 and jobs._QUEUE is None
+    assert "ray" not in sys.modules
+
+
+def test_a_driver_without_ray_says_how_to_install_it(tmp_path):
+    """The driver runs with the worker's python and libraries: where they lack Ray, it says what to run."""
+    python = Path(__file__).resolve().parents[1] / ".venv-a1111" / "bin" / "python"
+    if not python.exists():
+        pytest.skip("needs the A1111 test venv (no Ray in it)")
+    with socket.socket() as head:  # something answers at the address, so the driver itself is asked
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        address = "127.0.0.1:%d" % head.getsockname()[1]
+        runner = farm.FarmRunner(farm.FarmConfig(address=address, num_gpus=0),
+                                 driver=bridge.WorkerConfig(python=str(python), deps_dir=""))
+        with pytest.raises(RuntimeError, match=f"DEFORUM_WAN_FARM={address}: the render farm needs Ray in the "
+                                               "renderer's libraries: run `deforum-wan install-deps --farm`"):
+            runner.slots()
+    assert "ray" not in sys.modules
 
 
 # --------------------------------------------------------------------------- a cluster on loopback
@@ -150,19 +170,26 @@ class LocalCluster:
             _kill(_node_processes(group))
         shutil.rmtree(self.temp, ignore_errors=True)
 
+    def nodes(self) -> list[dict]:
+        """The cluster's nodes as Ray sees them, asked from a process of its own (this one never imports Ray)."""
+        code = ("import json, ray; ray.init(address=%r, log_to_driver=False, configure_logging=False); "
+                "print(json.dumps([{k: n[k] for k in ('NodeID', 'Alive', 'Resources')} for n in ray.nodes()]))"
+                % self.address)
+        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
+                             timeout=START_TIMEOUT, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
 
 @pytest.fixture
 def cluster():
     if not sys.platform.startswith("linux"):
         pytest.skip("the cluster's processes are found and killed through /proc")
-    pytest.importorskip("ray", reason='the farm tests need Ray: pip install -e ".[farm]" (the test extra has it)')
-    import ray
-
+    if importlib.util.find_spec("ray") is None:  # looked up, not imported: the driver imports it, not this process
+        pytest.skip('the farm tests need Ray: pip install -e ".[farm]" (the test extra has it)')
     made = LocalCluster()
     try:
         yield made.start(("a", "b"))
     finally:
-        ray.shutdown()
         made.stop()
 
 
@@ -176,14 +203,12 @@ def _wait_for(condition, timeout: float, what: str) -> None:
 
 @pytest.mark.slow
 def test_three_jobs_across_two_farm_machines_a_dead_machine_leaves_its_job_retryable(cluster, tiny_models, tmp_path):
-    import ray
-
     runner = farm.FarmRunner(farm.FarmConfig(address=cluster.address, num_gpus=0, num_cpus=1,
                                              resources={NODE_RESOURCE: 1}, deps_dir=""))
-    _wait_for(lambda: runner.connect() and len([n for n in ray.nodes() if n["Alive"]]) == 3, START_TIMEOUT,
-              "three live nodes")
+    _wait_for(lambda: len([n for n in cluster.nodes() if n["Alive"]]) == 3, START_TIMEOUT, "three live nodes")
     assert runner.slots() == 2
-    node_names = {n["NodeID"]: name for n in ray.nodes() for name in ("a", "b") if f"node_{name}" in n["Resources"]}
+    node_names = {n["NodeID"]: name for n in cluster.nodes() for name in ("a", "b")
+                  if f"node_{name}" in n["Resources"]}
     shared = tmp_path / "shared"  # every node writes here, as farm machines on one shared folder
     queue = JobQueue(tmp_path / "jobs.sqlite3", runner=runner, outdir=shared, slots=(None,) * runner.slots())
     queues = [queue]
@@ -238,6 +263,7 @@ def test_three_jobs_across_two_farm_machines_a_dead_machine_leaves_its_job_retry
         for record in rest:
             assert outputs.existing_frames(record.outdir, record.timestring) == list(range(8))
             assert record.worker["farm_node"] in node_names and record.worker["host"] == socket.gethostname()
+        assert "ray" not in sys.modules  # every job's Ray driver ran in a process of its own
 
         # cancel and resume on the farm: a running job stops between steps, keeps its frames, resumes
         (cancel_id,) = queue.submit([long], overrides)[1]
@@ -269,3 +295,71 @@ def test_three_jobs_across_two_farm_machines_a_dead_machine_leaves_its_job_retry
     finally:
         for each in queues:
             each.close(60)
+
+
+def test_the_private_folder_shadows_the_hosts_protobuf_for_the_driver(tmp_path):
+    """Ray's protobuf goes into the private folder; the driver (a worker-side process) sees that one, and never
+    the host's pinned one, even where the private folder has none."""
+    private = tmp_path / "deps"
+    private.mkdir()
+    (private / "deforum_wan_deps.json").write_text(json.dumps({"format": 2, "torch": {"mode": "host"}, "host": {}}))
+    probe = ("from deforum_wan.service.isolation import install_from_environment; install_from_environment()\n"
+             "try:\n    import google.protobuf as p; print(p.__version__, p.__file__)\n"
+             "except ImportError as exc:\n    print('hidden', exc)\n")
+
+    def seen() -> str:
+        env = bridge.worker_env(bridge.WorkerConfig(deps_dir=str(private)))
+        out = subprocess.run([sys.executable, "-s", "-c", probe], env=env, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    host = subprocess.run([sys.executable, "-c", "import google.protobuf as p; print(p.__version__)"],
+                          capture_output=True, text=True)
+    assert seen().startswith("hidden"), seen()  # the host's protobuf (if any) is out of the driver's sight
+    (private / "google" / "protobuf").mkdir(parents=True)
+    (private / "google" / "protobuf" / "__init__.py").write_text("__version__ = '3.20.3.private'\n")
+    assert seen() == f"3.20.3.private {private / 'google' / 'protobuf' / '__init__.py'}"
+    if host.returncode == 0:
+        assert host.stdout.strip() != "3.20.3.private"  # the host's own stays what it was
+
+
+HOST = """
+import json, sys
+from deforum_wan.service import farm
+address, outdir, model, resource = sys.argv[1:]
+runner = farm.FarmRunner(farm.FarmConfig(address=address, num_gpus=0, num_cpus=1, resources={resource: 1}, deps_dir=""))
+job = {"settings": {"prompts": {"0": "a red fox"}, "max_frames": 120, "fps": 16, "W": 32, "H": 32, "seed": 5,
+                    "batch_name": "gone_{timestring}"}, "model": model, "outdir": outdir, "device": "cpu",
+       "options": {"steps": 1, "max_clip_frames": 5}}
+runner(job, on_event=lambda event: print(json.dumps(event), flush=True))
+"""
+
+
+def _children(parent: int, marker: bytes) -> list[int]:
+    return [pid for pid, (ppid, _) in _processes().items()
+            if ppid == parent and marker in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+@pytest.mark.slow
+def test_a_killed_web_ui_process_stops_its_render_on_the_farm(cluster, tiny_models, tmp_path):
+    """The web UI's process dies (SIGKILL): its job's driver notices and stops the render; the frames stay."""
+    _wait_for(lambda: len([n for n in cluster.nodes() if n["Alive"]]) == 3, START_TIMEOUT, "three live nodes")
+    host = subprocess.Popen([sys.executable, "-c", HOST, cluster.address, str(tmp_path), str(tiny_models["t2v"]),
+                             NODE_RESOURCE], env=cluster.env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert host.stdout is not None
+        for line in host.stdout:
+            if json.loads(line)["type"] == "frames":
+                break
+        drivers = _children(host.pid, b"farm-job")
+        assert len(drivers) == 1
+        host.kill()
+        host.wait()
+        _wait_for(lambda: drivers[0] not in _processes(), 60, "the driver to stop the render and end")
+        folder = next(tmp_path.glob("gone_*"))
+        timestring = folder.name.split("_", 1)[1]
+        kept = outputs.existing_frames(folder, timestring)
+        time.sleep(5)  # nothing renders on any more
+        assert outputs.existing_frames(folder, timestring) == kept and 0 < len(kept) < 120
+        assert not list((tmp_path / farm.STOP_DIR).iterdir())
+    finally:
+        host.kill()

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "diffusers", "transformers", "accelerate", "cv2")
+HEAVY = ("torch", "diffusers", "transformers", "accelerate", "cv2", "ray")  # ray: farmdriver.py, its own process
 PKG = REPO / "scripts" / "deforum_wan"
 # Every module of the package: the web UI may import any of them (torch comes later, inside functions).
 MODULES = sorted(

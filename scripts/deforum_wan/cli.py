@@ -290,7 +290,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_install_deps(args: argparse.Namespace) -> int:
     from .service.deps import install_private_deps
 
-    return install_private_deps(args.target, dry_run=args.dry_run)
+    return install_private_deps(args.target, dry_run=args.dry_run, farm=args.farm)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -301,6 +301,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not args.job:
         raise ValueError("worker: give a job JSON file (or --probe)")
     return run_worker(args.job)
+
+
+def cmd_farm_job(args: argparse.Namespace) -> int:
+    from .service.farmdriver import run_driver
+
+    return run_driver(args.job, slots_only=args.slots)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -340,6 +346,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "models": (cmd_models, "list the Wan models found in the models folder"),
     "make-tiny-models": (cmd_make_tiny_models, "build tiny random Wan/Qwen models for tests and demos"),
     "worker": (cmd_worker, "run one render job from a JSON file, printing JSON-line events"),
+    "farm-job": (cmd_farm_job, "hand one job to the Ray farm and print its events (the queue starts it)"),
     "enhance": (cmd_enhance, "rewrite each clip's prompt with a local Qwen model and show before/after"),
     "qwen": (cmd_qwen, "list the Qwen models --enhance can use, or download one by its repo id"),
     "ui": (cmd_ui, "serve the Wan tab and its API without a web UI"),
@@ -390,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", nargs="?", help="job JSON file")
     p.add_argument("--probe", action="store_true", help="print the worker's environment as one JSON line and exit")
 
+    p = sub.add_parser("farm-job", help=COMMANDS["farm-job"][1])
+    p.add_argument("job", help="farm job JSON file")
+    p.add_argument("--slots", action="store_true", help="only print how many jobs the cluster holds at once")
+
     p = sub.add_parser("enhance", help=COMMANDS["enhance"][1])
     p.add_argument("settings", help="Deforum settings file (.txt/.json)")
     p.add_argument("--qwen", help="Qwen instruct model folder (default: auto-select from the models folders)")
@@ -422,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("install-deps", help=COMMANDS["install-deps"][1])
     p.add_argument("target", nargs="?", help="folder (default: the extension's .deps)")
     p.add_argument("--dry-run", action="store_true", help="print what would be installed")
+    p.add_argument("--farm", action="store_true", help="add Ray for the render farm (kept for later installs)")
 
     p = sub.add_parser("doctor", help=COMMANDS["doctor"][1])
     p.add_argument("--json", action="store_true", help="print JSON")

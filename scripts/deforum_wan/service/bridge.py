@@ -132,10 +132,12 @@ def worker_env(config: WorkerConfig | None = None) -> dict[str, str]:
     return env
 
 
-def worker_command(job_path: str | Path, config: WorkerConfig | None = None) -> tuple[list[str], dict[str, str]]:
-    """argv and environment of the worker for `job_path` (`-s`: the user's own site-packages stay out too)."""
+def worker_command(job_path: str | Path, config: WorkerConfig | None = None,
+                   command: tuple[str, ...] = ("worker",)) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of the worker (or of another worker-side `command`, as the farm's driver) for
+    `job_path` (`-s`: the user's own site-packages stay out too)."""
     config = config or WorkerConfig()
-    return [config.python, "-s", "-m", "deforum_wan", "worker", str(job_path)], worker_env(config)
+    return [config.python, "-s", "-m", "deforum_wan", *command, str(job_path)], worker_env(config)
 
 
 def probe_worker(config: WorkerConfig | None = None, timeout: float = 300.0) -> dict:
@@ -284,6 +286,7 @@ def run_job(
     cancel: threading.Event | None = None,
     config: WorkerConfig | None = None,
     workdir: str | Path | None = None,
+    command: tuple[str, ...] = ("worker",),
 ) -> WorkerOutcome:
     """Run one worker job (worker.job_to_dict's JSON) to its end; every event goes to `on_event`.
 
@@ -292,7 +295,8 @@ def run_job(
     {"type": "log"}. Setting `cancel` creates the job's stop file (the worker
     stops between steps and keeps its frames), sends SIGTERM if it is still
     running after a few seconds, and kills it after `stop_grace_seconds`. If `on_event` raises, the worker is
-    stopped and the exception propagates.
+    stopped and the exception propagates. `command`: another worker-side command in the same process
+    environment (the farm's Ray driver, farm.py); it loads nothing here, so the host's model stays.
     """
     config = config or WorkerConfig()
     pinned = gpu_groups.pin_env(job.get("gpu_group"))  # a job of a GPU group sees only that group's GPUs
@@ -311,10 +315,10 @@ def run_job(
         job_path.write_text(json.dumps(job, ensure_ascii=False, default=str), encoding="utf-8")
         if cancel is not None and cancel.is_set():
             return WorkerOutcome("interrupted", None, None, None, None, 0, 0, "cancelled before it started", None)
-        note = unload_host_model()
+        note = unload_host_model() if command == ("worker",) else None
         if note:
             on_event({"type": "status", "phase": "preparing", "message": note})
-        return _run(job_path, stop_file, folder, on_event, cancel, config)
+        return _run(job_path, stop_file, folder, on_event, cancel, config, command)
     finally:
         job_path.unlink(missing_ok=True)
         stop_file.unlink(missing_ok=True)
@@ -324,10 +328,10 @@ def run_job(
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run(job_path: Path, stop_file: Path, cwd: Path, on_event: EventCallback,
-         cancel: threading.Event | None, config: WorkerConfig) -> WorkerOutcome:
+def _run(job_path: Path, stop_file: Path, cwd: Path, on_event: EventCallback, cancel: threading.Event | None,
+         config: WorkerConfig, command: tuple[str, ...] = ("worker",)) -> WorkerOutcome:
     private = resolve_deps_dir(config)
-    argv, env = worker_command(job_path, replace(config, deps_dir=private or ""))
+    argv, env = worker_command(job_path, replace(config, deps_dir=private or ""), command)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=env, cwd=str(cwd), text=True, encoding="utf-8", errors="replace", bufsize=1)

@@ -25,7 +25,9 @@ What goes in, and why:
   break torch, so they are the ones we keep;
 - everything else (huggingface_hub 1.x, tokenizers, safetensors, regex, ftfy,
   httpx, ...) is installed privately with `pip install --no-deps --target`,
-  into a staging folder that replaces the old one only when complete.
+  into a staging folder that replaces the old one only when complete;
+- for the render farm ($DEFORUM_WAN_FARM, or `install-deps --farm`): Ray and its
+  own protobuf, for each farm job's driver process (farmdriver.py).
 
 A manifest (`deforum_wan_deps.json`) records the requirements, the Python, the
 platform, what was installed and which host packages were relied on, so the
@@ -71,6 +73,11 @@ _PINS: dict[str, dict[str, str]] = {
 _COMMON = ["huggingface_hub>=1.0", "tokenizers>=0.22", "safetensors>=0.4.3", "ftfy>=6.0", "tqdm>=4.60", "regex",
            "numpy>=1.23", "numexpr>=2.8", "pillow>=9.0", "imageio-ffmpeg>=0.4.9"]
 
+# The render farm's Ray driver runs in a worker-side process (farmdriver.py), so Ray goes in here, never into
+# the host: it brings protobuf >= 3.20.3 (A1111 and Forge pin 3.20.0). As pyproject's [farm] extra.
+FARM_REQUIREMENTS = ["ray>=2.60"]
+ENV_FARM = "DEFORUM_WAN_FARM"  # farm.ENV_ADDRESS: set, this machine drives a farm and needs Ray
+
 # Never installed privately: the worker uses the host's one torch.
 _NEVER = re.compile(r"^(torch|torchvision|torchaudio|triton|pytorch[-_]triton.*|nvidia[-_].*|cuda[-_].*)$")
 # Kept from the host when it satisfies the new libraries (torch's own deps are added from its metadata).
@@ -114,13 +121,19 @@ def deps_dir() -> Path:
     return cache / "deforum-wan" / f"deps-py{sys.version_info[0]}{sys.version_info[1]}"
 
 
-def requirements_for(python_version: Sequence[int]) -> list[str]:
-    """Pip requirements of the private folder for a Python (major, minor): the newest that Python can run."""
+def farm_wanted(manifest: dict | None = None) -> bool:
+    """Whether Ray belongs in the folder: $DEFORUM_WAN_FARM is set, or it was installed once (it stays)."""
+    return bool(os.environ.get(ENV_FARM, "").strip()) or bool((manifest or {}).get("farm"))
+
+
+def requirements_for(python_version: Sequence[int], farm: bool = False) -> list[str]:
+    """Pip requirements of the private folder for a Python (major, minor): the newest that Python can run;
+    with `farm`, Ray too."""
     version = tuple(python_version[:2])
     if version < (3, 10):
         raise ValueError(f"Deforum Wan's renderer needs Python 3.10 or newer, not {'.'.join(map(str, version))}")
     pins = _PINS["py310"] if version < (3, 11) else _PINS["newest"]
-    return [f"{name}=={v}" for name, v in pins.items()] + list(_COMMON)
+    return [f"{name}=={v}" for name, v in pins.items()] + list(_COMMON) + (FARM_REQUIREMENTS if farm else [])
 
 
 def _python_tag() -> dict[str, str]:
@@ -372,11 +385,11 @@ def _dist_infos(target: Path) -> set[tuple[str, str]]:
     return found
 
 
-def why_unsatisfied(target: str | Path | None = None) -> str | None:
+def why_unsatisfied(target: str | Path | None = None, farm: bool = False) -> str | None:
     """None when the folder is ready for this Python and torch; else one line saying what is missing or stale.
 
     Cheap (a manifest, a directory listing, a few metadata reads): it runs at
-    every web-UI start and before every job.
+    every web-UI start and before every job. `farm`: Ray is wanted (as farm_wanted() says it is).
     """
     target = Path(target) if target is not None else deps_dir()
     manifest = read_manifest(target)
@@ -385,7 +398,10 @@ def why_unsatisfied(target: str | Path | None = None) -> str | None:
     for key, value in _python_tag().items():
         if manifest.get(key) != value:
             return f"installed for {key} {manifest.get(key)}, this is {value}"
-    if manifest.get("requirements") != requirements_for(sys.version_info[:2]):
+    farm = farm or farm_wanted(manifest)
+    if farm and not manifest.get("farm"):
+        return f"the render farm needs Ray (${ENV_FARM} is set, or --farm)"
+    if manifest.get("requirements") != requirements_for(sys.version_info[:2], farm):
         return "the required versions changed"
     stale = _torch_stale(manifest.get("torch") or {})
     if stale:
@@ -458,22 +474,24 @@ def install_private_deps(
     runner: Runner | None = None,
     out: Callable[[str], None] = print,
     choice: torchenv.TorchChoice | None = None,
+    farm: bool = False,
 ) -> int:
     """Fill `target` (default deps_dir()) for this Python; returns a process exit code.
 
     Idempotent: when the manifest matches, pip is not called at all. A dry run
     resolves and prints the plan without installing anything. `choice` is the
-    worker's torch (default: torchenv decides from this python and its GPUs).
+    worker's torch (default: torchenv decides from this python and its GPUs). `farm`: add Ray (farm_wanted()).
     """
     run = runner or _run_pip
     folder = Path(target).expanduser() if target else deps_dir()
     folder = folder.resolve()
-    reason = why_unsatisfied(folder)
+    farm = farm or farm_wanted(read_manifest(folder))
+    reason = why_unsatisfied(folder, farm)
     if reason is None and not dry_run:
         out(f"Deforum Wan: renderer libraries ready in {folder} ({_summary(read_manifest(folder) or {})})")
         return 0
     try:
-        requirements = requirements_for(sys.version_info[:2])
+        requirements = requirements_for(sys.version_info[:2], farm)
     except ValueError as exc:
         out(f"Deforum Wan: {exc}")
         return 1
@@ -539,6 +557,7 @@ def _install(folder: Path, plan: InstallPlan, requirements: list[str], choice: t
                  "version": plan.private.get("torch") if choice.mode == "private" else host_torch}
         manifest = {
             "format": MANIFEST_FORMAT, **_python_tag(), "requirements": requirements, "torch": torch,
+            "farm": all(r in requirements for r in FARM_REQUIREMENTS),
             "installed": dict(sorted(plan.private.items())), "host": dict(sorted(plan.host.items())),
             "left_to_host": dict(sorted(plan.dropped.items())), "notes": plan.notes,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - started, 1),
