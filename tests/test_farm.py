@@ -203,8 +203,11 @@ def _wait_for(condition, timeout: float, what: str) -> None:
 
 @pytest.mark.slow
 def test_three_jobs_across_two_farm_machines_a_dead_machine_leaves_its_job_retryable(cluster, tiny_models, tmp_path):
+    # The driver, like the farm machines, uses this test environment's libraries (it has Ray), never a
+    # private folder a web UI may have filled beside the checkout.
     runner = farm.FarmRunner(farm.FarmConfig(address=cluster.address, num_gpus=0, num_cpus=1,
-                                             resources={NODE_RESOURCE: 1}, deps_dir=""))
+                                             resources={NODE_RESOURCE: 1}, deps_dir=""),
+                             driver=bridge.WorkerConfig(deps_dir=""))
     _wait_for(lambda: len([n for n in cluster.nodes() if n["Alive"]]) == 3, START_TIMEOUT, "three live nodes")
     assert runner.slots() == 2
     node_names = {n["NodeID"]: name for n in cluster.nodes() for name in ("a", "b")
@@ -324,9 +327,10 @@ def test_the_private_folder_shadows_the_hosts_protobuf_for_the_driver(tmp_path):
 
 HOST = """
 import json, sys
-from deforum_wan.service import farm
+from deforum_wan.service import bridge, farm
 address, outdir, model, resource = sys.argv[1:]
-runner = farm.FarmRunner(farm.FarmConfig(address=address, num_gpus=0, num_cpus=1, resources={resource: 1}, deps_dir=""))
+runner = farm.FarmRunner(farm.FarmConfig(address=address, num_gpus=0, num_cpus=1, resources={resource: 1}, deps_dir=""),
+                         driver=bridge.WorkerConfig(deps_dir=""))
 job = {"settings": {"prompts": {"0": "a red fox"}, "max_frames": 120, "fps": 16, "W": 32, "H": 32, "seed": 5,
                     "batch_name": "gone_{timestring}"}, "model": model, "outdir": outdir, "device": "cpu",
        "options": {"steps": 1, "max_clip_frames": 5}}
