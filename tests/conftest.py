@@ -20,6 +20,17 @@ if "DEFORUM_WAN_CACHE" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["DEFORUM_WAN_CACHE"], True)
 
 
+def host_python(host: str) -> Path:
+    """The python of a stock host env (`.venv-a1111`, `.venv-forge`, built by `make test`): missing is a failure
+    in CI, a skip elsewhere."""
+    python = Path(__file__).resolve().parents[1] / f".venv-{host}" / "bin" / "python"
+    if not python.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f".venv-{host} is missing; `make test` builds it (mk/hosts.mk)")
+        pytest.skip(f".venv-{host} is missing (make host-envs)")
+    return python
+
+
 def require_render_stack() -> None:
     """Skip the calling test unless torch, diffusers and transformers are installed."""
     pytest.importorskip("torch")

@@ -22,6 +22,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import host_python
 
 from deforum_wan.service import deps, isolation, torchenv
 from deforum_wan.service.torchenv import Gpu, HostTorch, choose_torch
@@ -138,15 +139,6 @@ def test_the_worker_sees_its_private_folder_and_allowed_host_packages_only(tmp_p
 # --------------------------------------------------------------------------- the stock hosts
 
 
-def _host_python(host: str) -> Path:
-    python = REPO / f".venv-{host}" / "bin" / "python"
-    if not python.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f".venv-{host} is missing; `make test` builds it (mk/hosts.mk)")
-        pytest.skip(f".venv-{host} is missing (make host-envs)")
-    return python
-
-
 FAKE_LAUNCH = '''
 import importlib.util, subprocess, sys
 def is_installed(name):
@@ -177,7 +169,7 @@ def _install_py(python: Path, webui: Path, env: dict) -> subprocess.CompletedPro
 def stock_host(request, tmp_path_factory):
     """A stock host env whose private folder install.py filled; the host's pip freeze before and after."""
     host = request.param
-    python = _host_python(host)
+    python = host_python(host)
     root = tmp_path_factory.mktemp(f"host-{host}")
     webui = root / "webui"
     webui.mkdir()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import host_python
 
 from deforum_wan.core.plan import PlanOptions, plan_clips
 from deforum_wan.core.settings import load_settings
@@ -247,11 +248,7 @@ print(json.dumps({"gradio": gradio.__version__, "video": path}))
 
 @pytest.mark.parametrize("host", ["a1111", "forge"])
 def test_tab_button_renders_a_preview_in_host_env(host: str, tmp_path: Path):
-    python = REPO / f".venv-{host}" / "bin" / "python"
-    if not python.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f".venv-{host} is missing; `make test` builds it (mk/hosts.mk)")
-        pytest.skip(f".venv-{host} is missing (make host-envs)")
+    python = host_python(host)
     env = {**os.environ, "DEFORUM_WAN_JOBS_DB": str(tmp_path / "jobs.sqlite3"), "GRADIO_ANALYTICS_ENABLED": "False"}
     result = subprocess.run([str(python), "-c", HOST_CHECK, str(REPO / "tests"),
                              str(REPO / "scripts" / "deforum_wan_tab.py"), str(SIMPLE)],

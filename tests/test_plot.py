@@ -8,7 +8,6 @@ gradio ships matplotlib) by running this file as a script there:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -255,11 +254,9 @@ def test_other_paths_and_keyframe_counts_stay_readable(tmp_path, changes):
 @pytest.mark.parametrize("host", ["a1111", "forge"])
 def test_figure_in_host_env(host, tmp_path):
     """The same checks with each host's own matplotlib, so they run even where this venv has none."""
-    python = REPO / f".venv-{host}" / "bin" / "python"
-    if not python.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f".venv-{host} is missing; `make test` builds it (mk/hosts.mk)")
-        pytest.skip(f".venv-{host} is missing (make host-envs)")
+    from conftest import host_python
+
+    python = host_python(host)
     png = tmp_path / f"forge-camera-plot-{host}.png"
     result = subprocess.run([str(python), __file__, str(png)], capture_output=True, text=True, cwd=tmp_path,
                             timeout=300)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import host_python
 
 from deforum_wan.renderer import outputs
 from deforum_wan.webui import tab_data as ui_data
@@ -302,11 +303,7 @@ def test_controls_give_the_job_queue_its_override_keys():
 @pytest.mark.parametrize("host", ["a1111", "forge"])
 def test_tab_builds_in_host_env(host, tmp_path):
     """tests/host_ui_check.py in .venv-a1111 (gradio 3.41.2) and .venv-forge (gradio 4.40.0)."""
-    python = REPO / f".venv-{host}" / "bin" / "python"
-    if not python.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f".venv-{host} is missing; `make test` builds it (mk/hosts.mk)")
-        pytest.skip(f".venv-{host} is missing (make host-envs)")
+    python = host_python(host)
     env = {**os.environ, "DEFORUM_WAN_JOBS_DB": str(tmp_path / "jobs.sqlite3"), "GRADIO_ANALYTICS_ENABLED": "False"}
     started = time.monotonic()
     result = subprocess.run([str(python), str(REPO / "tests" / "host_ui_check.py"), str(SIMPLE)], capture_output=True,
