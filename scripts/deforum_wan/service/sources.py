@@ -93,22 +93,17 @@ class SourceChecks:
             raise ApiError(422, [(loc, str(exc))]) from None
 
     def with_fetched_manifest(self, item: dict[str, Any], data: dict[str, Any], overrides: Mapping[str, Any],
-                              spec_info: Any, loc: tuple[Any, ...], fetched: dict[tuple[str, str], Any]) -> Any:
+                              spec_info: Any, loc: tuple[Any, ...], fetched: dict[tuple[str, str], str]) -> Any:
         """The settings checked again with their Parseq manifest, fetched from its URL (renderer/fetch.py rules)."""
         from ..core.parseq import ParseqError, manifest_from_text
 
         url, where = data["parseq_manifest"], (*loc, "parseq_manifest")
-        if (url, fetch.JSON) not in fetched:
-            if len(fetched) >= MAX_URLS_PER_REQUEST:
-                raise ApiError(422, [(where, f"at most {MAX_URLS_PER_REQUEST} different URLs per request")])
-            try:
-                body = fetch.fetch(url.strip(), fetch.JSON, self.policy()).data
-                fetched[(url, fetch.JSON)] = manifest_from_text(body, f"the manifest at {_short(url)}")
-            except fetch.FetchError as exc:
-                raise ApiError(422, [(where, f"cannot use {_short(url)}: {exc}")]) from None
-            except ParseqError as exc:
-                raise ApiError(422, [(where, str(exc))]) from None
-        return self.settings({**item, "parseq_manifest": fetched[(url, fetch.JSON)]}, overrides, spec_info, loc)
+        saved = self._fetched(url, fetch.JSON, where, fetched)  # once per request, like every other URL
+        try:
+            manifest = manifest_from_text(Path(saved).read_bytes(), f"the manifest at {_short(url)}")
+        except ParseqError as exc:
+            raise ApiError(422, [(where, str(exc))]) from None
+        return self.settings({**item, "parseq_manifest": manifest}, overrides, spec_info, loc)
 
     def check_video(self, data: dict[str, Any], loc: tuple[Any, ...]) -> None:
         """Video Input: the source (and mask) video read and checked now (renderer/source_video.py), so one that

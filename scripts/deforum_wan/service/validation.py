@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 from ..renderer import fetch
 from . import jobs
 from .request_errors import ApiError, Loc, field_name  # noqa: F401 - api.py re-exports field_name
-from .sources import MAX_URL_CHARS, MAX_URLS_PER_REQUEST, SourceChecks, inside, switched_on, video_keys  # noqa: F401
+from .sources import SourceChecks, inside, switched_on, video_keys
 from .overrides import (  # noqa: F401 - api.py re-exports MAX_STEPS
     MAX_SIDE, MAX_STEPS, MIN_SIDE, override_checks, parallel_problem,
 )
@@ -190,7 +190,7 @@ class Validator(SourceChecks):
         if errors:
             raise ApiError(422, errors)
         # Only a request that is otherwise valid costs a download.
-        fetched: dict[tuple[str, str], Any] = {}
+        fetched: dict[tuple[str, str], str] = {}
         for index, (loc, data, _parsed) in enumerate(checked):  # a Parseq manifest URL: checked again with it
             if fetch.is_url(data.get("parseq_manifest")):
                 checked[index] = (loc, *self.with_fetched_manifest(items[index], data, overrides, spec_info, loc,
